@@ -1,0 +1,1 @@
+"""The ``stacktools`` command line: a thin Typer layer over the library."""

@@ -1,0 +1,3 @@
+"""``stacktools consolidate`` and ``stacktools verify``."""
+
+from __future__ import annotations

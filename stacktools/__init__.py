@@ -1,0 +1,37 @@
+"""stacktools: size, consolidate, manipulate and cache cryo-EM particle stacks.
+
+The top-level functions are a small façade over layered modules:
+
+* format I/O: :mod:`stacktools.csfile` (``.cs``) and :mod:`stacktools.mrc` (MRC stacks)
+* the particle model: :mod:`stacktools.particles`
+* operations: :mod:`stacktools.size`, and the modules built on them
+
+Submodules are imported lazily so that ``import stacktools`` stays cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particles",
+           "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError"]
+
+_LAZY = {
+    "read_cs": "csfile", "write_cs": "csfile",
+    "read_header": "mrc", "read_particle": "mrc",
+    "open_particles": "particles", "ParticleSet": "particles",
+    "formula_bytes": "size", "size_particles": "size",
+    "StacktoolsError": "errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        mod = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(mod, name)
+    raise AttributeError(f"module 'stacktools' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,86 @@
+"""Atomic file output: write under a temporary name, fsync, rename into place.
+
+Nothing half-written ever appears under a final name. Temporary names start with
+``.`` and end with ``.stacktools-tmp`` so that a later run can recognise and sweep
+the leftovers of a crashed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import OutputError, describe_os_error
+
+TMP_SUFFIX = ".stacktools-tmp"
+
+# mkstemp makes 0600 files; outputs get the usual umask-derived mode instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def tmp_name_for(final: Path) -> str:
+    """Prefix for a temporary sibling of ``final``."""
+    return f".{final.name}."
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory entry so that a rename survives a power loss."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
+                  fsync: bool = True) -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``path``; on success rename it to ``path``.
+
+    Parameters
+    ----------
+    path
+        Final name of the output.
+    overwrite
+        If false and ``path`` exists, raise :class:`OutputError` before writing.
+    fsync
+        Flush data and the directory entry to the device before returning.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    if not overwrite and final.exists():
+        raise OutputError(f"{final}: already exists (use --force to overwrite)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=tmp_name_for(final), suffix=TMP_SUFFIX,
+                                   dir=final.parent)
+    except OSError as err:
+        raise OutputError(f"cannot write in {final.parent}: {err.strerror}") from err
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, final)
+        ok = True
+        if fsync:
+            fsync_dir(final.parent)
+    except OSError as err:
+        raise OutputError(f"{final}: {describe_os_error(err).split(': ', 1)[-1]}") from err
+    finally:
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

@@ -1,0 +1,127 @@
+"""Read and write CryoSPARC ``.cs`` files.
+
+A ``.cs`` file is a NumPy ``.npy`` structured array saved under a ``.cs`` name.
+Newer CryoSPARC versions may write the CSDAT stream format instead (magic
+``\\x95CSDAT``); reading it uses the optional ``cryosparc-tools`` package
+(``pip install 'stacktools[csdat]'``), the format's reference implementation.
+
+Arrays keep their exact dtype: fixed-width byte strings, subarray fields and
+field order. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_output
+from .errors import CsFormatError, OutputError
+
+NUMPY_MAGIC = b"\x93NUMPY"
+CSDAT_MAGIC = b"\x95CSDAT"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Return ``"numpy"`` or ``"csdat"`` from the file's magic bytes.
+
+    Raises :class:`CsFormatError` if the file is neither.
+    """
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as err:
+        raise CsFormatError(f"{path}: {err.strerror}") from err
+    if magic == NUMPY_MAGIC:
+        return "numpy"
+    if magic == CSDAT_MAGIC:
+        return "csdat"
+    raise CsFormatError(f"{path}: not a .cs file (neither NumPy nor CSDAT format)")
+
+
+def read_cs(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """Load a ``.cs`` file as a NumPy structured array.
+
+    Parameters
+    ----------
+    path
+        The ``.cs`` file, in NumPy or CSDAT format.
+    mmap
+        Map a NumPy-format file read-only instead of reading it into memory.
+
+    Returns
+    -------
+    numpy.ndarray
+        One-dimensional structured array with the file's exact dtype.
+    """
+    fmt = detect_format(path)
+    if fmt == "csdat":
+        return _read_csdat(path)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise CsFormatError(f"{path}: corrupt or truncated .cs file ({err})") from err
+    if arr.dtype.names is None or arr.ndim != 1:
+        raise CsFormatError(f"{path}: not a .cs dataset (expected a 1-D structured array, "
+                            f"got {arr.dtype} with shape {arr.shape})")
+    return arr
+
+
+def _read_csdat(path: str | os.PathLike) -> np.ndarray:
+    try:
+        from cryosparc.dataset import Dataset
+    except ImportError as err:
+        raise CsFormatError(f"{path}: CSDAT-format .cs needs cryosparc-tools: "
+                            "pip install 'stacktools[csdat]'") from err
+    try:
+        dset = Dataset.load(str(path))
+    except Exception as err:  # cryosparc-tools raises several types
+        raise CsFormatError(f"{path}: corrupt CSDAT file ({err})") from err
+    return dataset_to_array(dset)
+
+
+def dataset_to_array(dset) -> np.ndarray:
+    """Convert a cryosparc-tools ``Dataset`` into a structured array.
+
+    Python-string columns become fixed-width byte strings, as in NumPy-format files.
+    """
+    columns, descr = [], []
+    for field in dset.descr():
+        name, dt = field[0], field[1]
+        col = np.asarray(dset[name])
+        if col.dtype.kind in "OU":
+            col = np.char.encode(col.astype(str), "utf-8") if len(col) else np.zeros(0, "S1")
+            width = max(1, col.dtype.itemsize)
+            descr.append((name, f"S{width}"))
+        else:
+            descr.append(field if len(field) == 3 else (name, dt))
+        columns.append(col)
+    out = np.empty(len(dset), dtype=descr)
+    for (name, *_), col in zip(descr, columns):
+        out[name] = col
+    return out
+
+
+def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write ``data`` as a NumPy-format ``.cs`` file, atomically.
+
+    The file is written with :func:`numpy.save` into an open handle, so no ``.npy``
+    suffix is added and both ``np.load`` and cryosparc-tools read it back.
+
+    Parameters
+    ----------
+    path
+        Destination. Its parent directory must exist.
+    data
+        One-dimensional structured array.
+    overwrite
+        If false, refuse to replace an existing file.
+    """
+    if data.dtype.names is None or data.ndim != 1:
+        raise CsFormatError(f"{path}: can only write a 1-D structured array")
+    if data.dtype.hasobject:
+        raise OutputError(f"{path}: object fields cannot be written to a .cs file")
+    with atomic_output(path, overwrite=overwrite) as fh:
+        np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
+    return Path(path)

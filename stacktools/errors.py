@@ -1,0 +1,61 @@
+"""Exception types raised by stacktools.
+
+Every error that bad input can cause derives from :class:`StacktoolsError`, so a
+caller can catch one type. The message is one line that names the file and, where
+there is one, the row.
+"""
+
+from __future__ import annotations
+
+
+class StacktoolsError(Exception):
+    """Base class for every error stacktools raises on bad input or environment."""
+
+
+class CsFormatError(StacktoolsError):
+    """A ``.cs`` file is unreadable: not NumPy nor CSDAT, truncated or corrupt."""
+
+
+class FieldError(StacktoolsError):
+    """A required field is missing, or fields do not match between datasets."""
+
+
+class StackError(StacktoolsError):
+    """An MRC stack is missing, unreadable or inconsistent with its ``.cs`` rows."""
+
+
+class MissingStackError(StackError):
+    """A stack referenced by ``blob/path`` does not exist."""
+
+
+class MrcHeaderError(StackError):
+    """An MRC header is invalid (bad mode, dimensions or byte order)."""
+
+
+class TruncatedStackError(StackError):
+    """A stack file is shorter than its header says it must be."""
+
+
+class IndexOutOfRangeError(StackError):
+    """A ``blob/idx`` points past the last particle of its stack."""
+
+
+class BoxMismatchError(StackError):
+    """Stacks or rows disagree on the box size."""
+
+
+class PathEscapeError(StacktoolsError):
+    """A path would resolve outside the root it must stay in."""
+
+
+class OutputError(StacktoolsError):
+    """An output cannot be written: it exists, is a source, or the disk is full."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """One-line description of an ``OSError`` that names the file involved."""
+    where = err.filename or ""
+    if err.filename2:
+        where = f"{where} -> {err.filename2}"
+    reason = err.strerror or str(err)
+    return f"{where}: {reason}" if where else reason

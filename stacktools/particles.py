@@ -1,0 +1,231 @@
+"""The particle model: a ``.cs`` dataset plus the project directory it lives in.
+
+A :class:`ParticleSet` resolves ``blob/path`` (relative to the project directory,
+with CryoSPARC's leading ``>`` for imported files stripped) to stack files, groups
+rows by stack and validates them against the stacks' headers.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import csfile
+from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
+                     PathEscapeError, StacktoolsError)
+from .mrc import StackHeader, read_header
+
+BLOB_FIELDS = ("blob/path", "blob/idx")
+
+
+def strip_import_marker(path: bytes | str) -> str:
+    """Return a ``blob/path`` value as text, without CryoSPARC's leading ``>``."""
+    text = path.decode() if isinstance(path, bytes) else str(path)
+    return text[1:] if text.startswith(">") else text
+
+
+def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
+    """Resolve one ``blob/path`` value against the project directory."""
+    rel = strip_import_marker(blob_path)
+    p = Path(rel)
+    return p if p.is_absolute() else project_dir / p
+
+
+@dataclass(frozen=True)
+class StackGroup:
+    """The rows of a set that live in one stack.
+
+    ``rows`` are positions in the set (ascending), ``indices`` the matching
+    ``blob/idx`` values.
+    """
+
+    path: Path
+    blob_path: str
+    rows: np.ndarray
+    indices: np.ndarray
+
+
+class ParticleSet:
+    """Particles of a ``.cs`` dataset and the stacks they live in.
+
+    Parameters
+    ----------
+    data
+        Structured array with at least ``blob/path`` and ``blob/idx``.
+    project_dir
+        Directory that relative ``blob/path`` values are resolved against.
+    source
+        Where ``data`` came from, for messages.
+    """
+
+    def __init__(self, data: np.ndarray, project_dir: str | os.PathLike,
+                 source: str | os.PathLike | None = None):
+        missing = [f for f in BLOB_FIELDS if f not in (data.dtype.names or ())]
+        where = source or "dataset"
+        if missing:
+            raise FieldError(f"{where}: missing field {', '.join(missing)} "
+                             "(not a particle dataset)")
+        self.data = data
+        self.project_dir = Path(project_dir)
+        self.source = str(source) if source is not None else None
+        self._codes: np.ndarray | None = None
+        self._blob_paths: list[str] | None = None
+        self._headers: dict[Path, StackHeader] | None = None
+
+    @classmethod
+    def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
+             passthrough: str | os.PathLike | None = None) -> "ParticleSet":
+        """Load a particle set from a ``.cs`` file.
+
+        Parameters
+        ----------
+        cs_path
+            The particles ``.cs``.
+        project_dir
+            The CryoSPARC project directory. Defaults to the parent of the job
+            directory holding ``cs_path`` (``P1/J7/x.cs`` gives ``P1``).
+        passthrough
+            Optional passthrough ``.cs``; its fields are inner-joined on ``uid``
+            (fields of ``cs_path`` win on clashes).
+        """
+        data = csfile.read_cs(cs_path)
+        if passthrough is not None:
+            from .dataset import join
+            data = join(data, csfile.read_cs(passthrough))
+        if project_dir is None:
+            project_dir = Path(cs_path).resolve().parent.parent
+        return cls(data, project_dir, source=cs_path)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _where(self, row: int | None = None) -> str:
+        base = self.source or "dataset"
+        return f"{base} row {row}" if row is not None else base
+
+    def _factorise(self) -> None:
+        if self._codes is None:
+            uniq, codes = np.unique(self.data["blob/path"], return_inverse=True)
+            self._codes = codes.astype(np.int64).ravel()
+            self._blob_paths = [strip_import_marker(u) for u in uniq.tolist()]
+
+    @property
+    def blob_paths(self) -> list[str]:
+        """Distinct ``blob/path`` values (marker stripped), sorted."""
+        self._factorise()
+        return list(self._blob_paths)
+
+    @property
+    def stack_codes(self) -> np.ndarray:
+        """For each row, the position of its stack in :attr:`stack_paths`."""
+        self._factorise()
+        return self._codes
+
+    @property
+    def stack_paths(self) -> list[Path]:
+        """Absolute paths of the distinct stacks the set references."""
+        return [resolve_blob_path(self.project_dir, b) for b in self.blob_paths]
+
+    def groups(self) -> list[StackGroup]:
+        """Rows grouped by stack, in :attr:`stack_paths` order."""
+        codes = self.stack_codes
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(self.blob_paths) + 1))
+        idx = self.data["blob/idx"]
+        out = []
+        for k, (path, blob) in enumerate(zip(self.stack_paths, self.blob_paths)):
+            rows = order[bounds[k]:bounds[k + 1]]
+            out.append(StackGroup(path, blob, rows, np.asarray(idx[rows], dtype=np.int64)))
+        return out
+
+    def headers(self, threads: int = 8) -> dict[Path, StackHeader]:
+        """Read each referenced stack's header once (in parallel)."""
+        if self._headers is None:
+            paths = self.stack_paths
+            if threads > 1 and len(paths) > 64:
+                with ThreadPoolExecutor(threads) as pool:
+                    hdrs = list(pool.map(read_header, paths, chunksize=64))
+            else:
+                hdrs = [read_header(p) for p in paths]
+            self._headers = dict(zip(paths, hdrs))
+        return self._headers
+
+    def box(self) -> int:
+        """The box size in pixels, from ``blob/shape`` (or from the stacks)."""
+        boxes = self.boxes()
+        if len(boxes) != 1:
+            raise BoxMismatchError(f"{self._where()}: mixed box sizes {sorted(boxes)} in one set")
+        return next(iter(boxes))
+
+    def boxes(self) -> set[int]:
+        """Distinct box sizes of the set."""
+        if len(self) == 0:
+            return set()
+        if "blob/shape" in self.data.dtype.names:
+            shapes = np.unique(np.asarray(self.data["blob/shape"]).reshape(len(self), -1), axis=0)
+            return {int(s[-1]) for s in shapes}
+        return {h.nx for h in self.headers().values()}
+
+    def validate(self, *, check_truncation: bool = True) -> dict[Path, StackHeader]:
+        """Check the set against its stacks; return the headers.
+
+        Checks that every stack exists and is a readable MRC stack, is not
+        truncated, that each ``blob/idx`` is below the stack's ``nz``, and that
+        each stack's box matches the rows' ``blob/shape``. Errors name the stack
+        file and the first offending row.
+        """
+        headers = self.headers()
+        idx = np.asarray(self.data["blob/idx"], dtype=np.int64)
+        codes = self.stack_codes
+        hdr_list = [headers[p] for p in self.stack_paths]
+        nz = np.array([h.nz for h in hdr_list], dtype=np.int64)
+        bad = np.flatnonzero((idx >= nz[codes]) | (idx < 0))
+        if len(bad):
+            r = int(bad[0])
+            h = hdr_list[codes[r]]
+            raise IndexOutOfRangeError(
+                f"{h.path}: blob/idx {idx[r]} past the end of the stack ({h.nz} particles) "
+                f"at {self._where(r)}")
+        if "blob/shape" in self.data.dtype.names and len(self):
+            shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
+            ny = np.array([h.ny for h in hdr_list])[codes]
+            nx = np.array([h.nx for h in hdr_list])[codes]
+            bad = np.flatnonzero((shape[:, 0] != ny) | (shape[:, -1] != nx))
+            if len(bad):
+                r = int(bad[0])
+                h = hdr_list[codes[r]]
+                raise BoxMismatchError(
+                    f"{h.path}: stack box {h.ny}x{h.nx} does not match blob/shape "
+                    f"{shape[r].tolist()} at {self._where(r)}")
+        if check_truncation:
+            for h in hdr_list:
+                h.check_complete()
+        return headers
+
+    def with_data(self, data: np.ndarray) -> "ParticleSet":
+        """A new set with other rows but the same project directory and source."""
+        return ParticleSet(data, self.project_dir, self.source)
+
+
+def open_particles(cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
+                   passthrough: str | os.PathLike | None = None) -> ParticleSet:
+    """Load a particle set; see :meth:`ParticleSet.open`."""
+    return ParticleSet.open(cs_path, project_dir, passthrough)
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """Return ``path`` resolved, or raise :class:`PathEscapeError` if it leaves ``root``.
+
+    ``..`` components, absolute paths and symlinked directories are all caught,
+    because the check is made on fully resolved paths.
+    """
+    root_r = root.resolve()
+    full = (root_r / path).resolve() if not path.is_absolute() else path.resolve()
+    if full != root_r and root_r not in full.parents:
+        raise PathEscapeError(f"{path}: resolves to {full}, outside {root_r}")
+    return full
