@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import csfile
+from .arrays import factorize
 from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
                      PathEscapeError, StacktoolsError)
 from .mrc import StackHeader, read_header
@@ -110,9 +111,15 @@ class ParticleSet:
 
     def _factorise(self) -> None:
         if self._codes is None:
-            uniq, codes = np.unique(self.data["blob/path"], return_inverse=True)
-            self._codes = codes.astype(np.int64).ravel()
-            self._blob_paths = [strip_import_marker(u) for u in uniq.tolist()]
+            uniq, codes = factorize(np.asarray(self.data["blob/path"]))
+            # ">J1/x.mrc" and "J1/x.mrc" name the same stack: merge them.
+            stripped = [strip_import_marker(u) for u in uniq.tolist()]
+            names = sorted(set(stripped))
+            if len(names) != len(stripped):
+                pos = {n: i for i, n in enumerate(names)}
+                codes = np.array([pos[n] for n in stripped], np.int64)[codes]
+            self._codes = codes
+            self._blob_paths = names
 
     @property
     def blob_paths(self) -> list[str]:
