@@ -20,6 +20,14 @@ class FieldError(StacktoolsError):
     """A required field is missing, or fields do not match between datasets."""
 
 
+class ExpressionError(StacktoolsError):
+    """A ``--where`` / ``query`` expression is malformed or names an unknown field."""
+
+
+class StarFormatError(StacktoolsError):
+    """A RELION STAR file is unreadable or lacks the blocks and columns needed."""
+
+
 class StackError(StacktoolsError):
     """An MRC stack is missing, unreadable or inconsistent with its ``.cs`` rows."""
 
@@ -50,6 +58,34 @@ class PathEscapeError(StacktoolsError):
 
 class OutputError(StacktoolsError):
     """An output cannot be written: it exists, is a source, or the disk is full."""
+
+
+class DiskFullError(OutputError):
+    """The output device ran out of space (or quota) while writing."""
+
+
+class SourceOverwriteError(OutputError):
+    """An output would be written onto a source file or into a source directory."""
+
+
+class ModeMismatchError(StackError):
+    """Stacks with different pixel modes would have to share one output stack."""
+
+
+class VerificationError(StacktoolsError):
+    """A written particle or field does not match its source."""
+
+
+class CacheError(StacktoolsError):
+    """The SSD cache cannot do what was asked (bad state, busy, escape)."""
+
+
+class CacheConfigError(CacheError):
+    """Cache settings are missing or invalid (SSD path, quota, reserve, ...)."""
+
+
+class CacheFullError(CacheError):
+    """A set does not fit on the SSD even after evicting everything evictable."""
 
 
 def describe_os_error(err: OSError) -> str:

@@ -1,0 +1,95 @@
+"""Split a dataset by a field's value or at random, and draw random samples.
+
+Random choices use :func:`numpy.random.default_rng` with the given seed, so the
+same seed gives the same subsets. Every subset keeps the input's row order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dataset import require_fields
+from .errors import FieldError
+
+
+def split_by_field(data: np.ndarray, field: str, where: str = "dataset") -> dict:
+    """One subset per distinct value of ``field``, keyed by that value (sorted).
+
+    Parameters
+    ----------
+    data
+        The dataset.
+    field
+        A field with one value per row, e.g. ``alignments2D/class`` or
+        ``ctf/exp_group_id``. Byte-string values are keyed as ``str``.
+    where
+        Name of the dataset, for error messages.
+    """
+    require_fields(data, [field], where)
+    if data.dtype.fields[field][0].shape:
+        raise FieldError(f"{where}: field {field!r} holds several values per row; cannot split by it")
+    values, codes = np.unique(data[field], return_inverse=True)
+    codes = codes.ravel()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(values) + 1))
+    out = {}
+    for k, v in enumerate(values.tolist()):
+        key = v.decode(errors="replace") if isinstance(v, bytes) else v
+        out[key] = data[order[bounds[k]:bounds[k + 1]]]
+    return out
+
+
+def random_assignment(n: int, parts: int, seed: int | None = 0) -> np.ndarray:
+    """For each of ``n`` rows, a random part number in ``range(parts)``.
+
+    Part sizes differ by at most one.
+    """
+    if parts < 1:
+        raise ValueError(f"number of subsets must be at least 1, got {parts}")
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % parts
+    rng.shuffle(labels)
+    return labels
+
+
+def split_random(data: np.ndarray, parts: int, seed: int | None = 0) -> list[np.ndarray]:
+    """``data`` split into ``parts`` random subsets of near-equal size.
+
+    Every row is in exactly one subset; each subset keeps the input's row order.
+    """
+    labels = random_assignment(len(data), parts, seed)
+    return [data[labels == k] for k in range(parts)]
+
+
+def sample_rows(n: int, count: int | None = None, fraction: float | None = None,
+                seed: int | None = 0) -> np.ndarray:
+    """Sorted positions of a random sample of ``count`` rows, or of ``fraction`` of ``n``."""
+    if (count is None) == (fraction is None):
+        raise ValueError("give exactly one of count and fraction")
+    if fraction is not None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        count = int(round(n * fraction))
+    if count < 0:
+        raise ValueError(f"sample size must not be negative, got {count}")
+    count = min(count, n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=count, replace=False))
+
+
+def sample(data: np.ndarray, count: int | None = None, fraction: float | None = None,
+           seed: int | None = 0) -> np.ndarray:
+    """A random subset of ``count`` rows (or ``fraction`` of them), in input order.
+
+    Parameters
+    ----------
+    data
+        The dataset.
+    count
+        Number of rows to draw (all of them if larger than the dataset).
+    fraction
+        Share of rows to draw, 0 to 1; give this or ``count``.
+    seed
+        Random seed; the same seed gives the same sample.
+    """
+    return data[sample_rows(len(data), count, fraction, seed)]
