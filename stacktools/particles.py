@@ -8,7 +8,6 @@ rows by stack and validates them against the stacks' headers.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,7 +18,7 @@ from . import csfile
 from .arrays import factorize
 from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
                      PathEscapeError, StacktoolsError)
-from .mrc import StackHeader, read_header
+from .mrc import StackHeader, read_headers
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
 
@@ -76,6 +75,7 @@ class ParticleSet:
         self.source = str(source) if source is not None else None
         self._codes: np.ndarray | None = None
         self._blob_paths: list[str] | None = None
+        self._stack_paths: list[Path] | None = None
         self._headers: dict[Path, StackHeader] | None = None
 
     @classmethod
@@ -136,7 +136,10 @@ class ParticleSet:
     @property
     def stack_paths(self) -> list[Path]:
         """Absolute paths of the distinct stacks the set references."""
-        return [resolve_blob_path(self.project_dir, b) for b in self.blob_paths]
+        if self._stack_paths is None:
+            self._factorise()
+            self._stack_paths = [resolve_blob_path(self.project_dir, b) for b in self._blob_paths]
+        return list(self._stack_paths)
 
     def groups(self) -> list[StackGroup]:
         """Rows grouped by stack, in :attr:`stack_paths` order."""
@@ -150,16 +153,11 @@ class ParticleSet:
             out.append(StackGroup(path, blob, rows, np.asarray(idx[rows], dtype=np.int64)))
         return out
 
-    def headers(self, threads: int = 8) -> dict[Path, StackHeader]:
-        """Read each referenced stack's header once (in parallel)."""
+    def headers(self, threads: int = 4) -> dict[Path, StackHeader]:
+        """Read each referenced stack's header once; cached on the set."""
         if self._headers is None:
             paths = self.stack_paths
-            if threads > 1 and len(paths) > 64:
-                with ThreadPoolExecutor(threads) as pool:
-                    hdrs = list(pool.map(read_header, paths, chunksize=64))
-            else:
-                hdrs = [read_header(p) for p in paths]
-            self._headers = dict(zip(paths, hdrs))
+            self._headers = dict(zip(paths, read_headers(paths, threads)))
         return self._headers
 
     def box(self) -> int:
@@ -174,8 +172,8 @@ class ParticleSet:
         if len(self) == 0:
             return set()
         if "blob/shape" in self.data.dtype.names:
-            shapes = np.unique(np.asarray(self.data["blob/shape"]).reshape(len(self), -1), axis=0)
-            return {int(s[-1]) for s in shapes}
+            shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
+            return set(np.unique(shape[:, -1]).tolist())
         return {h.nx for h in self.headers().values()}
 
     def validate(self, *, check_truncation: bool = True) -> dict[Path, StackHeader]:
@@ -189,7 +187,7 @@ class ParticleSet:
         headers = self.headers()
         idx = np.asarray(self.data["blob/idx"], dtype=np.int64)
         codes = self.stack_codes
-        hdr_list = [headers[p] for p in self.stack_paths]
+        hdr_list = list(headers.values())  # in stack_paths order
         nz = np.array([h.nz for h in hdr_list], dtype=np.int64)
         bad = np.flatnonzero((idx >= nz[codes]) | (idx < 0))
         if len(bad):

@@ -94,7 +94,7 @@ def size_particles(pset: ParticleSet, *, validate: bool = True, nsymbt: int = DE
         Per-particle overheads used for the formula estimate.
     """
     headers = pset.validate() if validate else pset.headers()
-    hdr_list = [headers[p] for p in pset.stack_paths]
+    hdr_list = list(headers.values())
     counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)
     modes: dict[str, int] = {}
     cache = consolidated = ext = total_nz = 0
