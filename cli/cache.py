@@ -1,7 +1,313 @@
-"""``stacktools cache …``: the node-local SSD particle cache."""
+"""``stacktools cache …``: the node-local SSD particle cache.
+
+Thin wrappers over :mod:`stacktools.cache`; every command has ``--json``.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
+from .output import console, emit_json, fmt_bytes, kv_table, table
+
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
+
+_SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPARC_SSD_PATH]."
+
+
+def _ssd_opts():
+    return {
+        "ssd_path": typer.Option(None, "--ssd-path", help=_SSD_HELP),
+        "quota_mb": typer.Option(None, "--quota-mb", min=0, help="Most the cache may hold, MB [default: no quota]."),
+        "reserve_mb": typer.Option(None, "--reserve-mb", min=0, help="Least free space to leave on the SSD, MB [default: 10000]."),
+        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS]."),
+        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS]."),
+        "config": typer.Option(None, "--config", help="TOML config file [default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
+    }
+
+
+_O = _ssd_opts()
+
+
+def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config):
+    from stacktools.cache import Cache
+    return Cache(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
+                 threads=threads, config_file=config)
+
+
+def _wait_msg(msg: str) -> None:
+    sys.stderr.write(f"stacktools: {msg}\n")
+    sys.stderr.flush()
+
+
+def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path]):
+    from stacktools.particles import ParticleSet
+    return ParticleSet.open(particles, project_dir, passthrough)
+
+
+def _entry_rows(entries) -> list[tuple[str, str]]:
+    return [(e["key"] if isinstance(e, dict) else e.key,
+             fmt_bytes(e["size"] if isinstance(e, dict) else e.size)) for e in entries]
+
+
+def _print_plan(plan, title: str) -> None:
+    from stacktools.cache.store import full_message
+    d = plan.to_dict(files=False)
+    rows = [
+        ("fits", "yes" if plan.fits else "NO: " + full_message(plan)),
+        ("to copy", f"{plan.files_to_copy:,} files, {fmt_bytes(plan.bytes_to_copy)}"),
+        ("already cached and valid", f"{len(plan.cached):,} files, {fmt_bytes(plan.bytes_cached)}"),
+    ]
+    if plan.waiting:
+        rows.append(("being copied by another process", f"{len(plan.waiting):,} files"))
+    if plan.from_source:
+        rows.append(("left on the source (--partial)",
+                     f"{len(plan.from_source):,} files, {fmt_bytes(d['bytes_from_source'])}"))
+    rows += [
+        ("would expire", f"{len(plan.expire):,} entries, {fmt_bytes(d['bytes_expired'])}"),
+        ("would evict (LRU)", f"{len(plan.evict):,} entries, {fmt_bytes(d['bytes_evicted'])}"),
+        ("quota", "none" if plan.quota_bytes is None else fmt_bytes(plan.quota_bytes)),
+        ("reserve", fmt_bytes(plan.reserve_bytes)),
+        ("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
+        ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}"),
+    ]
+    if plan.consolidated_bytes is not None and plan.cache_bytes is not None:
+        saved = plan.cache_bytes - plan.consolidated_bytes
+        frac = saved / plan.cache_bytes if plan.cache_bytes else 0.0
+        rows.append(("after consolidation", f"{fmt_bytes(plan.consolidated_bytes)} instead of "
+                     f"{fmt_bytes(plan.cache_bytes)}: {fmt_bytes(saved)} ({frac:.1%}) less to cache"))
+    out = console()
+    out.print(kv_table(rows, title=title))
+    for name, entries in (("expire", plan.expire), ("evict (least recently used first)", plan.evict)):
+        if entries:
+            t = table(f"would {name}", ("entry", "bytes"))
+            for k, v in _entry_rows(entries):
+                t.add_row(k, v)
+            out.print(t)
+
+
+@app.command("plan")
+def plan_cmd(
+    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
+    partial: bool = typer.Option(False, "--partial", help="Plan what fits if the whole set does not."),
+    ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
+    reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
+    threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show what `cache sync` would copy, expire and evict, and whether it fits; copy nothing."""
+    cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+    pset = _open_set(particles, project_dir, passthrough)
+    plan = cache.plan(pset, partial=partial, consolidation=True)
+    if as_json:
+        emit_json(plan.to_dict())
+    else:
+        _print_plan(plan, f"cache plan for {particles}")
+
+
+@app.command("sync")
+def sync_cmd(
+    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
+    command: Optional[List[str]] = typer.Argument(None, help="After `--`: a command to run while the set is pinned."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
+    partial: bool = typer.Option(False, "--partial", help="Cache what fits, in the set's order; read the rest from the source."),
+    write_cs: Optional[Path] = typer.Option(None, "--write-cs", help="Write a .cs whose blob/path points at the cached copies."),
+    use_cache: Optional[bool] = typer.Option(None, "--use-cache/--no-use-cache", help="Override the project's default (`cache default`)."),
+    ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
+    reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
+    threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Make every stack of a set present and valid in the SSD cache; print source → cached.
+
+    With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts it),
+    and its exit status is returned.
+    """
+    import os
+
+    from stacktools.cache import use_cache_for
+    from stacktools.cache.store import SyncResult, write_cached_cs
+
+    from .output import byte_progress
+
+    pset = _open_set(particles, project_dir, passthrough)
+    if not use_cache_for(pset.project_dir, use_cache):
+        paths = {os.path.normpath(os.path.abspath(p)): os.path.normpath(os.path.abspath(p))
+                 for p in pset.stack_paths}
+        result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
+    else:
+        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+        plan = cache.plan(pset, partial=partial, pinned=True)
+        with byte_progress("caching", plan.bytes_to_copy, quiet) as advance:
+            result = cache.execute(plan, hold=bool(command), progress=advance, on_wait=_wait_msg)
+    if write_cs is not None:
+        write_cached_cs(pset, result.paths, write_cs)
+    if as_json:
+        d = result.to_dict()
+        if write_cs is not None:
+            d["cs"] = str(write_cs)
+        emit_json(d)
+    elif not quiet or not command:
+        rows = [("copied", f"{result.copied:,} files, {fmt_bytes(result.bytes_copied)}"),
+                ("already cached", f"{result.reused:,} files, {fmt_bytes(result.bytes_reused)}"),
+                ("expired", f"{result.expired:,} entries, {fmt_bytes(result.bytes_expired)}"),
+                ("evicted", f"{result.evicted:,} entries, {fmt_bytes(result.bytes_evicted)}")]
+        if result.from_source:
+            rows.append(("read from the source", f"{len(result.from_source):,} files"))
+        if not result.use_cache:
+            rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
+        out = console(stderr=bool(command))
+        out.print(kv_table(rows, title=f"cache sync {particles}"))
+    if command:
+        import subprocess
+        try:
+            rc = subprocess.call(command)
+        finally:
+            result.release()
+        raise typer.Exit(rc)
+
+
+def _simple(fn_name: str, ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, **kw):
+    cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+    return getattr(cache, fn_name)(**kw)
+
+
+def _print_removed(d: dict, title: str) -> None:
+    rows = [("removed", f"{d['removed']:,} entries, {fmt_bytes(d['bytes_removed'])}"),
+            ("skipped (in use)", f"{d['skipped_in_use']:,}"),
+            ("crashed-copy temporaries swept", f"{d['temps_swept']:,}")]
+    console().print(kv_table(rows, title=title))
+
+
+@app.command("status")
+def status_cmd(
+    inventory: bool = typer.Option(False, "--inventory", help="With --json: add the full inventory snapshot "
+                                   "(for planning on another machine)."),
+    ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
+    reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
+    threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Usage against quota and reserve, entries, oldest and newest entry, bytes per project."""
+    cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+    st = cache.status()
+    if as_json:
+        if inventory:
+            st["inventory"] = cache.inventory().to_dict()
+        emit_json(st)
+        return
+    rows = [("cache", st["root"]),
+            ("entries", f"{st['entries']:,} ({st['in_use']:,} in use, {st['expired']:,} expired)"),
+            ("bytes", fmt_bytes(st["bytes"])),
+            ("quota", "none" if st["quota_bytes"] is None else fmt_bytes(st["quota_bytes"])),
+            ("reserve", fmt_bytes(st["reserve_bytes"])),
+            ("free on the SSD", fmt_bytes(st["free_bytes"])),
+            ("files in the cache dir it does not own", fmt_bytes(st["foreign_bytes_in_cache_dir"])),
+            ("lifetime", f"{st['lifetime_days']:g} days"), ("copy threads", str(st["threads"]))]
+    for k in ("oldest", "newest"):
+        if st[k]:
+            rows.append((f"{k} (last access)", f"{st[k]['last_access_iso']} {st[k]['source']}"))
+    out = console()
+    out.print(kv_table(rows, title="SSD cache"))
+    if st["bytes_per_project"]:
+        t = table("bytes per project", ("project", "bytes"))
+        for p, n in sorted(st["bytes_per_project"].items()):
+            t.add_row(p, fmt_bytes(n))
+        out.print(t)
+
+
+@app.command("clean")
+def clean_cmd(
+    ssd_path: Optional[str] = _O["ssd_path"], lifetime_days: Optional[float] = _O["lifetime_days"],
+    config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Expire entries past their lifetime (not in use); sweep crashed copies' temporaries."""
+    d = _simple("clean", ssd_path, None, None, lifetime_days, None, config)
+    emit_json(d) if as_json else _print_removed(d, "cache clean")
+
+
+@app.command("clear")
+def clear_cmd(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do it without asking."),
+    ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Remove every entry the cache owns (not in use). Files it does not own are never touched."""
+    if not yes:
+        if not sys.stdin.isatty() or not typer.confirm("Remove every cache entry not in use?"):
+            from stacktools.errors import CacheError
+            raise CacheError("clear needs --yes (or a yes at the prompt)")
+    d = _simple("clear", ssd_path, None, None, None, None, config)
+    emit_json(d) if as_json else _print_removed(d, "cache clear")
+
+
+@app.command("evict")
+def evict_cmd(
+    particles: Optional[Path] = typer.Argument(None, help="Evict this set's entries.", dir_okay=False),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    mb: Optional[float] = typer.Option(None, "--mb", min=0, help="Evict least-recently-used entries until this many MB are freed."),
+    ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Evict a set's entries, or free --mb by LRU; entries in use are skipped."""
+    if (particles is None) == (mb is None):
+        raise typer.BadParameter("give either PARTICLES.cs or --mb")
+    cache = _cache(ssd_path, None, None, None, None, config)
+    if particles is not None:
+        keys = [s.key for s in cache.sources(_open_set(particles, project_dir, None).stack_paths)]
+        d = cache.evict(keys=keys)
+    else:
+        d = cache.evict(nbytes=int(mb * 1_000_000))
+    emit_json(d) if as_json else _print_removed(d, "cache evict")
+
+
+@app.command("verify")
+def verify_cmd(
+    fix: bool = typer.Option(False, "--fix", help="Remove entries whose source changed or vanished, or whose copy is damaged."),
+    content: bool = typer.Option(False, "--content", help="Compare bytes too (reads everything)."),
+    ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Re-check every entry against its source (size and mtime; --content for bytes)."""
+    d = _simple("verify", ssd_path, None, None, None, None, config, fix=fix, content=content)
+    if as_json:
+        emit_json(d)
+        return
+    out = console()
+    out.print(kv_table([("checked", f"{d['checked']:,}"), ("ok", f"{d['ok']:,}"),
+                        ("problems", f"{len(d['problems']):,}")], title="cache verify"))
+    for p in d["problems"]:
+        out.print(f"{p['problem']}: {p['source']}" + (" (removed)" if p["removed"] else ""))
+    if d["problems"] and not fix:
+        raise typer.Exit(1)
+
+
+@app.command("default")
+def default_cmd(
+    project_dir: Path = typer.Option(..., "--project-dir", "-p", help="CryoSPARC project directory."),
+    on: Optional[bool] = typer.Option(None, "--on/--off", help="Jobs of this project use the cache, or not."),
+    unset: bool = typer.Option(False, "--unset", help="Remove the project's default (the cache is used)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show, set or unset a project's default for whether jobs use the cache."""
+    from stacktools.cache import project_use_cache, set_project_use_cache
+    if unset and on is not None:
+        raise typer.BadParameter("give --on, --off or --unset, not two")
+    if unset:
+        set_project_use_cache(project_dir, None)
+    elif on is not None:
+        set_project_use_cache(project_dir, on)
+    v = project_use_cache(project_dir)
+    if as_json:
+        emit_json({"project_dir": str(project_dir), "use_cache": v, "effective": True if v is None else v})
+    else:
+        console().print(f"{project_dir}: use cache = "
+                        f"{'unset (yes)' if v is None else ('yes' if v else 'no')}")

@@ -88,6 +88,18 @@ class CacheFullError(CacheError):
     """A set does not fit on the SSD even after evicting everything evictable."""
 
 
+class CacheError(StacktoolsError):
+    """The SSD cache cannot do what was asked (bad state, busy, escape)."""
+
+
+class CacheConfigError(CacheError):
+    """Cache settings are missing or invalid (SSD path, quota, reserve, ...)."""
+
+
+class CacheFullError(CacheError):
+    """A set does not fit on the SSD even after evicting everything evictable."""
+
+
 def describe_os_error(err: OSError) -> str:
     """One-line description of an ``OSError`` that names the file involved."""
     where = err.filename or ""

@@ -1,0 +1,26 @@
+"""Node-local SSD cache of particle stacks: copy once, evict safely, lose nothing.
+
+Modules, one job each: :mod:`.config` (settings), :mod:`.locks` (flock locks and
+pins), :mod:`.index` (SQLite record and ledger), :mod:`.copy` (one atomic copy),
+:mod:`.plan` (pure planning against an inventory snapshot) and :mod:`.store`
+(the :class:`Cache` that ties them together).
+
+    from stacktools.cache import Cache
+    from stacktools.particles import ParticleSet
+
+    cache = Cache("/scratch/ssd", quota_mb=500_000)
+    pset = ParticleSet.open("P1/J7/J7_particles_selected.cs", "P1")
+    plan = cache.plan(pset)              # nothing copied
+    with cache.execute(plan, hold=True) as result:   # pinned while the job runs
+        result.paths                      # source path -> cached path
+"""
+
+from __future__ import annotations
+
+from .config import CacheConfig, project_use_cache, resolve_config, set_project_use_cache, use_cache_for
+from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from .store import Cache, SyncResult, full_message
+
+__all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "Plan", "SourceFile", "SyncResult",
+           "full_message", "plan_stacks", "project_use_cache", "resolve_config",
+           "set_project_use_cache", "use_cache_for"]

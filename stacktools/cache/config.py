@@ -1,0 +1,235 @@
+"""Cache settings: CLI flags, then a config file, then environment variables.
+
+Precedence is flags > config file > environment > built-in defaults. The SSD path
+may contain environment variables (``$SLURM_TMPDIR/ssd``) so that one setting
+works per node or per job; they are expanded wherever the value comes from.
+
+Config file (TOML), from ``--config``, ``$STACKTOOLS_CONFIG`` or
+``~/.config/stacktools/config.toml``::
+
+    [cache]
+    ssd_path = "/scratch/$USER"
+    quota_mb = 500000
+    reserve_mb = 10000
+    lifetime_days = 30
+    threads = 4
+
+A per-project default for whether jobs use the cache lives in
+``PROJECT/.stacktools-cache.json`` (see :func:`project_use_cache`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import CacheConfigError
+
+ENV_SSD = "STACKTOOLS_SSD_PATH"
+ENV_SSD_FALLBACK = "CRYOSPARC_SSD_PATH"
+ENV_QUOTA = "STACKTOOLS_CACHE_QUOTA_MB"
+ENV_RESERVE = "STACKTOOLS_CACHE_RESERVE_MB"
+ENV_LIFETIME = "STACKTOOLS_CACHE_LIFETIME_DAYS"
+ENV_THREADS = "STACKTOOLS_CACHE_NUM_THREADS"
+ENV_CONFIG = "STACKTOOLS_CONFIG"
+
+DEFAULT_LIFETIME_DAYS = 30.0
+DEFAULT_THREADS = 2
+DEFAULT_RESERVE_MB = 10_000
+PROJECT_FILE = ".stacktools-cache.json"
+MB = 1_000_000
+
+_UNEXPANDED = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Resolved cache settings.
+
+    ``ssd_path`` is the SSD directory (the cache lives in ``ssd_path/stacktools-cache``);
+    ``quota_mb`` the most the cache may hold (``None``: no quota); ``reserve_mb`` the
+    least free space to leave on the device; ``lifetime_days`` how long an entry
+    lives after its last access; ``threads`` the number of copy threads;
+    ``sources`` says where each value came from (``flag``, ``file``, ``env``, ``default``).
+    """
+
+    ssd_path: Path
+    quota_mb: float | None = None
+    reserve_mb: float = DEFAULT_RESERVE_MB
+    lifetime_days: float = DEFAULT_LIFETIME_DAYS
+    threads: int = DEFAULT_THREADS
+    sources: Mapping[str, str] | None = None
+
+    @property
+    def quota_bytes(self) -> int | None:
+        return None if self.quota_mb is None else int(self.quota_mb * MB)
+
+    @property
+    def reserve_bytes(self) -> int:
+        return int(self.reserve_mb * MB)
+
+    @property
+    def lifetime_s(self) -> float:
+        return self.lifetime_days * 86400.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ssd_path"] = str(self.ssd_path)
+        d["sources"] = dict(self.sources or {})
+        return d
+
+
+def expand_path(value: str, what: str, env: Mapping[str, str] | None = None) -> Path:
+    """Expand ``$VAR``, ``${VAR}`` and ``~`` in ``value``; unset variables are an error."""
+    env = os.environ if env is None else env
+    missing = [m.strip("{}") for m in _UNEXPANDED.findall(value) if m.strip("{}") not in env]
+    if missing:
+        raise CacheConfigError(f"{what}: {value!r} uses unset environment variable ${missing[0]}")
+    out = _UNEXPANDED.sub(lambda m: env[m.group(1).strip("{}")], value)
+    return Path(os.path.expanduser(out))
+
+
+def default_config_file(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    return Path(os.path.expanduser("~/.config/stacktools/config.toml"))
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``[cache]`` table of a TOML config file (empty if the file does not exist)."""
+    import tomllib
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise CacheConfigError(f"{p}: not a valid TOML config file: {err}") from err
+    table = data.get("cache", {})
+    if not isinstance(table, dict):
+        raise CacheConfigError(f"{p}: [cache] must be a table")
+    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise CacheConfigError(f"{p}: unknown [cache] setting {unknown[0]!r}")
+    return table
+
+
+def _number(value: Any, what: str, kind=float, minimum: float = 0):
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise CacheConfigError(f"{what}: {value!r} is not a number") from None
+    if v < minimum:
+        raise CacheConfigError(f"{what}: {value!r} must be at least {minimum}")
+    return v
+
+
+def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float | None = None,
+                   reserve_mb: float | None = None, lifetime_days: float | None = None,
+                   threads: int | None = None, config_file: str | os.PathLike | None = None,
+                   env: Mapping[str, str] | None = None) -> CacheConfig:
+    """Combine flags, config file and environment into a :class:`CacheConfig`.
+
+    Parameters
+    ----------
+    ssd_path, quota_mb, reserve_mb, lifetime_days, threads
+        Values given as flags or arguments; ``None`` means "not given".
+    config_file
+        TOML file to read; default ``$STACKTOOLS_CONFIG`` or
+        ``~/.config/stacktools/config.toml`` (a missing default file is fine).
+    env
+        Environment to read (default ``os.environ``).
+
+    Raises :class:`~stacktools.errors.CacheConfigError` when no SSD path is set anywhere
+    or a value is invalid.
+    """
+    env = os.environ if env is None else env
+    if config_file is not None and not Path(config_file).exists():
+        raise CacheConfigError(f"{config_file}: config file not found")
+    cfg_path = Path(config_file) if config_file is not None else default_config_file(env)
+    file_vals = read_config_file(cfg_path)
+    env_vals: dict[str, Any] = {}
+    if env.get(ENV_SSD):
+        env_vals["ssd_path"] = (env[ENV_SSD], ENV_SSD)
+    elif env.get(ENV_SSD_FALLBACK):
+        env_vals["ssd_path"] = (env[ENV_SSD_FALLBACK], ENV_SSD_FALLBACK)
+    for key, name in (("quota_mb", ENV_QUOTA), ("reserve_mb", ENV_RESERVE),
+                      ("lifetime_days", ENV_LIFETIME), ("threads", ENV_THREADS)):
+        if env.get(name, "").strip():
+            env_vals[key] = (env[name], name)
+    flags = {"ssd_path": ssd_path, "quota_mb": quota_mb, "reserve_mb": reserve_mb,
+             "lifetime_days": lifetime_days, "threads": threads}
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, flag in flags.items():
+        if flag is not None:
+            values[key], sources[key], what = flag, "flag", f"--{key.replace('_', '-')}"
+        elif key in file_vals:
+            values[key], sources[key], what = file_vals[key], "file", f"{cfg_path} [cache] {key}"
+        elif key in env_vals:
+            values[key], what = env_vals[key][0], env_vals[key][1]
+            sources[key] = "env"
+        else:
+            sources[key] = "default"
+            continue
+        if key == "ssd_path":
+            values[key] = expand_path(str(values[key]), what, env)
+        elif key == "threads":
+            values[key] = _number(values[key], what, int, 1)
+        elif key == "lifetime_days":
+            values[key] = _number(values[key], what, float, 0)
+        else:
+            values[key] = _number(values[key], what, float, 0)
+    if "ssd_path" not in values:
+        raise CacheConfigError(f"no SSD path: give --ssd-path, set ssd_path in {cfg_path}, "
+                               f"or set ${ENV_SSD}")
+    return CacheConfig(sources=sources, **values)
+
+
+def _project_file(project_dir: str | os.PathLike) -> Path:
+    return Path(project_dir) / PROJECT_FILE
+
+
+def project_use_cache(project_dir: str | os.PathLike) -> bool | None:
+    """The project's default for whether jobs use the cache; ``None`` if unset."""
+    p = _project_file(project_dir)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as err:
+        raise CacheConfigError(f"{p}: unreadable project cache setting: {err}") from err
+    v = data.get("use_cache") if isinstance(data, dict) else None
+    return v if isinstance(v, bool) else None
+
+
+def set_project_use_cache(project_dir: str | os.PathLike, value: bool | None) -> None:
+    """Set (``True``/``False``) or unset (``None``) the project's use-cache default."""
+    from ..atomic import atomic_output
+    p = _project_file(project_dir)
+    if not Path(project_dir).is_dir():
+        raise CacheConfigError(f"{project_dir}: project directory not found")
+    if value is None:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+        return
+    with atomic_output(p) as fh:
+        fh.write(json.dumps({"use_cache": bool(value)}).encode() + b"\n")
+
+
+def use_cache_for(project_dir: str | os.PathLike, flag: bool | None) -> bool:
+    """Whether to use the cache: the flag if given, else the project default, else yes."""
+    if flag is not None:
+        return flag
+    v = project_use_cache(project_dir)
+    return True if v is None else v

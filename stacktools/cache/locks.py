@@ -1,0 +1,228 @@
+"""Kernel-held locks (``flock``) for the cache.
+
+``flock`` locks belong to an open file description and vanish when the process
+dies, so a crashed holder never leaves a stale lock. Three kinds are used:
+
+* the space lock (``root/space.lock``): exclusive while a process makes room and
+  records its reservation, shared while a process registers a pin;
+* entry locks (``root/locks/<hash>.lock``): exclusive while one process copies
+  or evicts one entry; others block on it and go on when the copy lands;
+* pin files (``root/pins/*.pin``): each process holds an exclusive lock on its own
+  pin file, which lists the entries it uses and the bytes it has reserved. A pin
+  file that can be locked by someone else belongs to a dead process.
+
+Lock order, which rules out deadlock: an entry lock may be held while waiting for
+the space lock, never the reverse; whoever holds the space lock only ever tries
+other locks without blocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable
+
+WaitCallback = Callable[[str], None]
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class FileLock:
+    """An ``flock`` on ``path``, re-checked against the inode so lock files may be deleted.
+
+    Parameters
+    ----------
+    path
+        The lock file (created if missing).
+    what
+        What the lock protects, for waiting messages.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = ""):
+        self.path = Path(path)
+        self.what = what or str(path)
+        self.fd: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path, "r") as fh:
+                text = fh.read(200).strip()
+            return f" (held by {text})" if text else ""
+        except OSError:
+            return ""
+
+    def acquire(self, shared: bool = False, blocking: bool = True,
+                on_wait: WaitCallback | None = None, note: str | None = None) -> bool:
+        """Take the lock; return ``False`` if ``blocking`` is false and it is busy.
+
+        ``on_wait`` is called once with a message before blocking; ``note`` is
+        written into the lock file while held exclusively, so that waiters can say
+        what they wait on.
+        """
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        told = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not blocking:
+                        os.close(fd)
+                        return False
+                    if on_wait is not None and not told:
+                        on_wait(f"waiting for {self.what}{self._holder()}")
+                        told = True
+                    fcntl.flock(fd, op)
+                # The file may have been unlinked (by an evictor holding it) while we
+                # waited: then our lock is on a dead inode, so take it again.
+                try:
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+            except BaseException:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                raise
+            self.fd = fd
+            if not shared:
+                self._write_note(note or f"pid {os.getpid()} on {socket.gethostname()}")
+            return True
+
+    def _write_note(self, text: str) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, text.encode(errors="replace"), 0)
+        except OSError:
+            pass
+
+    def release(self, unlink: bool = False) -> None:
+        """Release the lock; with ``unlink`` remove the lock file first (while still held)."""
+        if self.fd is None:
+            return
+        try:
+            if unlink:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+            else:
+                try:
+                    os.ftruncate(self.fd, 0)
+                except OSError:
+                    pass
+        finally:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class PinFile:
+    """This process's record of the entries it uses and the bytes it has reserved.
+
+    The file is locked exclusively for the life of the pin; its content is a JSON
+    object ``{"pid", "host", "keys", "reserved": {key: bytes}}``, rewritten only
+    while the writer holds the space lock (shared or exclusive), so readers that
+    hold the space lock exclusively always see whole contents.
+    """
+
+    def __init__(self, pins_dir: Path, keys: Iterable[str]):
+        self.keys: list[str] = list(keys)
+        self.reserved: dict[str, int] = {}
+        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
+        self.path = pins_dir / name
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite the content (call with the space lock held)."""
+        data = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
+                           "keys": self.keys, "reserved": self.reserved}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def close(self) -> None:
+        """Drop the pin: unlink the file, then release its lock."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __del__(self):  # pragma: no cover - best effort for forgotten handles
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
+    """Keys in use and bytes reserved by live processes; sweeps dead processes' pin files.
+
+    Call with the space lock held exclusively.
+    """
+    in_use: set[str] = set()
+    reserved: dict[str, int] = {}
+    try:
+        names = os.listdir(pins_dir)
+    except FileNotFoundError:
+        return in_use, reserved
+    for name in names:
+        if not name.endswith(".pin"):
+            continue
+        p = pins_dir / name
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raw = b""
+                while chunk := os.read(fd, 1 << 20):
+                    raw += chunk
+                try:
+                    data = json.loads(raw or b"{}")
+                except ValueError:
+                    continue
+                in_use.update(data.get("keys", ()))
+                for k, v in data.get("reserved", {}).items():
+                    reserved[k] = max(reserved.get(k, 0), int(v))
+                continue
+            # Lockable: its owner is gone (the kernel dropped the lock). Not a stale
+            # lock, just a leftover record: remove it.
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        except OSError as err:
+            if err.errno not in (errno.ENOENT,):
+                raise
+        finally:
+            os.close(fd)
+    return in_use, reserved

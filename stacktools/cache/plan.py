@@ -1,0 +1,339 @@
+"""Plans: what a sync would copy, expire and evict, computed without touching disk.
+
+:func:`plan_stacks` is a pure function of a stack list and an :class:`Inventory`
+snapshot. The live :meth:`stacktools.cache.Cache.plan` builds the snapshot from the
+SSD and calls it; a snapshot exported on another node (``stacktools cache status
+--json --inventory``, :meth:`Inventory.to_dict`) can be planned against the same way,
+which is what multi-node placement needs::
+
+    inv = Inventory.from_dict(json.load(open("node7.json")))
+    stacks = [SourceFile.from_path(p) for p in pset.stack_paths]
+    plan = plan_stacks(stacks, inv)
+    plan.bytes_to_copy, plan.fits, [e.key for e in plan.evict]
+
+Space rules: the cache's own bytes plus the bytes other live processes have
+reserved plus the bytes to copy must stay within the quota, and the device's free
+space (``f_bavail``) minus reservations minus the bytes to copy must stay at or
+above the reserve. To get there, entries past their lifetime are expired first,
+then least-recently-used entries are evicted. Entries in use, entries not owned by
+the cache and entries of the set itself are never chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One stack a set needs: ``key`` is its resolved absolute path; ``path`` the path
+    as the set names it; ``size`` and ``mtime_ns`` from ``stat``."""
+
+    key: str
+    size: int
+    mtime_ns: int
+    path: str = ""
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> "SourceFile":
+        """Stat ``path`` (following symlinks) and key it by its resolved path."""
+        p = os.fspath(path)
+        st = os.stat(p)
+        return cls(os.path.realpath(p), st.st_size, st.st_mtime_ns, os.path.abspath(p))
+
+
+@dataclass
+class Entry:
+    """One cache entry in an inventory.
+
+    ``key`` is the resolved source path; ``size`` and ``mtime_ns`` the source's
+    figures at copy time; ``last_access`` a Unix time; ``in_use`` whether a live
+    process pins it; ``owned`` whether the cache created it (only owned entries are
+    ever evicted); ``project`` the project that first cached it.
+    """
+
+    key: str
+    size: int
+    mtime_ns: int
+    last_access: float
+    in_use: bool = False
+    owned: bool = True
+    project: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Inventory:
+    """A serialisable snapshot of one node's cache.
+
+    ``quota_bytes`` (``None``: no quota) and ``reserve_bytes`` are the node's
+    settings; ``free_bytes`` is the device's ``f_bavail`` space; ``reserved`` maps
+    keys that other live processes are copying right now to their bytes;
+    ``lifetime_s`` is the entry lifetime; ``taken_at`` the snapshot's Unix time.
+    """
+
+    entries: list[Entry]
+    quota_bytes: int | None
+    reserve_bytes: int
+    free_bytes: int
+    lifetime_s: float
+    taken_at: float = field(default_factory=time.time)
+    reserved: dict[str, int] = field(default_factory=dict)
+    node: str = ""
+    root: str = ""
+    total_bytes: int = 0
+
+    @property
+    def owned_bytes(self) -> int:
+        return sum(e.size for e in self.entries if e.owned)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["owned_bytes"] = self.owned_bytes
+        d["format"] = "stacktools-cache-inventory/1"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Inventory":
+        """Rebuild a snapshot from :meth:`to_dict` output (extra keys are ignored)."""
+        return cls(entries=[Entry(**{k: e[k] for k in Entry.__dataclass_fields__ if k in e})
+                            for e in d.get("entries", [])],
+                   quota_bytes=d.get("quota_bytes"), reserve_bytes=int(d.get("reserve_bytes", 0)),
+                   free_bytes=int(d["free_bytes"]), lifetime_s=float(d.get("lifetime_s", 30 * 86400)),
+                   taken_at=float(d.get("taken_at", time.time())),
+                   reserved={k: int(v) for k, v in d.get("reserved", {}).items()},
+                   node=d.get("node", ""), root=d.get("root", ""),
+                   total_bytes=int(d.get("total_bytes", 0)))
+
+
+@dataclass
+class Plan:
+    """What a sync of a stack list will do.
+
+    ``to_copy`` are the stacks this process will copy (set order); ``cached`` the
+    stacks already cached and valid; ``waiting`` the stacks another live process is
+    copying right now (this one waits for them); ``from_source`` the stacks left on
+    the source (with ``partial``, those that do not fit); ``expire`` and ``evict``
+    the entries removed first (expired, then LRU order); ``replace`` the stale
+    copies of changed sources that the new copies replace; ``fits`` whether everything
+    fits; ``shortfall_bytes`` how much more room the set would need;
+    ``held_in_use_bytes`` and ``held_foreign_bytes`` what holds the space that could
+    not be freed. ``consolidated_bytes`` (when known) is what the selected particles
+    alone would take once consolidated.
+    """
+
+    to_copy: list[SourceFile]
+    cached: list[SourceFile]
+    waiting: list[SourceFile]
+    from_source: list[SourceFile]
+    expire: list[Entry]
+    evict: list[Entry]
+    fits: bool
+    replace: list[Entry] = field(default_factory=list)
+    quota_bytes: int | None = None
+    reserve_bytes: int = 0
+    free_bytes_before: int = 0
+    used_bytes_before: int = 0
+    shortfall_bytes: int = 0
+    held_in_use_bytes: int = 0
+    held_foreign_bytes: int = 0
+    partial: bool = False
+    consolidated_bytes: int | None = None
+    cache_bytes: int | None = None
+    project: str = ""
+    # Every stack of the set in order (what execute re-plans with).
+    stacks: list[SourceFile] = field(default_factory=list, repr=False, compare=False)
+    # Set by Cache.plan when the plan was made while the set was pinned.
+    _pin: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(s.size for s in self.to_copy)
+
+    @property
+    def files_to_copy(self) -> int:
+        return len(self.to_copy)
+
+    @property
+    def bytes_cached(self) -> int:
+        return sum(s.size for s in self.cached)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(e.size for e in self.expire + self.evict + self.replace)
+
+    @property
+    def used_bytes_after(self) -> int:
+        return self.used_bytes_before - self.bytes_freed + self.bytes_to_copy
+
+    @property
+    def free_bytes_after(self) -> int:
+        return self.free_bytes_before + self.bytes_freed - self.bytes_to_copy
+
+    def release(self) -> None:
+        """Drop the pin of a plan made with ``pinned=True`` that will not be executed."""
+        pin, self._pin = self._pin, None
+        if pin is not None:
+            pin.close()
+
+    def decisions(self) -> tuple:
+        """What the plan does, for comparing two plans of the same set."""
+        return (tuple(s.key for s in self.to_copy), tuple(e.key for e in self.expire),
+                tuple(e.key for e in self.evict), tuple(s.key for s in self.from_source), self.fits)
+
+    def to_dict(self, files: bool = True) -> dict:
+        d = {
+            "fits": self.fits, "partial": self.partial,
+            "files_to_copy": self.files_to_copy, "bytes_to_copy": self.bytes_to_copy,
+            "files_cached": len(self.cached), "bytes_cached": self.bytes_cached,
+            "files_waiting": len(self.waiting),
+            "files_from_source": len(self.from_source),
+            "bytes_from_source": sum(s.size for s in self.from_source),
+            "expire": [e.to_dict() for e in self.expire],
+            "evict": [e.to_dict() for e in self.evict],
+            "bytes_expired": sum(e.size for e in self.expire),
+            "bytes_evicted": sum(e.size for e in self.evict),
+            "replace": [e.key for e in self.replace],
+            "quota_bytes": self.quota_bytes, "reserve_bytes": self.reserve_bytes,
+            "free_bytes_before": self.free_bytes_before, "free_bytes_after": self.free_bytes_after,
+            "used_bytes_before": self.used_bytes_before, "used_bytes_after": self.used_bytes_after,
+            "shortfall_bytes": self.shortfall_bytes,
+            "held_in_use_bytes": self.held_in_use_bytes,
+            "held_foreign_bytes": self.held_foreign_bytes,
+            "cache_bytes": self.cache_bytes, "consolidated_bytes": self.consolidated_bytes,
+            "saved_by_consolidating_bytes": (None if self.consolidated_bytes is None
+                                             or self.cache_bytes is None
+                                             else self.cache_bytes - self.consolidated_bytes),
+        }
+        if files:
+            d["copy"] = [s.path or s.key for s in self.to_copy]
+            d["cached"] = [s.path or s.key for s in self.cached]
+            d["waiting"] = [s.path or s.key for s in self.waiting]
+            d["from_source"] = [s.path or s.key for s in self.from_source]
+        return d
+
+
+def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
+                valid: Iterable[str] | None = None, partial: bool = False,
+                now: float | None = None) -> Plan:
+    """Plan caching ``stacks`` on the node that ``inventory`` describes. Pure.
+
+    Parameters
+    ----------
+    stacks
+        The set's distinct stacks, in the set's order.
+    inventory
+        The node's snapshot (see :meth:`stacktools.cache.Cache.inventory`).
+    valid
+        Keys known to be cached and valid (the live cache checks the files). When
+        ``None``, a stack is valid if the inventory has an entry with its key, size
+        and ``mtime_ns``.
+    partial
+        If the whole set cannot fit, plan the stacks that fit, in the set's order,
+        and leave the rest on the source, instead of reporting ``fits=False``.
+    now
+        Unix time for lifetime expiry (default: the snapshot's ``taken_at``).
+    """
+    now = inventory.taken_at if now is None else now
+    by_key = {e.key: e for e in inventory.entries}
+    if valid is None:
+        valid_set = {s.key for s in stacks
+                     if (e := by_key.get(s.key)) is not None and e.size == s.size
+                     and e.mtime_ns == s.mtime_ns}
+    else:
+        valid_set = set(valid)
+
+    seen: set[str] = set()
+    to_copy, cached, waiting = [], [], []
+    for s in stacks:
+        if s.key in seen:
+            continue
+        seen.add(s.key)
+        if s.key in valid_set:
+            cached.append(s)
+        elif s.key in inventory.reserved:
+            waiting.append(s)
+        else:
+            to_copy.append(s)
+
+    reserved_total = sum(inventory.reserved.values())
+    used = inventory.owned_bytes + reserved_total
+    free = inventory.free_bytes - reserved_total
+    quota = inventory.quota_bytes
+    reserve = inventory.reserve_bytes
+
+    def stale_of(files: list[SourceFile]) -> list[Entry]:
+        """Owned, unused entries of these stacks that the new copies replace."""
+        return [by_key[s.key] for s in files
+                if s.key in by_key and by_key[s.key].owned and not by_key[s.key].in_use]
+
+    def room(freed: int) -> int:
+        """Bytes that could still be written after freeing ``freed``."""
+        r = free + freed - reserve
+        if quota is not None:
+            r = min(r, quota - (used - freed))
+        return r
+
+    evictable = [e for e in inventory.entries
+                 if e.owned and not e.in_use and e.key not in seen]
+    expire = [e for e in evictable if now - e.last_access > inventory.lifetime_s]
+    expire.sort(key=lambda e: (e.last_access, e.key))
+    expired_keys = {e.key for e in expire}
+    lru = sorted((e for e in evictable if e.key not in expired_keys),
+                 key=lambda e: (e.last_access, e.key))
+
+    def choose(need: int, base: int) -> list[Entry]:
+        freed = base
+        out: list[Entry] = []
+        for e in lru:
+            if room(freed) >= need:
+                break
+            out.append(e)
+            freed += e.size
+        return out
+
+    need = sum(s.size for s in to_copy)
+    from_source: list[SourceFile] = []
+    all_freeable = sum(e.size for e in expire) + sum(e.size for e in lru)
+    replace = stale_of(to_copy)
+    max_room = room(all_freeable + sum(e.size for e in replace))
+    if not to_copy:
+        # Nothing to write: nothing to expire or evict either.
+        expire, evict_list, replace, fits = [], [], [], True
+    elif need <= max_room:
+        evict_list = choose(need, sum(e.size for e in expire + replace))
+        fits = True
+    elif partial:
+        # Stale copies only come back if their stack is kept: count none of them.
+        cap = room(all_freeable)
+        kept, total = [], 0
+        for s in to_copy:
+            if total + s.size <= cap:
+                kept.append(s)
+                total += s.size
+            else:
+                from_source.append(s)
+        to_copy = kept
+        replace = stale_of(kept)
+        if kept:
+            evict_list = choose(total, sum(e.size for e in expire + replace))
+        else:
+            expire, evict_list = [], []
+        fits = True
+    else:
+        evict_list, fits = [], False
+
+    shortfall = 0 if fits else need - max_room
+    in_use_bytes = sum(e.size for e in inventory.entries if e.owned and e.in_use and e.key not in seen)
+    foreign = max(0, inventory.total_bytes - inventory.free_bytes - inventory.owned_bytes) \
+        if inventory.total_bytes else sum(e.size for e in inventory.entries if not e.owned)
+    return Plan(stacks=list(stacks), to_copy=to_copy, cached=cached, waiting=waiting, from_source=from_source,
+                expire=expire, evict=evict_list, replace=replace, fits=fits,
+                quota_bytes=quota, reserve_bytes=reserve, free_bytes_before=inventory.free_bytes,
+                used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),
+                held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial)

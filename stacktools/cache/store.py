@@ -1,0 +1,813 @@
+"""The SSD particle cache: :class:`Cache` and what it returns.
+
+Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
+
+    files/<resolved source path>   the copies; a symlink placed here pre-populates
+    locks/<sha1 of key>.lock       entry locks (flock)
+    pins/<host>-<pid>-<rand>.pin   live processes' pins and reservations (flock)
+    space.lock                     serialises making room and reserving space
+    index.db                       SQLite record of owned entries (WAL)
+    ledger.jsonl                   one line per copy made: ownership that survives
+                                   the loss of the index, and a log of copies
+
+An entry is keyed by the resolved absolute source path and is valid when the
+file at its location (followed if a symlink) has the source's size and
+``mtime_ns``; copies get the source's mtime, so a warm check is one ``stat`` of
+the source and one of the copy, with no database access per file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..atomic import TMP_SUFFIX, fsync_dir
+from ..errors import CacheConfigError, CacheError, CacheFullError, MissingStackError, PathEscapeError
+from .config import CacheConfig, resolve_config
+from .copy import SourceChanged, copy_into
+from .index import Index
+from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
+from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+
+CACHE_DIRNAME = "stacktools-cache"
+MB = 1_000_000
+Progress = Callable[[int], None]
+
+
+def _mb(n: int) -> str:
+    return f"{n / MB:,.1f} MB"
+
+
+@dataclass
+class SyncResult:
+    """What :meth:`Cache.execute` / :meth:`Cache.ensure` did.
+
+    ``paths`` maps each stack's absolute source path (as the set names it) to the
+    path to read: the cached copy, or the source itself for stacks left on the
+    source. ``copied``/``bytes_copied`` count only copies this process made;
+    ``reused`` counts stacks found valid (including ones another process copied
+    while this one waited). ``copies`` lists the keys this process copied.
+    When made with ``hold=True`` the entries stay pinned (never evicted) until
+    :meth:`release` or the end of a ``with`` block.
+    """
+
+    paths: dict[str, str]
+    copied: int = 0
+    reused: int = 0
+    bytes_copied: int = 0
+    bytes_reused: int = 0
+    evicted: int = 0
+    bytes_evicted: int = 0
+    expired: int = 0
+    bytes_expired: int = 0
+    from_source: list[str] = field(default_factory=list)
+    copies: list[str] = field(default_factory=list)
+    waited: int = 0
+    replanned: bool = False
+    use_cache: bool = True
+    plan: Plan | None = None
+    _pin: PinFile | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Unpin the entries (they become evictable again)."""
+        if self._pin is not None:
+            self._pin.close()
+            self._pin = None
+
+    def __enter__(self) -> "SyncResult":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in (
+            "copied", "reused", "bytes_copied", "bytes_reused", "evicted", "bytes_evicted",
+            "expired", "bytes_expired", "waited", "replanned", "use_cache", "from_source",
+            "copies", "paths")}
+        if self.plan is not None:
+            d["plan"] = self.plan.to_dict(files=False)
+        return d
+
+
+class Cache:
+    """A node-local SSD cache of particle stacks.
+
+    Parameters
+    ----------
+    ssd_path
+        SSD directory; the cache lives in ``ssd_path/stacktools-cache``. When
+        ``None``, taken from the config file or ``$STACKTOOLS_SSD_PATH``
+        (``$CRYOSPARC_SSD_PATH`` as a fallback).
+    quota_mb, reserve_mb, lifetime_days, threads
+        Override the config file and environment (see :mod:`stacktools.cache.config`).
+    config_file
+        TOML config file to read instead of the default.
+    config
+        A ready :class:`CacheConfig` (the other settings are then ignored).
+    """
+
+    def __init__(self, ssd_path: str | os.PathLike | None = None, *, quota_mb: float | None = None,
+                 reserve_mb: float | None = None, lifetime_days: float | None = None,
+                 threads: int | None = None, config_file: str | os.PathLike | None = None,
+                 config: CacheConfig | None = None):
+        self.config = config or resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb,
+                                               lifetime_days=lifetime_days, threads=threads,
+                                               config_file=config_file)
+        ssd = self.config.ssd_path
+        if not ssd.is_dir():
+            raise CacheConfigError(f"{ssd}: SSD path is not a directory")
+        root = ssd / CACHE_DIRNAME
+        try:
+            root.mkdir(exist_ok=True)
+            if root.is_symlink() or not root.is_dir():
+                raise CacheError(f"{root}: must be a real directory, not a symlink")
+            for sub in ("files", "locks", "pins"):
+                p = root / sub
+                p.mkdir(exist_ok=True)
+                if p.is_symlink():
+                    raise CacheError(f"{p}: must be a real directory, not a symlink")
+        except PermissionError as err:
+            raise CacheConfigError(f"{ssd}: cannot create the cache there: {err.strerror}") from err
+        self.root = Path(os.path.realpath(root))
+        self.files_dir = self.root / "files"
+        self.locks_dir = self.root / "locks"
+        self.pins_dir = self.root / "pins"
+        self._files = str(self.files_dir)
+        self.index = Index(self.root, self.files_dir)
+        self._src_dirs: dict[str, str] = {}
+        self._dest_dirs: set[str] = set()
+
+    # -- paths ----------------------------------------------------------------------
+    def cached_path(self, key: str) -> str:
+        """Where the entry for resolved source path ``key`` lives."""
+        return self._files + key
+
+    def _lock(self, key: str, what: str = "") -> FileLock:
+        return FileLock(self.locks_dir / f"{key_hash(key)}.lock", what or f"{key} (being copied)")
+
+    def space_lock(self) -> FileLock:
+        """The lock that serialises making room; hold it exclusively to plan + reserve."""
+        return FileLock(self.root / "space.lock", "the cache's space lock")
+
+    def _check_dest_dir(self, d: str) -> None:
+        """Refuse a cache directory reached through a symlink (it could lead outside)."""
+        if d in self._dest_dirs:
+            return
+        real = os.path.realpath(d)
+        if real != d:
+            raise PathEscapeError(f"{d}: cache directory resolves to {real} through a symlink; "
+                                  "only files may be symlinked into the cache")
+        self._dest_dirs.add(d)
+
+    def sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
+        """Stat each source once and key it by its resolved path (memoising directories)."""
+        out = []
+        memo = self._src_dirs
+        for p in paths:
+            raw = os.fspath(p)
+            if not os.path.isabs(raw):
+                raw = os.path.join(os.getcwd(), raw)
+            d, name = os.path.split(raw)
+            try:
+                st = os.lstat(raw)
+                if stat.S_ISLNK(st.st_mode):
+                    key = os.path.realpath(raw)
+                    st = os.stat(raw)
+                else:
+                    rd = memo.get(d)
+                    if rd is None:
+                        rd = memo[d] = os.path.realpath(d)
+                    key = rd + "/" + name if rd != "/" else "/" + name
+            except FileNotFoundError:
+                raise MissingStackError(f"{raw}: source stack not found") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheError(f"{raw}: source is not a regular file")
+            out.append(SourceFile(key, st.st_size, st.st_mtime_ns, os.path.normpath(raw)))
+        return out
+
+    def check(self, stacks: Sequence[SourceFile]) -> set[str]:
+        """Keys among ``stacks`` whose cached entry is present and valid (one ``stat`` each)."""
+        valid = set()
+        files = self._files
+        dirs = self._dest_dirs
+        for s in stacks:
+            cp = files + s.key
+            d = cp[:cp.rfind("/")]
+            if d not in dirs:
+                if not os.path.isdir(d):
+                    continue
+                self._check_dest_dir(d)
+            try:
+                st = os.stat(cp)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and stat.S_ISREG(st.st_mode):
+                valid.add(s.key)
+        return valid
+
+    # -- inventory --------------------------------------------------------------------
+    def _statvfs(self) -> tuple[int, int]:
+        v = os.statvfs(self.root)
+        return v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize
+
+    def _absorb_ledger(self) -> None:
+        """Record copies whose process died between its rename and its index write."""
+        con = self.index.con
+        row = con.execute("SELECT v FROM meta WHERE k='ledger_offset'").fetchone()
+        offset = int(row[0]) if row else 0
+        try:
+            size = os.path.getsize(self.index.ledger_path)
+        except FileNotFoundError:
+            return
+        if size <= offset:
+            return
+        import json
+        with open(self.index.ledger_path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        recs = []
+        for line in data[:end].splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass
+        have = self.index.get_many(r["key"] for r in recs if "key" in r)
+        new = []
+        for r in recs:
+            k = r.get("key")
+            if not k or (k in have and have[k]["ino"] == r.get("ino")):
+                continue
+            try:
+                st = os.lstat(self.cached_path(k))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_ino == r.get("ino") and st.st_size == r.get("size"):
+                new.append({"key": k, "size": st.st_size, "mtime_ns": r.get("mtime_ns", st.st_mtime_ns),
+                            "ino": st.st_ino, "created": r.get("t", time.time()),
+                            "last_access": r.get("t", time.time()), "owner": r.get("owner", ""),
+                            "project": r.get("project", "")})
+        if new:
+            self.index.record(new)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(offset + end),))
+
+    def _inventory_locked(self) -> Inventory:
+        """Snapshot with the space lock held exclusively; drops rows whose files are gone."""
+        in_use, reserved = live_pins(self.pins_dir)
+        self._absorb_ledger()
+        rows = self.index.all()
+        gone = []
+        entries = []
+        for r in rows:
+            try:
+                st = os.lstat(self.cached_path(r["key"]))
+            except OSError:
+                gone.append(r["key"])
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_ino != r["ino"]:
+                gone.append(r["key"])  # replaced by hand: no longer ours
+                continue
+            entries.append(Entry(r["key"], r["size"], r["mtime_ns"], r["last_access"],
+                                 in_use=r["key"] in in_use, owned=True, project=r["project"]))
+        self.index.remove(gone)
+        have = {e.key for e in entries}
+        free, total = self._statvfs()
+        return Inventory(entries=entries, quota_bytes=self.config.quota_bytes,
+                         reserve_bytes=self.config.reserve_bytes, free_bytes=free,
+                         lifetime_s=self.config.lifetime_s, taken_at=time.time(),
+                         reserved={k: v for k, v in reserved.items() if k not in have},
+                         node=socket.gethostname(), root=str(self.root), total_bytes=total)
+
+    def inventory(self) -> Inventory:
+        """A serialisable snapshot of this cache (see :class:`Inventory`).
+
+        Entries carry source path, size, ``mtime_ns``, last access and whether a
+        live process uses them; the snapshot also has quota, reserve and free bytes.
+        ``Inventory.to_dict()`` is what ``stacktools cache status --json --inventory``
+        prints, and :func:`stacktools.cache.plan_stacks` plans against it.
+        """
+        lock = self.space_lock()
+        lock.acquire()
+        try:
+            return self._inventory_locked()
+        finally:
+            lock.release()
+
+    # -- pins -----------------------------------------------------------------------
+    def pin(self, keys: Iterable[str]) -> PinFile:
+        """Pin entries so that no evictor removes them until ``PinFile.close()``."""
+        lock = self.space_lock()
+        lock.acquire(shared=True)
+        try:
+            return PinFile(self.pins_dir, keys)
+        finally:
+            lock.release()
+
+    # -- plan -----------------------------------------------------------------------
+    def plan(self, pset, *, partial: bool = False, consolidation: bool = False,
+             pinned: bool = False) -> Plan:
+        """Plan caching a particle set (or a list of stack paths); copy nothing.
+
+        Parameters
+        ----------
+        pset
+            A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths.
+        partial
+            Plan what fits, in the set's order, when the whole set does not.
+        consolidation
+            Also fill ``cache_bytes``/``consolidated_bytes`` from the stacks' headers
+            (what consolidating first would save).
+        pinned
+            Pin the set before checking it, so that :meth:`execute` can trust the
+            check without stat-ing again; the pin is released by ``execute`` (or by
+            ``plan.release()`` if the plan is dropped).
+        """
+        paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
+        stacks = self.sources(paths)
+        pin = self.pin([s.key for s in stacks]) if pinned else None
+        try:
+            valid = self.check(stacks)
+            if len(valid) == len({s.key for s in stacks}):
+                free, total = self._statvfs()
+                inv = Inventory([], self.config.quota_bytes, self.config.reserve_bytes, free,
+                                self.config.lifetime_s, total_bytes=total)
+                plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
+                plan.used_bytes_before = self.index.run(
+                    lambda c: c.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()[0])
+            else:
+                lock = self.space_lock()
+                lock.acquire()
+                try:
+                    inv = self._inventory_locked()
+                finally:
+                    lock.release()
+                plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
+        except BaseException:
+            if pin is not None:
+                pin.close()
+            raise
+        plan._pin = pin
+        project = getattr(pset, "project_dir", None)
+        plan.project = os.path.realpath(project) if project else ""
+        if consolidation and hasattr(pset, "stack_paths"):
+            from ..size import size_particles
+            rep = size_particles(pset, validate=False)
+            plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
+        return plan
+
+    # -- execute --------------------------------------------------------------------
+    def execute(self, plan: Plan, *, hold: bool = False, progress: Progress | None = None,
+                on_wait: WaitCallback | None = None, project: str | os.PathLike | None = None,
+                threads: int | None = None) -> SyncResult:
+        """Carry out ``plan``: expire, evict, copy; return the source → cached mapping.
+
+        The plan is re-checked against the cache under the space lock; if the cache
+        changed since it was made (another process copied or evicted), the fresh
+        plan for the same stacks is executed instead and ``replanned`` is set.
+
+        Parameters
+        ----------
+        plan
+            From :meth:`plan`.
+        hold
+            Keep the set pinned after returning (release with ``result.release()``
+            or a ``with`` block), so that nothing evicts it while a job reads it.
+        progress
+            Called with byte counts as copies advance (from several threads).
+        on_wait
+            Called with a one-line message when this process waits on a lock.
+        project
+            Project directory recorded with new entries (default: the plan's).
+        threads
+            Copy threads (default: the configured number).
+        """
+        stacks: list[SourceFile] = getattr(plan, "stacks", None) or (
+            plan.cached + plan.to_copy + plan.waiting + plan.from_source)
+        pin, plan._pin = plan._pin, None
+        fresh_pin = pin is None
+        if fresh_pin:
+            pin = self.pin([s.key for s in stacks])
+        project = os.path.realpath(project) if project else plan.project
+        result = SyncResult(paths={}, plan=plan)
+        try:
+            todo: list[SourceFile] = []
+            if fresh_pin or plan.to_copy or plan.waiting:
+                lock = self.space_lock()
+                lock.acquire(on_wait=on_wait)
+                try:
+                    if fresh_pin:
+                        stacks = self.sources([s.path or s.key for s in stacks])
+                        valid = self.check(stacks)
+                    else:
+                        valid = {s.key for s in plan.cached}
+                    if plan.to_copy or plan.waiting or fresh_pin:
+                        inv = self._inventory_locked()
+                        new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
+                        if new.decisions() != plan.decisions():
+                            new.stacks = stacks
+                            new.cache_bytes, new.consolidated_bytes = plan.cache_bytes, plan.consolidated_bytes
+                            new.project = plan.project
+                            plan, result.replanned, result.plan = new, True, new
+                    if not plan.fits:
+                        raise CacheFullError(full_message(plan))
+                    self._sweep_temps({os.path.dirname(self.cached_path(s.key)) for s in plan.to_copy})
+                    for e in plan.expire:
+                        if self._remove_entry(e.key):
+                            result.expired += 1
+                            result.bytes_expired += e.size
+                    for e in plan.evict:
+                        if self._remove_entry(e.key):
+                            result.evicted += 1
+                            result.bytes_evicted += e.size
+                    pin.reserved = {s.key: s.size for s in plan.to_copy}
+                    pin.write()
+                finally:
+                    lock.release()
+                todo = plan.to_copy + plan.waiting
+            self._copy_all(todo, pin, result, progress, on_wait, project, threads)
+            for s in stacks:
+                if s.path in result.paths:
+                    continue
+                result.paths[s.path] = self.cached_path(s.key)
+            for s in plan.from_source:
+                result.paths[s.path] = s.path
+                result.from_source.append(s.path)
+            result.reused = len(plan.cached) + (len(todo) - result.copied)
+            copied_keys = set(result.copies)
+            result.bytes_reused = sum(s.size for s in plan.cached) + sum(
+                s.size for s in todo if s.key not in copied_keys)
+            touched = [s.key for s in stacks if s.key not in copied_keys]
+            self.index.touch(touched, time.time())
+            if pin.reserved:
+                lock = self.space_lock()
+                lock.acquire(shared=True)
+                try:
+                    pin.reserved = {}
+                    pin.write()
+                finally:
+                    lock.release()
+        except BaseException:
+            pin.close()
+            raise
+        if hold:
+            result._pin = pin
+        else:
+            pin.close()
+        return result
+
+    def ensure(self, pset, *, partial: bool = False, hold: bool = False,
+               progress: Progress | None = None, on_wait: WaitCallback | None = None,
+               threads: int | None = None) -> SyncResult:
+        """Make every stack of ``pset`` present and valid in the cache: plan, then execute.
+
+        Parameters
+        ----------
+        pset
+            A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths.
+        partial
+            When the set does not fit, cache what fits and leave the rest on the source.
+        hold
+            Keep the entries pinned after returning; use the result as a context manager.
+        progress, on_wait, threads
+            See :meth:`execute`.
+
+        Raises :class:`~stacktools.errors.CacheFullError` (copying nothing) when the set
+        cannot fit even after evicting everything evictable.
+        """
+        plan = self.plan(pset, partial=partial, pinned=True)
+        return self.execute(plan, hold=hold, progress=progress, on_wait=on_wait, threads=threads)
+
+    def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
+                  progress: Progress | None, on_wait: WaitCallback | None, project: str,
+                  threads: int | None) -> None:
+        if not todo:
+            return
+        mutex = threading.Lock()
+        records: list[dict] = []
+        dirs: set[str] = set()
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+
+        def one(s: SourceFile) -> None:
+            lock = self._lock(s.key, f"{s.path} (being copied by another process)")
+            waited = [False]
+
+            def told(msg: str) -> None:
+                waited[0] = True
+                if on_wait is not None:
+                    on_wait(msg)
+            lock.acquire(on_wait=told)
+            try:
+                if self.check([s]):
+                    return  # another process copied it while we waited
+                if s.key not in pin.reserved:
+                    self._make_room_for(s, pin, on_wait)
+                dest = Path(self.cached_path(s.key))
+                for attempt in range(3):
+                    try:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        self._check_dest_dir(str(dest.parent))
+                        ino = copy_into(s.key, dest, s.size, s.mtime_ns, progress)
+                        break
+                    except FileNotFoundError:
+                        # Directory removed by hand under us: make it again.
+                        self._dest_dirs.discard(str(dest.parent))
+                        if attempt == 2:
+                            raise
+                    except SourceChanged as err:
+                        raise CacheError(str(err)) from None
+                now = time.time()
+                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": ino,
+                       "created": now, "last_access": now, "owner": owner, "project": project}
+                self.index.append_ledger({"op": "copy", "t": now, **{k: rec[k] for k in (
+                    "key", "size", "mtime_ns", "ino", "owner", "project")}})
+                with mutex:
+                    records.append(rec)
+                    dirs.add(str(dest.parent))
+                    result.copied += 1
+                    result.bytes_copied += s.size
+                    result.copies.append(s.key)
+            finally:
+                with mutex:
+                    result.waited += waited[0]
+                lock.release()
+
+        n = max(1, threads or self.config.threads)
+        try:
+            if n == 1 or len(todo) == 1:
+                for s in todo:
+                    one(s)
+            else:
+                with ThreadPoolExecutor(n) as pool:
+                    for f in [pool.submit(one, s) for s in todo]:
+                        f.result()
+        finally:
+            for d in dirs:
+                fsync_dir(Path(d))
+            if records:
+                self.index.record(records)
+
+    def _make_room_for(self, s: SourceFile, pin: PinFile, on_wait: WaitCallback | None) -> None:
+        """Reserve room for one stack that was not reserved up front."""
+        lock = self.space_lock()
+        lock.acquire(on_wait=on_wait)
+        try:
+            inv = self._inventory_locked()
+            p = plan_stacks([s], inv, valid=())
+            if not p.fits:
+                raise CacheFullError(full_message(p))
+            for e in p.expire + p.evict:
+                self._remove_entry(e.key)
+            pin.reserved[s.key] = s.size
+            pin.write()
+        finally:
+            lock.release()
+
+    # -- removal --------------------------------------------------------------------
+    def _remove_entry(self, key: str, ino: int | None = None) -> bool:
+        """Unlink one owned entry if no one holds its lock; never follows a symlink.
+
+        Returns whether the entry is gone from the index.
+        """
+        lock = self._lock(key)
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            if ino is None:
+                row = self.index.get_many([key]).get(key)
+                if row is None:
+                    return True
+                ino = row["ino"]
+            p = self.cached_path(key)
+            try:
+                st = os.lstat(p)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_ino == ino:
+                os.unlink(p)
+                self._prune_dirs(os.path.dirname(p))
+            self.index.remove([key])
+            return True
+        finally:
+            lock.release(unlink=True)
+
+    def _prune_dirs(self, d: str) -> None:
+        while d.startswith(self._files + "/"):
+            try:
+                os.rmdir(d)
+            except OSError:
+                return
+            self._dest_dirs.discard(d)
+            d = os.path.dirname(d)
+
+    def _sweep_temps(self, dirs: Iterable[str] | None = None) -> int:
+        """Remove temporary files of crashed copies (those whose entry lock is free)."""
+        n = 0
+        if dirs is None:
+            dirs = [dp for dp, _, _ in os.walk(self._files)]
+        for d in dirs:
+            try:
+                names = os.listdir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                    continue
+                final = name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[0]
+                key = d[len(self._files):] + "/" + final
+                lock = self._lock(key)
+                if not lock.acquire(blocking=False):
+                    continue
+                try:
+                    p = os.path.join(d, name)
+                    if stat.S_ISREG(os.lstat(p).st_mode):
+                        os.unlink(p)
+                        n += 1
+                except FileNotFoundError:
+                    pass
+                finally:
+                    lock.release()
+        return n
+
+    def _remove_where(self, pick: Callable[[Entry], bool]) -> dict:
+        lock = self.space_lock()
+        lock.acquire()
+        try:
+            temps = self._sweep_temps()
+            inv = self._inventory_locked()
+            removed = skipped = nbytes = 0
+            for e in sorted(inv.entries, key=lambda e: e.last_access):
+                if not pick(e):
+                    continue
+                if e.in_use or not self._remove_entry(e.key):
+                    skipped += 1
+                    continue
+                removed += 1
+                nbytes += e.size
+            return {"removed": removed, "bytes_removed": nbytes, "skipped_in_use": skipped,
+                    "temps_swept": temps}
+        finally:
+            lock.release()
+
+    def clean(self) -> dict:
+        """Expire entries past their lifetime (not in use) and sweep crashed copies' temps."""
+        now = time.time()
+        life = self.config.lifetime_s
+        return self._remove_where(lambda e: now - e.last_access > life)
+
+    def clear(self) -> dict:
+        """Remove every entry the cache owns that is not in use. Foreign files stay."""
+        out = self._remove_where(lambda e: True)
+        for name in os.listdir(self.locks_dir):
+            lk = FileLock(self.locks_dir / name)
+            if name.endswith(".lock") and lk.acquire(blocking=False):
+                lk.release(unlink=True)
+        return out
+
+    def evict(self, keys: Iterable[str] | None = None, nbytes: int | None = None) -> dict:
+        """Evict the given entries, or at least ``nbytes`` by LRU (entries in use are skipped)."""
+        if keys is not None:
+            wanted = set(keys)
+            return self._remove_where(lambda e: e.key in wanted)
+        budget = [nbytes or 0]
+
+        def pick(e: Entry) -> bool:
+            if budget[0] <= 0:
+                return False
+            if not e.in_use:
+                budget[0] -= e.size
+            return True
+        return self._remove_where(pick)
+
+    def verify(self, fix: bool = False, content: bool = False) -> dict:
+        """Re-check owned entries against their sources.
+
+        Parameters
+        ----------
+        fix
+            Remove entries whose source changed or vanished, or whose copy is damaged.
+        content
+            Also compare bytes (reads both files), not only size and mtime.
+        """
+        import filecmp
+        inv = self.inventory()
+        problems = []
+        for e in inv.entries:
+            cp = self.cached_path(e.key)
+            why = None
+            try:
+                st = os.stat(e.key)
+                if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+                    why = "source changed"
+            except FileNotFoundError:
+                why = "source missing"
+            if why is None:
+                try:
+                    cst = os.stat(cp)
+                except FileNotFoundError:
+                    continue  # deleted meanwhile: nothing to check
+                if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
+                    why = "copy damaged (size or mtime)"
+                elif content and not filecmp.cmp(e.key, cp, shallow=False):
+                    why = "copy differs from source"
+            if why:
+                removed = fix and not e.in_use and self._remove_entry(e.key)
+                problems.append({"source": e.key, "cached": cp, "problem": why, "removed": bool(removed)})
+        return {"checked": len(inv.entries), "ok": len(inv.entries) - len(problems),
+                "problems": problems}
+
+    def status(self) -> dict:
+        """Usage against quota and reserve, entries, oldest/newest and bytes per project."""
+        inv = self.inventory()
+        per_project: dict[str, int] = {}
+        for e in inv.entries:
+            per_project[e.project or "(unknown)"] = per_project.get(e.project or "(unknown)", 0) + e.size
+        by_access = sorted(inv.entries, key=lambda e: e.last_access)
+        foreign = self._foreign_bytes()
+        return {
+            "root": str(self.root), "ssd_path": str(self.config.ssd_path),
+            "entries": len(inv.entries), "bytes": inv.owned_bytes,
+            "in_use": sum(e.in_use for e in inv.entries),
+            "bytes_in_use": sum(e.size for e in inv.entries if e.in_use),
+            "quota_bytes": inv.quota_bytes, "reserve_bytes": inv.reserve_bytes,
+            "free_bytes": inv.free_bytes, "device_bytes": inv.total_bytes,
+            "reserved_bytes": sum(inv.reserved.values()),
+            "foreign_bytes_in_cache_dir": foreign,
+            "lifetime_days": self.config.lifetime_days, "threads": self.config.threads,
+            "expired": sum(inv.taken_at - e.last_access > inv.lifetime_s for e in inv.entries),
+            "oldest": _entry_brief(by_access[0]) if by_access else None,
+            "newest": _entry_brief(by_access[-1]) if by_access else None,
+            "bytes_per_project": per_project,
+            "config_sources": dict(self.config.sources or {}),
+        }
+
+    def _foreign_bytes(self) -> int:
+        owned = {self.cached_path(r["key"]) for r in self.index.all()}
+        n = 0
+        for dp, _, names in os.walk(self._files):
+            for name in names:
+                p = os.path.join(dp, name)
+                if p not in owned:
+                    try:
+                        n += os.lstat(p).st_size
+                    except OSError:
+                        pass
+        return n
+
+
+def _entry_brief(e: Entry) -> dict:
+    return {"source": e.key, "bytes": e.size, "last_access": e.last_access,
+            "last_access_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.last_access))}
+
+
+def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
+    return [s.path or s.key for s in stacks]
+
+
+def full_message(plan: Plan) -> str:
+    """One line: how much more room the set needs and what holds the space."""
+    return (f"set does not fit: needs {_mb(plan.bytes_to_copy)}, "
+            f"{_mb(plan.shortfall_bytes)} more than can be freed "
+            f"(quota {'none' if plan.quota_bytes is None else _mb(plan.quota_bytes)}, "
+            f"reserve {_mb(plan.reserve_bytes)}, free {_mb(plan.free_bytes_before)}); space held by "
+            f"entries in use {_mb(plan.held_in_use_bytes)} and by files the cache does not own "
+            f"{_mb(plan.held_foreign_bytes)}; nothing copied (--partial caches what fits)")
+
+
+def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path:
+    """Write a copy of ``pset``'s ``.cs`` whose ``blob/path`` points at the cached copies.
+
+    Parameters
+    ----------
+    pset
+        The particle set that was synced.
+    paths
+        ``SyncResult.paths``: source path → path to read (absolute).
+    out
+        The ``.cs`` to write (atomically); it must not be the set's own file.
+    """
+    import numpy as np
+
+    from ..csfile import write_cs
+    from ..errors import OutputError
+
+    if pset.source and os.path.realpath(out) == os.path.realpath(pset.source):
+        raise OutputError(f"{out}: would overwrite the source .cs")
+    targets = [paths[os.path.normpath(os.path.abspath(p))] for p in pset.stack_paths]
+    width = max([len(t.encode()) for t in targets] + [1])
+    descr = [(n, f"S{width}") if n == "blob/path" else (n, pset.data.dtype.fields[n][0])
+             for n in pset.data.dtype.names]
+    data = np.empty(len(pset), dtype=descr)
+    for n in pset.data.dtype.names:
+        if n != "blob/path":
+            data[n] = pset.data[n]
+    data["blob/path"] = np.array([t.encode() for t in targets], dtype=f"S{width}")[pset.stack_codes] \
+        if len(pset) else []
+    return write_cs(out, data)
