@@ -7,11 +7,10 @@ exact figures come from the stacks' headers and file sizes, never from pixel dat
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .mrc import HEADER_BYTES
-from .particles import ParticleSet
+if TYPE_CHECKING:
+    from .particles import ParticleSet
 
 DEFAULT_NSYMBT = 128
 DEFAULT_HEADER_LENGTH = 1024
@@ -80,7 +79,7 @@ class SizeReport:
 MODE_NAMES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 
 
-def size_particles(pset: ParticleSet, *, validate: bool = True, nsymbt: int = DEFAULT_NSYMBT,
+def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = DEFAULT_NSYMBT,
                    header_length: int = DEFAULT_HEADER_LENGTH) -> SizeReport:
     """Size a particle set from its stacks' headers.
 
@@ -93,6 +92,10 @@ def size_particles(pset: ParticleSet, *, validate: bool = True, nsymbt: int = DE
     nsymbt, header_length
         Per-particle overheads used for the formula estimate.
     """
+    import numpy as np
+
+    from .mrc import HEADER_BYTES
+
     headers = pset.validate() if validate else pset.headers()
     hdr_list = list(headers.values())
     counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)
