@@ -14,7 +14,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particles",
-           "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError"]
+           "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError",
+           "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs"]
 
 _LAZY = {
     "read_cs": "csfile", "write_cs": "csfile",
@@ -22,6 +23,8 @@ _LAZY = {
     "open_particles": "particles", "ParticleSet": "particles",
     "formula_bytes": "size", "size_particles": "size",
     "StacktoolsError": "errors",
+    "CsDataset": "csdataset", "load_cs": "csdataset",
+    "cs_info": "csinfo", "cs_to_star": "star", "star_to_cs": "star",
 }
 
 

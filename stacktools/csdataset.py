@@ -1,0 +1,264 @@
+"""``CsDataset``: a ``.cs`` dataset as one object with selection, queries and set algebra.
+
+A thin wrapper over a NumPy structured array (:attr:`CsDataset.data`) and the
+modules that do the work: :mod:`stacktools.expr` (queries),
+:mod:`stacktools.dataset` (set operations and join), :mod:`stacktools.dedupe`,
+:mod:`stacktools.subsets`, :mod:`stacktools.star` and :mod:`stacktools.tabular`.
+Every operation returns a new ``CsDataset``; none modifies its input.
+
+>>> ds = CsDataset.load("J7/J7_particles_selected.cs")
+>>> good = ds.query("alignments2D/class in [1, 4, 7]")
+>>> rest = ds - good                      # set difference by uid
+>>> df = good.to_pandas()
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import dataset as _ds
+from .errors import FieldError
+
+
+class CsDataset:
+    """A ``.cs`` dataset: rows of particles, fields named like ``ctf/df1_A``.
+
+    Parameters
+    ----------
+    data
+        One-dimensional structured array; used as is (not copied).
+    source
+        Where the data came from (a file name), for error messages.
+
+    Indexing
+    --------
+    ``ds["ctf/df1_A"]`` is a field's column (a NumPy view); ``ds[["uid", "ctf/"]]``
+    keeps only those fields (a name ending in ``/`` takes the whole group);
+    ``ds[mask]`` (boolean), ``ds[[0, 5, 9]]`` (positions) and ``ds[10:20]`` select
+    rows; ``ds[3]`` is one row.
+    """
+
+    def __init__(self, data: np.ndarray, source: str | os.PathLike | None = None):
+        if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
+            raise FieldError(f"{source or 'dataset'}: a CsDataset needs a 1-D structured array")
+        self.data = data
+        self.source = str(source) if source is not None else None
+
+    # ---- construction and output ---------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, passthrough: str | os.PathLike | None = None,
+             mmap: bool = False) -> "CsDataset":
+        """Read a ``.cs`` file (NumPy or CSDAT format).
+
+        Parameters
+        ----------
+        path
+            The ``.cs`` file.
+        passthrough
+            Optional passthrough ``.cs`` to inner-join on ``uid`` (``path`` wins on
+            clashing fields).
+        mmap
+            Map a NumPy-format file read-only instead of reading it.
+        """
+        from .csfile import read_cs
+        data = read_cs(path, mmap=mmap and passthrough is None)
+        if passthrough is not None:
+            data = _ds.join(data, read_cs(passthrough), where=(str(path), str(passthrough)))
+        return cls(data, path)
+
+    @classmethod
+    def from_pandas(cls, df, dtype: np.dtype | None = None) -> "CsDataset":
+        """Build from a DataFrame shaped like :meth:`to_pandas` output.
+
+        ``dtype`` (e.g. the original dataset's) restores exact types and field order.
+        """
+        from .tabular import from_pandas
+        return cls(from_pandas(df, dtype))
+
+    @classmethod
+    def from_star(cls, path: str | os.PathLike, *, uid_column: str | None = None,
+                  seed: int | None = None) -> "CsDataset":
+        """Read RELION particles from a STAR file (see :func:`stacktools.star.from_star_blocks`)."""
+        from .star import from_star_blocks, read_star
+        return cls(from_star_blocks(read_star(path), uid_column=uid_column, seed=seed,
+                                    where=str(path)), path)
+
+    def to_pandas(self, decode: bool = True):
+        """A DataFrame with one column per field; see :func:`stacktools.tabular.to_pandas`."""
+        from .tabular import to_pandas
+        return to_pandas(self.data, decode)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order)."""
+        from .csfile import write_cs
+        return write_cs(path, self.data, overwrite=overwrite)
+
+    def to_star(self, path: str | os.PathLike, *, mrcs: bool = False,
+                overwrite: bool = False) -> Path:
+        """Write a RELION 3.1 STAR file (``optics`` and ``particles`` blocks)."""
+        from .star import to_star_blocks, write_star
+        return write_star(path, to_star_blocks(self.data, mrcs=mrcs, where=self.where),
+                          overwrite=overwrite)
+
+    def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write CSV, one column per field (per element of array fields)."""
+        from .tabular import write_csv
+        return write_csv(path, self.data, overwrite=overwrite)
+
+    def to_parquet(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write Parquet (needs pyarrow), same columns as :meth:`to_csv`."""
+        from .tabular import write_parquet
+        return write_parquet(path, self.data, overwrite=overwrite)
+
+    # ---- inspection ----------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return self.source or "dataset"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Field names in file order."""
+        return self.data.dtype.names
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def uids(self) -> np.ndarray:
+        """The ``uid`` column."""
+        _ds.require_fields(self.data, ["uid"], self.where)
+        return self.data["uid"]
+
+    def info(self, stats: bool = True) -> dict:
+        """Rows, fields by group, stacks, box, pixel size and per-field statistics."""
+        from .csinfo import summarize
+        return summarize(self.data, stats=stats)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.data)
+
+    def __contains__(self, field: str) -> bool:
+        return field in self.data.dtype.names
+
+    def __repr__(self) -> str:
+        src = f" from {self.source}" if self.source else ""
+        return f"<CsDataset {len(self):,} rows × {len(self.fields)} fields{src}>"
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            _ds.require_fields(self.data, [key], self.where)
+            return self.data[key]
+        if isinstance(key, (int, np.integer)):
+            return self.data[key]
+        if isinstance(key, slice):
+            return self._new(self.data[key])
+        if isinstance(key, (list, tuple)) and key and all(isinstance(k, str) for k in key):
+            return self._new(_ds.select_fields(self.data, key, self.where))
+        idx = np.asarray(key)
+        if idx.dtype == np.bool_:
+            if idx.shape != (len(self),):
+                raise IndexError(f"{self.where}: boolean mask has {idx.size} entries for {len(self)} rows")
+            return self._new(self.data[idx])
+        if idx.dtype.kind in "iu" or idx.size == 0:
+            return self._new(self.data[idx.astype(np.int64)])
+        raise TypeError(f"cannot index a CsDataset with {type(key).__name__}")
+
+    def _new(self, data: np.ndarray) -> "CsDataset":
+        return CsDataset(data, self.source)
+
+    # ---- queries -------------------------------------------------------------------
+
+    def mask(self, expression: str) -> np.ndarray:
+        """Boolean mask of the rows matching ``expression`` (see :mod:`stacktools.expr`)."""
+        from .expr import evaluate
+        return evaluate(expression, self.data, self.where)
+
+    def query(self, expression: str) -> "CsDataset":
+        """The rows matching ``expression``, e.g. ``"ctf/df1_A < 20000 and ctf/type == 'patchctf'"``."""
+        return self[self.mask(expression)]
+
+    # ---- set algebra by uid --------------------------------------------------------
+
+    def union(self, other: "CsDataset | np.ndarray") -> "CsDataset":
+        """This dataset's rows then ``other``'s new uids; fields must match (strings may widen)."""
+        o, w = _unwrap(other)
+        return self._new(_ds.union(self.data, o, (self.where, w)))
+
+    def intersect(self, other: "CsDataset | np.ndarray") -> "CsDataset":
+        """The rows whose uid is also in ``other``, in this dataset's order."""
+        o, w = _unwrap(other)
+        return self._new(_ds.intersect(self.data, o, (self.where, w)))
+
+    def subtract(self, other: "CsDataset | np.ndarray") -> "CsDataset":
+        """The rows whose uid is not in ``other``, in this dataset's order."""
+        o, w = _unwrap(other)
+        return self._new(_ds.subtract(self.data, o, (self.where, w)))
+
+    def join(self, other: "CsDataset | np.ndarray") -> "CsDataset":
+        """Inner join on uid: this dataset's rows and fields plus ``other``'s extra fields."""
+        o, w = _unwrap(other)
+        return self._new(_ds.join(self.data, o, (self.where, w)))
+
+    __or__ = union
+    __and__ = intersect
+    __sub__ = subtract
+
+    # ---- cleaning and subsets ------------------------------------------------------
+
+    def dedupe(self) -> "CsDataset":
+        """Without repeated uids (the first row of each is kept)."""
+        return self._new(_ds.dedupe_uid(self.data, self.where))
+
+    def dedupe_distance(self, distance_A: float, by: str | None = None,
+                        highest: bool = True) -> "CsDataset":
+        """Without particles closer than ``distance_A`` to a better one on the same micrograph.
+
+        ``by`` names the field that ranks particles (higher is better unless
+        ``highest`` is false); see :func:`stacktools.dedupe.dedupe_distance`.
+        """
+        from .dedupe import dedupe_distance
+        res = dedupe_distance(self.data, distance_A, by=by, highest=highest, where=self.where)
+        return self._new(self.data[res.keep])
+
+    def split_by(self, field: str) -> dict:
+        """One dataset per distinct value of ``field`` (e.g. ``alignments2D/class``)."""
+        from .subsets import split_by_field
+        return {k: self._new(v) for k, v in split_by_field(self.data, field, self.where).items()}
+
+    def split_random(self, parts: int, seed: int | None = 0) -> list["CsDataset"]:
+        """``parts`` random, disjoint subsets of near-equal size (seeded)."""
+        from .subsets import split_random
+        return [self._new(v) for v in split_random(self.data, parts, seed)]
+
+    def sample(self, count: int | None = None, fraction: float | None = None,
+               seed: int | None = 0) -> "CsDataset":
+        """A random ``count`` rows or ``fraction`` of them, seeded, in the original order."""
+        from .subsets import sample
+        return self._new(sample(self.data, count, fraction, seed))
+
+
+def _unwrap(other) -> tuple[np.ndarray, str]:
+    if isinstance(other, CsDataset):
+        return other.data, other.where
+    if isinstance(other, np.ndarray):
+        return other, "other dataset"
+    raise TypeError(f"expected a CsDataset or a structured array, got {type(other).__name__}")
+
+
+def load_cs(path: str | os.PathLike, *, passthrough: str | os.PathLike | None = None,
+            mmap: bool = False) -> CsDataset:
+    """Read a ``.cs`` file as a :class:`CsDataset`; see :meth:`CsDataset.load`."""
+    return CsDataset.load(path, passthrough=passthrough, mmap=mmap)
+
+
+__all__: Sequence[str] = ["CsDataset", "load_cs"]
