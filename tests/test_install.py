@@ -20,9 +20,16 @@ def _venv_with_current_deps(tmp_path: Path) -> Path:
     purelib = Path(subprocess.check_output(
         [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         text=True).strip())
-    # Reuse this environment's dependencies, so the test installs only stacktools itself.
-    deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    (purelib / "_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    # Reuse this environment's dependencies, so the test installs only stacktools itself;
+    # link them without any installed stacktools, which would shadow the one under test.
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for site_dir in dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()]):
+        for entry in Path(site_dir).iterdir():
+            if "stacktools" in entry.name or entry.suffix == ".pth" or (deps / entry.name).exists():
+                continue
+            (deps / entry.name).symlink_to(entry)
+    (purelib / "_deps.pth").write_text(f"{deps}\n")
     return venv
 
 
