@@ -133,7 +133,8 @@ def sync_cmd(
     import os
 
     from stacktools.cache import use_cache_for
-    from stacktools.cache.store import SyncResult, write_cached_cs
+    from stacktools.cache.store import SyncResult, full_message, write_cached_cs
+    from stacktools.errors import CacheFullError
 
     from .output import byte_progress
 
@@ -145,7 +146,10 @@ def sync_cmd(
     else:
         cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
         plan = cache.plan(pset, partial=partial, pinned=True)
-        with byte_progress("caching", plan.bytes_to_copy, quiet) as advance:
+        if not plan.fits:
+            plan.release()
+            raise CacheFullError(full_message(plan))
+        with byte_progress("caching", plan.bytes_to_copy, quiet or not sys.stderr.isatty()) as advance:
             result = cache.execute(plan, hold=bool(command), progress=advance, on_wait=_wait_msg)
     if write_cs is not None:
         write_cached_cs(pset, result.paths, write_cs)

@@ -123,7 +123,8 @@ class Plan:
     copies of changed sources that the new copies replace; ``fits`` whether everything
     fits; ``shortfall_bytes`` how much more room the set would need;
     ``held_in_use_bytes`` and ``held_foreign_bytes`` what holds the space that could
-    not be freed. ``consolidated_bytes`` (when known) is what the selected particles
+    not be freed; ``reserved_bytes`` what other processes' copies in flight have
+    reserved; ``limited_by`` is ``"quota"`` or ``"reserve"`` when it does not fit. ``consolidated_bytes`` (when known) is what the selected particles
     alone would take once consolidated.
     """
 
@@ -143,6 +144,8 @@ class Plan:
     held_in_use_bytes: int = 0
     held_foreign_bytes: int = 0
     partial: bool = False
+    reserved_bytes: int = 0
+    limited_by: str = ""
     consolidated_bytes: int | None = None
     cache_bytes: int | None = None
     project: str = ""
@@ -205,6 +208,8 @@ class Plan:
             "shortfall_bytes": self.shortfall_bytes,
             "held_in_use_bytes": self.held_in_use_bytes,
             "held_foreign_bytes": self.held_foreign_bytes,
+            "reserved_by_others_bytes": self.reserved_bytes,
+            "limited_by": self.limited_by or None,
             "cache_bytes": self.cache_bytes, "consolidated_bytes": self.consolidated_bytes,
             "saved_by_consolidating_bytes": (None if self.consolidated_bytes is None
                                              or self.cache_bytes is None
@@ -329,6 +334,12 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
         evict_list, fits = [], False
 
     shortfall = 0 if fits else need - max_room
+    limited_by = ""
+    if not fits:
+        freeable = all_freeable + sum(e.size for e in replace)
+        free_room = free + freeable - reserve
+        limited_by = ("quota" if quota is not None and quota - (used - freeable) <= free_room
+                      else "reserve")
     in_use_bytes = sum(e.size for e in inventory.entries if e.owned and e.in_use and e.key not in seen)
     foreign = max(0, inventory.total_bytes - inventory.free_bytes - inventory.owned_bytes) \
         if inventory.total_bytes else sum(e.size for e in inventory.entries if not e.owned)
@@ -336,4 +347,5 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 expire=expire, evict=evict_list, replace=replace, fits=fits,
                 quota_bytes=quota, reserve_bytes=reserve, free_bytes_before=inventory.free_bytes,
                 used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),
-                held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial)
+                held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial,
+                reserved_bytes=reserved_total, limited_by=limited_by)

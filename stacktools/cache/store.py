@@ -18,6 +18,7 @@ the source and one of the copy, with no database access per file.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -523,6 +524,11 @@ class Cache:
                             raise
                     except SourceChanged as err:
                         raise CacheError(str(err)) from None
+                    except OSError as err:
+                        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise CacheFullError(f"SSD full while caching {s.path}: "
+                                                 f"{os.strerror(err.errno)}") from err
+                        raise
                 now = time.time()
                 rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": ino,
                        "created": now, "last_access": now, "owner": owner, "project": project}
@@ -773,12 +779,16 @@ def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
 
 def full_message(plan: Plan) -> str:
     """One line: how much more room the set needs and what holds the space."""
-    return (f"set does not fit: needs {_mb(plan.bytes_to_copy)}, "
-            f"{_mb(plan.shortfall_bytes)} more than can be freed "
-            f"(quota {'none' if plan.quota_bytes is None else _mb(plan.quota_bytes)}, "
-            f"reserve {_mb(plan.reserve_bytes)}, free {_mb(plan.free_bytes_before)}); space held by "
-            f"entries in use {_mb(plan.held_in_use_bytes)} and by files the cache does not own "
-            f"{_mb(plan.held_foreign_bytes)}; nothing copied (--partial caches what fits)")
+    head = (f"set does not fit: needs {_mb(plan.bytes_to_copy)}, {_mb(plan.shortfall_bytes)} more "
+            "than is left after evicting everything evictable")
+    if plan.limited_by == "quota":
+        where = (f"quota {_mb(plan.quota_bytes or 0)}: held by entries in use "
+                 f"{_mb(plan.held_in_use_bytes)}, copies in progress {_mb(plan.reserved_bytes)}")
+    else:
+        where = (f"free {_mb(plan.free_bytes_before)}, reserve {_mb(plan.reserve_bytes)}: held by "
+                 f"entries in use {_mb(plan.held_in_use_bytes)}, copies in progress "
+                 f"{_mb(plan.reserved_bytes)}, files the cache does not own {_mb(plan.held_foreign_bytes)}")
+    return f"{head} ({where}); nothing copied (--partial caches what fits)"
 
 
 def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path:

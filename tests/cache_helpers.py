@@ -1,0 +1,90 @@
+"""Helpers for the cache tests: small projects, subsets, and a slow worker process."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stacktools.csfile import write_cs
+from stacktools.demo import make_demo_project
+from stacktools.particles import ParticleSet
+
+PY = sys.executable
+STACKTOOLS = [PY, "-m", "stacktools.cli.app"]
+
+
+def project(root: Path, micrographs: int = 24, per: tuple[int, int] = (8, 16), box: int = 32):
+    """A small project; returns (DemoProject, ParticleSet of all particles)."""
+    made = make_demo_project(root, micrographs=micrographs, particles_per_micrograph=per, box=box,
+                             extended_header_stack=None)
+    return made, ParticleSet.open(made.extracted_cs, made.project_dir)
+
+
+def subset_cs(pset: ParticleSet, stacks: list[int], out: Path) -> Path:
+    """Write a .cs with the rows of the given stack positions."""
+    keep = np.isin(pset.stack_codes, stacks)
+    write_cs(out, pset.data[keep])
+    return out
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([*STACKTOOLS, *map(str, args)], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"stacktools {' '.join(map(str, args))} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def cli_json(*args: str) -> dict:
+    return json.loads(run_cli(*args, "--json").stdout)
+
+
+def ledger_copies(ssd: Path) -> list[str]:
+    p = ssd / "stacktools-cache" / "ledger.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line)["key"] for line in p.read_text().splitlines() if line.strip()]
+
+
+def final_files(ssd: Path) -> list[Path]:
+    """Files under their final names in the cache (temporaries excluded)."""
+    base = ssd / "stacktools-cache" / "files"
+    return [p for p in base.rglob("*") if (p.is_file() or p.is_symlink())
+            and not p.name.endswith(".stacktools-tmp")]
+
+
+def no_lock_held(ssd: Path) -> bool:
+    """Every lock and pin file can be taken right now (nobody holds one)."""
+    root = ssd / "stacktools-cache"
+    for p in [root / "space.lock", *(root / "locks").glob("*"), *(root / "pins").glob("*")]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
+# A syncing process slowed down (small chunks, a short sleep per chunk) so that a
+# SIGKILL lands mid-copy. Prints one JSON line per finished sync.
+SLOW_WORKER = r"""
+import json, sys, time
+import stacktools.cache.copy as cp
+cp.CHUNK = 16 * 1024
+from stacktools.cache import Cache
+paths = json.loads(sys.argv[2])
+cache = Cache(sys.argv[1], reserve_mb=0, threads=int(sys.argv[3]))
+print("ready", flush=True)
+res = cache.ensure(paths, progress=lambda n: time.sleep(0.003))
+print(json.dumps({"copied": res.copied, "copies": res.copies}), flush=True)
+"""

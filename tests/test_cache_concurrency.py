@@ -1,0 +1,260 @@
+"""The SSD cache under concurrency, crashes, hand deletions and a full disk.
+
+Real processes, no mocks: copies are counted from each process's own report and
+from the cache's ledger of copies, never inferred from timing.
+"""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stacktools.cache import Cache
+from stacktools.errors import CacheFullError
+
+from cache_helpers import (PY, SLOW_WORKER, STACKTOOLS, final_files, ledger_copies,
+                           no_lock_held, project, subset_cs)
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    return project(tmp_path_factory.mktemp("cc") / "P1", micrographs=24, per=(40, 80), box=48)
+
+
+def _check_cache_consistent(ssd: Path) -> None:
+    """Every file under a final name equals its source, byte for byte."""
+    base = ssd / "stacktools-cache" / "files"
+    for f in final_files(ssd):
+        src = "/" + str(f.relative_to(base))
+        assert filecmp.cmp(src, f, shallow=False), f"{f} differs from {src}"
+
+
+def test_eight_processes_copy_each_stack_once(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    rng = random.Random(5)
+    n = len(pset.stack_paths)
+    sets = [sorted(rng.sample(range(n), 12)) for _ in range(8)]
+    cs = [subset_cs(pset, s, tmp_path / f"set{k}.cs") for k, s in enumerate(sets)]
+    procs = [subprocess.Popen([*STACKTOOLS, "cache", "sync", c, "--project-dir", made.project_dir,
+                               "--ssd-path", ssd, "--reserve-mb", "0", "--threads", "2",
+                               "--quiet", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c in cs]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out))
+    union = {os.path.realpath(pset.stack_paths[i]) for s in sets for i in s}
+    copies = [k for o in outs for k in o["copies"]]
+    assert sorted(copies) == sorted(union)            # each stack copied exactly once
+    assert sum(o["copied"] for o in outs) == len(union)
+    assert sorted(ledger_copies(ssd)) == sorted(union)
+    for o, s in zip(outs, sets):
+        assert o["copied"] + o["reused"] == len(s)
+        for src, dst in o["paths"].items():
+            assert filecmp.cmp(src, dst, shallow=False)
+    assert no_lock_held(ssd)
+
+
+def test_sigkill_at_random_points(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths]
+    rng = random.Random(11)
+    mid_copy = 0
+    for i in range(20):
+        sub = rng.sample(paths, 10)
+        p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(sub), str(rng.choice([1, 2]))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.0, 0.6))
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        temps = list((ssd / "stacktools-cache" / "files").rglob("*.stacktools-tmp"))
+        mid_copy += bool(temps)
+        # No partial file under a final name, no lock left held.
+        _check_cache_consistent(ssd)
+        assert no_lock_held(ssd)
+        if i % 5 == 4:
+            # Another process deletes cache files by hand between crashes.
+            for f in final_files(ssd)[:2]:
+                f.unlink()
+        if i % 7 == 6:
+            Cache(ssd, reserve_mb=0).clear()
+    print(f"{mid_copy} of 20 kills left a temporary file (killed mid-copy)")
+    res = Cache(ssd, reserve_mb=0).ensure(paths)
+    for src, dst in res.paths.items():
+        assert filecmp.cmp(src, dst, shallow=False)
+    assert not [f for f in (ssd / "stacktools-cache" / "files").rglob("*.stacktools-tmp")
+                if f.parent in {Path(d).parent for d in res.paths.values()}]
+    st = Cache(ssd, reserve_mb=0).status()
+    assert st["entries"] == len(paths)
+    assert list((ssd / "stacktools-cache" / "pins").iterdir()) == []
+
+
+def test_files_deleted_during_a_run(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths]
+    p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(paths), "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    files = ssd / "stacktools-cache" / "files"
+    deleted = 0
+    while p.poll() is None:
+        for f in list(files.rglob("*.mrc"))[:1]:
+            try:
+                f.unlink()
+                deleted += 1
+            except FileNotFoundError:
+                pass
+        time.sleep(0.05)
+    out, err = p.communicate()
+    assert p.returncode == 0, err
+    assert deleted > 0
+    res = Cache(ssd, reserve_mb=0).ensure(paths)
+    assert res.copied >= 1 and res.copied + res.reused == len(paths)
+    for src, dst in res.paths.items():
+        assert filecmp.cmp(src, dst, shallow=False)
+    assert Cache(ssd, reserve_mb=0).status()["entries"] == len(paths)
+
+
+def _tmpfs(path: Path, size: str, inodes: int | None = None) -> bool:
+    path.mkdir()
+    opts = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mounts = []
+
+    def make(size: str, inodes: int | None = None) -> Path | None:
+        p = tmp_path / f"fs{len(mounts)}"
+        if not _tmpfs(p, size, inodes):
+            return None
+        mounts.append(p)
+        return p
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_disk_full_set_too_big_copies_nothing(proj, small_fs):
+    made, pset = proj
+    ssd = small_fs("2m")
+    if ssd is None:
+        pytest.skip("cannot mount a tmpfs here (see the injected-ENOSPC test)")
+    p = subprocess.run([*STACKTOOLS, "cache", "sync", made.extracted_cs, "--project-dir",
+                        made.project_dir, "--ssd-path", ssd, "--reserve-mb", "0", "--json"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "does not fit" in p.stderr
+    assert final_files(ssd) == []
+
+
+class _LyingCache(Cache):
+    """Believes the device has room: a copy then meets the kernel's real ENOSPC."""
+
+    def _statvfs(self):
+        return 10**12, 10**12
+
+
+def test_disk_full_during_copy_leaves_no_corrupt_entry(proj, small_fs):
+    made, pset = proj
+    ssd = small_fs("1m")
+    if ssd is None:
+        pytest.skip("cannot mount a tmpfs here (see the injected-ENOSPC test)")
+    paths = [str(p) for p in pset.stack_paths]
+    cache = _LyingCache(ssd, reserve_mb=0, threads=2)
+    with pytest.raises(CacheFullError, match="SSD full"):
+        cache.ensure(paths)
+    _check_cache_consistent(ssd)
+    assert not list((ssd / "stacktools-cache" / "files").rglob("*.stacktools-tmp"))
+    st = Cache(ssd, reserve_mb=0).status()
+    for key in [r["key"] for r in Cache(ssd, reserve_mb=0).index.all()]:
+        assert filecmp.cmp(key, Cache(ssd, reserve_mb=0).cached_path(key), shallow=False)
+    assert no_lock_held(ssd)
+    # With the truth about free space, a sync that fits works.
+    res = Cache(ssd, reserve_mb=0).ensure(paths[:1])
+    assert filecmp.cmp(paths[0], res.paths[paths[0]], shallow=False)
+    assert st["entries"] >= 0
+
+
+def test_out_of_inodes_is_a_clean_error(proj, small_fs):
+    made, pset = proj
+    ssd = small_fs("64m", inodes=40)
+    if ssd is None:
+        pytest.skip("cannot mount a tmpfs here")
+    paths = [str(p) for p in pset.stack_paths]
+    p = subprocess.run([PY, "-c", "import sys, json; from stacktools.cli.app import main; "
+                        "sys.argv=['stacktools']+json.loads(sys.argv[1]); main()",
+                        json.dumps(["cache", "sync", str(made.extracted_cs), "--project-dir",
+                                    str(made.project_dir), "--ssd-path", str(ssd),
+                                    "--reserve-mb", "0", "--quiet", "--json"])],
+                       capture_output=True, text=True)
+    if p.returncode == 0:
+        pytest.skip("tmpfs inode limit not enforced here")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    _check_cache_consistent(ssd)
+
+
+def test_injected_enospc(proj, tmp_path, monkeypatch):
+    """Where no small filesystem can be made: ENOSPC injected into the copy."""
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths]
+    real = os.copy_file_range
+    calls = [0]
+
+    def flaky(*a, **kw):
+        calls[0] += 1
+        if calls[0] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*a, **kw)
+    monkeypatch.setattr(os, "copy_file_range", flaky)
+    with pytest.raises(CacheFullError):
+        Cache(ssd, reserve_mb=0, threads=1).ensure(paths)
+    monkeypatch.setattr(os, "copy_file_range", real)
+    _check_cache_consistent(ssd)
+    assert not list((ssd / "stacktools-cache" / "files").rglob("*.stacktools-tmp"))
+    res = Cache(ssd, reserve_mb=0).ensure(paths)
+    assert res.copied == len(paths) - 3 or res.copied <= len(paths)
+    for src, dst in res.paths.items():
+        assert filecmp.cmp(src, dst, shallow=False)
+
+
+def test_waiter_says_what_it_waits_on(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths[:6]]
+    slow = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(paths), "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert slow.stdout.readline().strip() == "ready"
+    cs = subset_cs(pset, list(range(6)), tmp_path / "six.cs")
+    fast = subprocess.run([*STACKTOOLS, "cache", "sync", cs, "--project-dir", made.project_dir,
+                           "--ssd-path", ssd, "--reserve-mb", "0", "--json", "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    out, err = slow.communicate(timeout=120)
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + err
+    a, b = json.loads(out.splitlines()[-1]), json.loads(fast.stdout)
+    assert a["copied"] + b["copied"] == 6
+    if b["waited"]:
+        assert "waiting for" in fast.stderr and "held by pid" in fast.stderr
