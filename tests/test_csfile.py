@@ -154,3 +154,14 @@ def test_round_trip_arbitrary_dtypes(tmp_path: Path, arr: np.ndarray) -> None:
     assert back.tobytes() == np.ascontiguousarray(arr).tobytes()
     ref = np.load(p, allow_pickle=False)
     assert ref.tobytes() == back.tobytes()
+
+
+def test_csdat_without_cryosparc_tools_is_a_clear_error(shared_data: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    from cryosparc.dataset import CSDAT_FORMAT, Dataset
+    csdat = tmp_path / "new.cs"
+    Dataset.load(str(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")).save(
+        str(csdat), format=CSDAT_FORMAT)
+    monkeypatch.setitem(__import__("sys").modules, "cryosparc.dataset", None)
+    with pytest.raises(CsFormatError, match=r"new.cs.*stacktools\[csdat\]"):
+        read_cs(csdat)
