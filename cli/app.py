@@ -12,6 +12,7 @@ import sys
 import typer
 
 from . import cache as _cache
+from . import consolidate as _consolidate
 from . import cs as _cs
 from . import demo as _demo
 from . import size as _size
@@ -36,6 +37,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 
 app.command("size")(_size.size)
 app.command("demo")(_demo.demo)
+app.command("consolidate")(_consolidate.consolidate)
+app.command("verify")(_consolidate.verify)
 app.add_typer(_cs.app, name="cs")
 app.add_typer(_cache.app, name="cache")
 

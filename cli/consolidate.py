@@ -1,3 +1,134 @@
 """``stacktools consolidate`` and ``stacktools verify``."""
 
 from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .output import byte_progress, console, emit_json, fmt_bytes, kv_table
+
+
+class Layout(str, Enum):
+    per_stack = "per-stack"
+    packed = "packed"
+
+
+class DType(str, Enum):
+    keep = "keep"
+    float32 = "float32"
+    float16 = "float16"
+
+
+def consolidate(
+    particles: Path = typer.Argument(..., help="Particles .cs of the subset (e.g. Select 2D's).",
+                                     dir_okay=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: stacks go to OUT/stacks/, "
+                                                      "the new .cs to OUT/."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
+                                               help="CryoSPARC project directory that blob/path is relative to "
+                                                    "[default: parent of the .cs file's job directory]."),
+    passthrough: Optional[Path] = typer.Option(None, "--passthrough",
+                                               help="Passthrough .cs; a matching one is written next to the new .cs."),
+    layout: Layout = typer.Option(Layout.per_stack, "--layout",
+                                  help="per-stack: one output per source stack; packed: stacks of N "
+                                       "particles in input order."),
+    particles_per_stack: Optional[int] = typer.Option(None, "--particles-per-stack", min=1,
+                                                      help="Packed layout: particles per stack [default: 1000]."),
+    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time."),
+    dtype: DType = typer.Option(DType.keep, "--dtype",
+                                help="Pixel type written: keep (bit-exact copies), float32 or float16."),
+    mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare every written particle with its source."),
+    fsync: bool = typer.Option(False, "--fsync", help="Flush each stack to the device before renaming it."),
+    force: bool = typer.Option(False, "--force", help="Replace another consolidation's outputs in OUT."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would be written; write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Write stacks holding only the selected particles, plus a .cs that points at them.
+
+    Only blob/path and blob/idx change in the new .cs; fields, row order and uids are
+    kept. A rerun of an interrupted command keeps the stacks already complete.
+    """
+    from stacktools.consolidate import plan_consolidation, run_plan
+
+    if particles_per_stack is not None and layout is not Layout.packed:
+        raise typer.BadParameter("--particles-per-stack needs --layout packed")
+    plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
+                              layout=layout.value, particles_per_stack=particles_per_stack,
+                              dtype=dtype.value, mrcs=mrcs)
+    total = sum(s.nbytes for s in plan.stacks)
+    with byte_progress("consolidating", total, quiet or as_json or dry_run) as advance:
+        result = run_plan(plan, threads=threads, verify=verify, dry_run=dry_run,
+                          fsync=fsync, force=force, progress=advance)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    head = "would write" if result.dry_run else "wrote"
+    rows = [
+        ("particles", f"{result.particles:,}"),
+        ("stacks", f"{result.stacks:,} ({result.layout}, dtype {result.dtype})"),
+        (f"{head}", fmt_bytes(result.bytes_written)),
+        ("source stacks", fmt_bytes(result.source_bytes)),
+        ("saved", f"{fmt_bytes(result.saved_bytes)}, "
+                  f"{result.saved_bytes / result.source_bytes:.1%}" if result.source_bytes else "-"),
+        ("new .cs", result.cs),
+        ("blob/path", f"{result.paths} (project {result.project_dir})" if result.paths == "relative"
+         else "absolute (OUT is outside the project directory)"),
+    ]
+    if result.passthrough:
+        rows.insert(6, ("passthrough", result.passthrough))
+    if result.stacks_resumed:
+        rows.append(("kept from an earlier run", f"{result.stacks_resumed:,} stacks, "
+                                                 f"{fmt_bytes(result.bytes_resumed)}"))
+    if result.verified:
+        rows.append(("verified", "every particle matches its source"))
+    out_console = console()
+    out_console.print(kv_table(rows, title="dry run: nothing written" if result.dry_run else None))
+    if result.dry_run:
+        for o in result.outputs:
+            out_console.print(f"  {o['path']}  {o['particles']:,} particles  {o['bytes']:,} bytes")
+
+
+def verify(
+    new_cs: Path = typer.Argument(..., help="The consolidated .cs.", dir_okay=False),
+    against: Path = typer.Option(..., "--against", help="The .cs it was made from."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
+                                               help="Project directory for relative blob/path values "
+                                                    "[default: parent of --against's job directory]."),
+    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check every particle and field of a consolidated set against its source set.
+
+    Exit status: 0 when everything matches, 1 when something differs, 2 on bad input.
+    """
+    from stacktools.csfile import read_cs
+    from stacktools.verify import verify as run
+
+    total = 0
+    if not quiet and not as_json:
+        from stacktools.particles import ParticleSet
+        pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent)
+        hdrs = pnew.headers()
+        total = sum(hdrs[g.path].particle_bytes * len(g.rows) for g in pnew.groups())
+    with byte_progress("verifying", total, quiet or as_json) as advance:
+        result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        rows = [("particles", f"{result.particles:,} in {result.stacks:,} stacks"),
+                ("pixels compared", fmt_bytes(result.bytes_checked)),
+                ("fields compared", f"{result.fields}"),
+                ("result", "OK: identical" if result.ok else
+                 f"DIFFERENT: {result.particle_mismatches:,} particles, "
+                 f"{result.field_mismatches:,} fields")]
+        console().print(kv_table(rows, title=str(new_cs)))
+        for p in result.problems:
+            console(stderr=True).print(f"  {p}", markup=False)
+    if not result.ok:
+        raise typer.Exit(1)

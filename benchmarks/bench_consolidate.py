@@ -1,0 +1,243 @@
+"""Benchmark ``stacktools consolidate`` against ``cp``, RELION and a naive script.
+
+For each data size it generates a CryoSPARC-shaped project (box 256 float32 stacks
+of 250 particles, a random 25% subset), warms the page cache and times, in the same
+run and as subprocesses:
+
+* ``cp`` of one file of the same byte count as the consolidated output (the floor);
+* ``stacktools consolidate`` (default per-stack layout, ``--dtype keep``);
+* ``relion_stack_create --one_by_one`` and ``--split_per_micrograph`` fed the
+  equivalent STAR file (``.mrcs`` symlinks to the ``.mrc`` stacks), and its default
+  bulk mode at the small size only (it holds the whole output in memory);
+* a naive script: ``np.load`` + ``mrcfile.mmap`` + fancy index + ``mrcfile.new``.
+
+Each tool runs ``--repeats`` times, round robin; the median wall time is reported
+with the ratio to ``cp`` and the peak RSS (``/usr/bin/time``). Outputs are deleted
+and ``sync`` is run between runs, untimed. Usage::
+
+    python benchmarks/bench_consolidate.py [--sizes small,large] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SIZES = {"small": 40, "large": 160}
+
+NAIVE = r'''
+import sys, numpy as np, mrcfile
+from pathlib import Path
+cs, proj, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+data = np.load(cs)
+out.mkdir(parents=True, exist_ok=True)
+for path in np.unique(data["blob/path"]):
+    idx = np.sort(data["blob/idx"][data["blob/path"] == path].astype(np.int64))
+    with mrcfile.mmap(proj / path.decode(), mode="r") as src:
+        sub = src.data[idx]
+        vs = src.voxel_size
+    with mrcfile.new(out / Path(path.decode()).name, overwrite=True) as dst:
+        dst.set_data(sub)
+        dst.set_image_stack()
+        dst.voxel_size = vs
+'''
+
+
+def make_data(root: Path, micrographs: int):
+    from stacktools.demo import make_demo_project
+    return make_demo_project(root, micrographs=micrographs, particles_per_micrograph=(250, 250),
+                             box=256, float16_every=0, extended_header_stack=None,
+                             select_fraction=0.25)
+
+
+def reuse_data(proj: Path):
+    """The project a ``--keep-data`` run left behind (generation is deterministic)."""
+    from stacktools.demo import DemoProject
+    sel = proj / "J7" / "J7_particles_selected.cs"
+    return DemoProject(proj, proj / "J5" / "extracted_particles.cs", sel,
+                       proj / "J7" / "J7_passthrough_particles_selected.cs",
+                       sorted((proj / "J5" / "extract").glob("*.mrc")))
+
+
+def write_star(made, links: Path, star: Path) -> None:
+    """The RELION equivalent of the subset: same particles, same order, .mrcs names."""
+    from stacktools.csfile import read_cs
+    links.mkdir(parents=True, exist_ok=True)
+    for s in made.stacks:
+        link = links / (s.stem + ".mrcs")
+        if not link.exists():
+            link.symlink_to(s)
+    data = read_cs(made.selected_cs)
+    lines = ["", "data_optics", "", "loop_", "_rlnOpticsGroup #1", "_rlnOpticsGroupName #2",
+             "_rlnAmplitudeContrast #3", "_rlnSphericalAberration #4", "_rlnVoltage #5",
+             "_rlnImagePixelSize #6", "_rlnImageSize #7", "_rlnImageDimensionality #8",
+             "1 opticsGroup1 0.1 2.7 300.0 1.07 256 2", "", "", "data_particles", "", "loop_",
+             "_rlnImageName #1", "_rlnMicrographName #2", "_rlnOpticsGroup #3"]
+    for p, i in zip(data["blob/path"], data["blob/idx"]):
+        stem = Path(p.decode()).stem
+        lines.append(f"{int(i) + 1:06d}@{links / (stem + '.mrcs')} {stem}.mrc 1")
+    star.write_text("\n".join(lines) + "\n")
+
+
+def warm(paths) -> None:
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
+
+
+def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one subprocess."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        t = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        dt = time.perf_counter() - t
+        if proc.returncode:
+            raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.decode()[-500:]}")
+        rss = int(tf.read().strip().splitlines()[-1]) * 1024
+    return dt, rss
+
+
+def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bulk: bool,
+               only: list[str] | None = None, keep: bool = False) -> list[dict]:
+    from stacktools.particles import ParticleSet
+    from stacktools.size import size_particles
+
+    root = base / name
+    if (root / "P1" / "done").exists():  # kept from an earlier --keep-data run
+        made = reuse_data(root / "P1")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"[{name}] generating {micrographs} stacks ...", file=sys.stderr, flush=True)
+        made = make_data(root / "P1", micrographs)
+        (root / "P1" / "done").touch()
+    report = size_particles(ParticleSet.open(made.selected_cs, made.project_dir))
+    out_bytes = report.consolidated_bytes
+    star = root / "selected.star"
+    write_star(made, root / "links", star)
+    floor_src = root / "floor_src.bin"
+    with open(floor_src, "wb") as fh:  # same byte count as the output, from real pixels
+        left = out_bytes
+        for s in made.stacks:
+            with open(s, "rb") as src:
+                chunk = src.read(min(left, s.stat().st_size))
+            fh.write(chunk)
+            left -= len(chunk)
+            if not left:
+                break
+    naive = root / "naive.py"
+    naive.write_text(NAIVE)
+    out = root / "out"
+    py = str(BIN / "python")
+    st = str(BIN / "stacktools")
+    tools = {
+        "cp": ["cp", str(floor_src), str(out / "floor.bin")],
+        "stacktools consolidate": [st, "consolidate", str(made.selected_cs), "--project-dir",
+                                   str(made.project_dir), "--out", str(out / "st"), "--quiet", "--json"],
+        "relion_stack_create --one_by_one": ["relion_stack_create", "--i", str(star), "--o",
+                                             str(out / "relion"), "--one_by_one"],
+        "relion_stack_create --split_per_micrograph": ["relion_stack_create", "--i", str(star),
+                                                       "--o", str(out / "relion"),
+                                                       "--split_per_micrograph"],
+        "naive mmap script": [py, str(naive), str(made.selected_cs), str(made.project_dir),
+                              str(out / "naive")],
+    }
+    if relion_bulk:
+        tools["relion_stack_create (bulk)"] = ["relion_stack_create", "--i", str(star), "--o",
+                                               str(out / "relion")]
+    if only:
+        tools = {k: v for k, v in tools.items() if k in only or k == "cp"}
+    if not shutil.which("relion_stack_create"):
+        tools = {k: v for k, v in tools.items() if not k.startswith("relion")}
+    print(f"[{name}] warming the page cache ...", file=sys.stderr, flush=True)
+    warm(made.stacks + [floor_src])
+    times: dict[str, list[float]] = {k: [] for k in tools}
+    rss: dict[str, int] = {k: 0 for k in tools}
+    for rep in range(-1, repeats):  # round -1 warms up and is not counted
+        for tool, cmd in tools.items():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            os.sync()
+            dt, peak = run(cmd, root)
+            if rep < 0:
+                continue
+            times[tool].append(dt)
+            rss[tool] = max(rss[tool], peak)
+            print(f"[{name}] {tool}: {dt:.2f} s", file=sys.stderr, flush=True)
+    # One extra run with --verify, and the standalone check, for information.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    os.sync()
+    if "stacktools consolidate" not in tools:
+        return _rows(name, times, rss, report)
+    dt, peak = run(tools["stacktools consolidate"] + ["--verify"], root)
+    times["stacktools consolidate --verify"] = [dt]
+    rss["stacktools consolidate --verify"] = peak
+    new_cs = out / "st" / f"{made.selected_cs.stem}_consolidated.cs"
+    dt, peak = run([st, "verify", str(new_cs), "--against", str(made.selected_cs),
+                    "--project-dir", str(made.project_dir), "--quiet", "--json"], root)
+    times["stacktools verify"] = [dt]
+    rss["stacktools verify"] = peak
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return _rows(name, times, rss, report)
+
+
+def _rows(name, times, rss, report) -> list[dict]:
+    floor = statistics.median(times["cp"])
+    rows = []
+    for tool, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"size": name, "tool": tool, "seconds": med, "ratio": med / floor,
+                     "rss": rss[tool], "source_bytes": report.cache_bytes,
+                     "output_bytes": report.consolidated_bytes})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="small,large", help="Comma list of: small, large.")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data", type=Path, default=HERE / "data" / "consolidate",
+                    help="Where to generate data (deleted afterwards).")
+    ap.add_argument("--tools", default=None,
+                    help="Comma list of tool names to run (cp always runs).")
+    ap.add_argument("--keep-data", action="store_true",
+                    help="Keep the generated data for another run.")
+    ap.add_argument("--no-relion-bulk", action="store_true",
+                    help="Skip relion_stack_create's default bulk mode at the small size.")
+    args = ap.parse_args()
+    rows = []
+    for name in args.sizes.split(","):
+        rows += bench_size(name, SIZES[name], args.data, args.repeats,
+                           relion_bulk=name == "small" and not args.no_relion_bulk,
+                           only=args.tools.split(",") if args.tools else None,
+                           keep=args.keep_data)
+    if not args.keep_data:
+        shutil.rmtree(args.data, ignore_errors=True)
+    for name in dict.fromkeys(r["size"] for r in rows):
+        sub = [r for r in rows if r["size"] == name]
+        print(f"\n{name}: {sub[0]['source_bytes'] / 1e9:.2f} GB of source stacks, "
+              f"{sub[0]['output_bytes'] / 1e9:.2f} GB consolidated, median of "
+              f"{args.repeats} runs (verify rows: 1 run)\n")
+        print("| tool | time | ratio to `cp` | peak RSS |")
+        print("| --- | --- | --- | --- |")
+        for r in sub:
+            print(f"| `{r['tool']}` | {r['seconds']:.2f} s | {r['ratio']:.2f}× | "
+                  f"{r['rss'] / 2**20:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Move particle images between MRC stacks with coalesced reads and bounded buffers.
+
+A copy is described per destination position ``k``: the source stack (an index into
+a list of :class:`~stacktools.mrc.StackHeader`) and the particle index in it. Reads
+are issued in (stack, offset) order, and each run of adjacent source particles is
+one read. When source and destination share pixel mode and byte order, bytes are
+moved as they are and never decoded; otherwise each chunk is decoded and converted
+with NumPy. Memory stays within a few chunks whatever the size of the stacks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import MissingStackError, StackError, TruncatedStackError
+from .mrc import StackHeader
+
+CHUNK_BYTES = 16 * 2**20
+
+Progress = Callable[[int], None]
+
+
+class Cancelled(Exception):
+    """Raised inside a copy when another worker has failed."""
+
+
+def coalesce(codes: np.ndarray, idx: np.ndarray, dst: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Order particles for reading and split them into runs of adjacent particles.
+
+    Parameters
+    ----------
+    codes
+        Source stack of each particle.
+    idx
+        Index of each particle in its source stack.
+    dst
+        Destination position of each particle (breaks ties so duplicates keep order).
+
+    Returns
+    -------
+    order, starts
+        ``order`` sorts the particles by (stack, index); ``starts`` are the positions
+        in that order where a new run begins, with ``len(order)`` appended.
+    """
+    n = len(codes)
+    order = np.lexsort((dst, idx, codes))
+    if n == 0:
+        return order, np.zeros(1, np.int64)
+    c, i = codes[order], idx[order]
+    brk = np.ones(n, bool)
+    brk[1:] = (c[1:] != c[:-1]) | (i[1:] != i[:-1] + 1)
+    starts = np.append(np.flatnonzero(brk), n)
+    return order, starts
+
+
+def read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill ``buf`` from ``fd`` at ``offset``; a short file is a truncated stack."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got <= 0:
+            raise TruncatedStackError(f"{path}: truncated stack: file ends at byte "
+                                      f"{offset + done}, {len(buf) - done} bytes short")
+        done += got
+
+
+def write_all(fd: int, buf: memoryview, offset: int) -> None:
+    """``pwrite`` all of ``buf`` at ``offset``, looping over short writes."""
+    done = 0
+    while done < len(buf):
+        done += os.pwrite(fd, buf[done:], offset + done)
+
+
+_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
+_local = threading.local()
+
+
+def _buffer(name: str, nbytes: int) -> memoryview:
+    """A per-thread reusable buffer: fresh pages for every stack cost page faults."""
+    buf = getattr(_local, name, None)
+    if buf is None or len(buf) < nbytes:
+        buf = memoryview(bytearray(nbytes))
+        setattr(_local, name, buf)
+    return buf[:nbytes]
+
+
+class _FileSink:
+    """Buffers destination-contiguous particles and writes them with one ``pwrite``.
+
+    Runs whose bytes need no conversion are handed to the kernel with
+    ``copy_file_range`` where the platform has it: the data then never enters
+    user space.
+    """
+
+    def __init__(self, fd: int, data_offset: int, particle_bytes: int, chunk_bytes: int,
+                 progress: Progress | None):
+        self.fd, self.base, self.pb = fd, data_offset, particle_bytes
+        self.cap = max(1, chunk_bytes // particle_bytes)
+        self.buf = _buffer("write", self.cap * particle_bytes)
+        self.start = 0
+        self.count = 0
+        self.progress = progress
+        self.kernel_copy = _COPY_FILE_RANGE
+
+    def copy_from(self, src_fd: int, offset: int, dst: int, m: int, path: str) -> bool:
+        """Copy ``m`` particles in the kernel; ``False`` if it cannot be done here."""
+        if not self.kernel_copy:
+            return False
+        self.flush()
+        nbytes, done = m * self.pb, 0
+        out = self.base + dst * self.pb
+        while done < nbytes:
+            try:
+                got = os.copy_file_range(src_fd, self.fd, nbytes - done, offset + done, out + done)
+            except OSError as err:
+                if done == 0 and err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                               errno.EOPNOTSUPP, errno.EBADF):
+                    self.kernel_copy = False  # e.g. across file systems: use pread/pwrite
+                    return False
+                raise
+            if got == 0:
+                raise TruncatedStackError(f"{path}: truncated stack: file ends at byte "
+                                          f"{offset + done}, {nbytes - done} bytes short")
+            done += got
+        if self.progress:
+            self.progress(nbytes)
+        return True
+
+    def reserve(self, dst: int, m: int) -> memoryview:
+        if self.count and (dst != self.start + self.count or self.count + m > self.cap):
+            self.flush()
+        if not self.count:
+            self.start = dst
+        return self.buf[self.count * self.pb:(self.count + m) * self.pb]
+
+    def commit(self, m: int) -> None:
+        self.count += m
+
+    def flush(self) -> None:
+        if self.count:
+            n = self.count * self.pb
+            write_all(self.fd, self.buf[:n], self.base + self.start * self.pb)
+            self.count = 0
+            if self.progress:
+                self.progress(n)
+
+
+class _ArraySink:
+    """Writes particles straight into a contiguous in-memory array."""
+
+    def __init__(self, target: np.ndarray, particle_bytes: int):
+        self.mv = memoryview(target).cast("B")
+        self.pb = particle_bytes
+        self.cap = len(target)
+        self.dst = 0
+
+    def reserve(self, dst: int, m: int) -> memoryview:
+        self.dst = dst
+        return self.mv[dst * self.pb:(dst + m) * self.pb]
+
+    def commit(self, m: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def copy_from(self, src_fd: int, offset: int, dst: int, m: int, path: str) -> bool:
+        return False
+
+
+class _SourceFiles:
+    """Read-only descriptors of source stacks, opened on first use."""
+
+    def __init__(self, headers: Sequence[StackHeader]):
+        self.headers = headers
+        self.fds: dict[int, int] = {}
+
+    def fd(self, code: int) -> int:
+        fd = self.fds.get(code)
+        if fd is None:
+            path = self.headers[code].path
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError as err:
+                raise MissingStackError(f"{path}: stack not found") from err
+            except OSError as err:
+                raise StackError(f"{path}: {err.strerror}") from err
+            self.fds[code] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
+              codes: np.ndarray, idx: np.ndarray, dst: np.ndarray, chunk_bytes: int,
+              cancel: threading.Event | None) -> None:
+    out_dtype = np.dtype(out_dtype)
+    order, starts = coalesce(codes, idx, dst)
+    sources = _SourceFiles(headers)
+    scratch: memoryview | None = None
+    try:
+        for r in range(len(starts) - 1):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            sel = order[starts[r]:starts[r + 1]]
+            code = int(codes[sel[0]])
+            h = headers[code]
+            fd = sources.fd(code)
+            same = h.dtype == out_dtype
+            in_pb = h.particle_bytes
+            out_pb = h.nx * h.ny * out_dtype.itemsize
+            step = max(1, chunk_bytes // max(in_pb, out_pb))
+            first = int(idx[sel[0]])
+            for p in range(0, len(sel), step):
+                part = sel[p:p + step]
+                m = len(part)
+                dpos = dst[part]
+                contiguous = m == 1 or bool(np.all(np.diff(dpos) == 1))
+                offset = h.offset_of(first + p)
+                if same and contiguous:
+                    if sink.copy_from(fd, offset, int(dpos[0]), m, h.path):
+                        continue
+                    # Read straight into the write buffer: no copy, no decode.
+                    view = sink.reserve(int(dpos[0]), m)
+                    read_exact(fd, view, offset, h.path)
+                    sink.commit(m)
+                    continue
+                if scratch is None:
+                    scratch = _buffer("read", step * max(in_pb, out_pb))
+                raw = scratch[:m * in_pb]
+                read_exact(fd, raw, offset, h.path)
+                if same:
+                    data = raw
+                else:
+                    conv = np.frombuffer(raw, dtype=h.dtype).astype(out_dtype)
+                    data = memoryview(conv).cast("B")
+                if contiguous:
+                    sink.reserve(int(dpos[0]), m)[:] = data
+                    sink.commit(m)
+                else:
+                    for j in range(m):
+                        sink.reserve(int(dpos[j]), 1)[:] = data[j * out_pb:(j + 1) * out_pb]
+                        sink.commit(1)
+        sink.flush()
+    finally:
+        sources.close()
+
+
+def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
+                 out_dtype: np.dtype, codes: np.ndarray, idx: np.ndarray, *,
+                 chunk_bytes: int = CHUNK_BYTES, progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> None:
+    """Write particles ``k = 0..n-1`` into an open stack file.
+
+    Parameters
+    ----------
+    fd
+        Writable descriptor of the destination stack.
+    data_offset
+        Byte offset of destination particle 0 (the header length).
+    headers
+        Source stacks; ``codes`` index into this list.
+    out_dtype
+        Pixel dtype of the destination, with its byte order.
+    codes, idx
+        For destination particle ``k``: its source stack and index in that stack.
+    chunk_bytes
+        Upper bound of each buffer (and so of the memory used).
+    progress
+        Called with the number of bytes written after each write.
+    cancel
+        When set by another thread, the copy stops with :class:`Cancelled`.
+    """
+    codes = np.asarray(codes, np.int64)
+    idx = np.asarray(idx, np.int64)
+    if not len(codes):
+        return
+    h = headers[int(codes[0])]
+    pb = h.nx * h.ny * np.dtype(out_dtype).itemsize
+    sink = _FileSink(fd, data_offset, pb, chunk_bytes, progress)
+    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, cancel)
+
+
+def read_to_array(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: np.ndarray,
+                  idx: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Read particles from several stacks into one ``(n, ny, nx)`` array.
+
+    Reads are coalesced and issued in (stack, offset) order; row ``k`` of the result
+    is particle ``idx[k]`` of stack ``codes[k]``, converted to ``out_dtype``.
+    """
+    codes = np.asarray(codes, np.int64)
+    idx = np.asarray(idx, np.int64)
+    if not len(codes):
+        return np.zeros((0, 0, 0), out_dtype)
+    h = headers[int(codes[0])]
+    out = np.empty((len(codes), h.ny, h.nx), dtype=out_dtype)
+    sink = _ArraySink(out, out[0].nbytes)
+    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, None)
+    return out

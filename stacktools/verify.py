@@ -1,0 +1,234 @@
+"""Check a consolidated particle set against the set it was made from.
+
+Every particle of the new set is read and compared, bit for bit, with its source
+particle (converted to the new stack's pixel mode when the two differ), and every
+field other than ``blob/path`` and ``blob/idx`` is compared row by row. Rows are
+matched on ``uid``. Reads are coalesced and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from . import csfile
+from .errors import FieldError, StacktoolsError
+from .mrc import StackHeader, read_header
+from .particles import ParticleSet
+from .stackcopy import CHUNK_BYTES, read_to_array
+
+if TYPE_CHECKING:
+    from .consolidate import OutputStack
+
+MAX_PROBLEMS = 20
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify`.
+
+    ``ok`` is true when every particle and field matched. ``problems`` lists the
+    first few differences, one line each.
+    """
+
+    cs: str
+    against: str
+    particles: int
+    stacks: int
+    fields: int
+    bytes_checked: int
+    particle_mismatches: int = 0
+    field_mismatches: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.particle_mismatches or self.field_mismatches or self.problems)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def mismatched_particles(header: StackHeader, positions: np.ndarray,
+                         sources: Sequence[StackHeader], codes: np.ndarray,
+                         indices: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """Positions ``k`` where particle ``positions[k]`` of a stack differs from its source.
+
+    Parameters
+    ----------
+    header
+        Header of the stack being checked.
+    positions
+        Particle indices in that stack.
+    sources, codes, indices
+        The source of each checked particle: stack ``sources[codes[k]]``, particle
+        ``indices[k]``. Sources are converted to the checked stack's mode first.
+    chunk_bytes
+        Bytes read per side at a time.
+    """
+    positions = np.asarray(positions, np.int64)
+    order = np.argsort(positions, kind="stable")
+    dtype = header.dtype.newbyteorder("=")
+    pb = header.particle_bytes
+    step = max(1, chunk_bytes // pb)
+    bad = []
+    for a in range(0, len(order), step):
+        sel = order[a:a + step]
+        mine = read_to_array([header], dtype, np.zeros(len(sel), np.int64), positions[sel],
+                             chunk_bytes=chunk_bytes)
+        theirs = read_to_array(sources, dtype, np.asarray(codes)[sel], np.asarray(indices)[sel],
+                               chunk_bytes=chunk_bytes)
+        differ = (mine.reshape(len(sel), -1).view(np.uint8)
+                  != theirs.reshape(len(sel), -1).view(np.uint8)).any(axis=1)
+        bad.extend(sel[differ].tolist())
+    return np.sort(np.asarray(bad, np.int64))
+
+
+def check_stack(stack: "OutputStack", sources: Sequence[StackHeader], *,
+                chunk_bytes: int = CHUNK_BYTES) -> str | None:
+    """Check a written output stack of a consolidation plan.
+
+    Returns ``None`` when the file has exactly the planned header, size and
+    particles, or a one-line description of the first difference.
+    """
+    try:
+        h = read_header(stack.path)
+    except StacktoolsError as err:
+        return str(err)
+    if (h.nx, h.ny, h.nz, h.mode) != (stack.nx, stack.ny, stack.count, stack.mode):
+        return (f"{stack.path}: header says {h.nz} x {h.ny}x{h.nx} mode {h.mode}, expected "
+                f"{stack.count} x {stack.ny}x{stack.nx} mode {stack.mode}")
+    if h.file_size != stack.nbytes:
+        return f"{stack.path}: {h.file_size} bytes, expected {stack.nbytes}"
+    bad = mismatched_particles(h, np.arange(stack.count), sources, stack.codes, stack.indices,
+                               chunk_bytes=chunk_bytes)
+    if len(bad):
+        k = int(bad[0])
+        return f"{stack.path}: particle {k} differs from its source (and {len(bad) - 1} more)"
+    return None
+
+
+def _raw_rows(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8).reshape(len(a), -1)
+
+
+def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
+           project_dir: str | os.PathLike | None = None, threads: int = 4,
+           chunk_bytes: int = CHUNK_BYTES,
+           progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Check every particle and field of a consolidated set against the original.
+
+    Parameters
+    ----------
+    new_cs
+        The consolidated ``.cs``.
+    against
+        The ``.cs`` it was made from.
+    project_dir
+        Project directory both sets' relative ``blob/path`` values resolve against;
+        defaults to the parent of ``against``'s job directory.
+    threads
+        Stacks checked at the same time.
+    chunk_bytes
+        Bytes read per side at a time, per thread.
+    progress
+        Called with the number of bytes of the new stacks checked.
+
+    Returns
+    -------
+    VerifyResult
+        Bad input (missing stacks, truncated files) raises instead.
+    """
+    if project_dir is None:
+        project_dir = Path(against).resolve().parent.parent
+    new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs)
+    old = ParticleSet(csfile.read_cs(against), project_dir, source=against)
+    new_headers = new.validate()
+    old_headers = old.validate()
+    problems: list[str] = []
+
+    def note(msg: str) -> None:
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(msg)
+
+    nd, od = new.data, old.data
+    names_new = nd.dtype.names
+    if "uid" in names_new and "uid" in od.dtype.names:
+        order = np.argsort(od["uid"], kind="stable")
+        pos = np.searchsorted(od["uid"][order], nd["uid"])
+        pos_c = np.minimum(pos, max(len(od) - 1, 0))
+        found = (pos < len(od)) & (od["uid"][order][pos_c] == nd["uid"]) if len(od) else \
+            np.zeros(len(nd), bool)
+        if not found.all():
+            r = int(np.flatnonzero(~found)[0])
+            raise FieldError(f"{new_cs}: uid {int(nd['uid'][r])} at row {r} is not in {against}")
+        old_rows = order[pos_c]
+    else:
+        if len(nd) != len(od):
+            raise FieldError(f"{new_cs}: {len(nd)} rows but {against} has {len(od)} and "
+                             "there is no uid field to match them")
+        old_rows = np.arange(len(od))
+    if len(nd) != len(od):
+        note(f"{new_cs}: {len(nd)} rows, {against} has {len(od)}")
+
+    field_bad = 0
+    fields = [n for n in od.dtype.names if n not in ("blob/path", "blob/idx")]
+    for name in fields:
+        if name not in names_new:
+            field_bad += 1
+            note(f"{new_cs}: field {name!r} of {against} is missing")
+            continue
+        a, b = nd[name], od[name][old_rows]
+        if a.dtype == b.dtype:
+            differ = (_raw_rows(a) != _raw_rows(b)).any(axis=1) if len(a) else np.zeros(0, bool)
+        else:
+            differ = (np.asarray(a) != np.asarray(b)).reshape(len(a), -1).any(axis=1)
+        if differ.any():
+            field_bad += 1
+            note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")
+
+    new_list = [new_headers[p] for p in new.stack_paths]
+    old_list = [old_headers[p] for p in old.stack_paths]
+    old_codes = old.stack_codes[old_rows]
+    old_idx = np.asarray(od["blob/idx"], np.int64)[old_rows]
+    new_idx = np.asarray(nd["blob/idx"], np.int64)
+    groups = new.groups()
+
+    def check(k: int) -> tuple[int, str | None, int]:
+        g = groups[k]
+        h = new_list[k]
+        bad = mismatched_particles(h, new_idx[g.rows], old_list, old_codes[g.rows],
+                                   old_idx[g.rows], chunk_bytes=chunk_bytes)
+        nbytes = len(g.rows) * h.particle_bytes
+        if progress:
+            progress(nbytes)
+        msg = None
+        if len(bad):
+            r = int(g.rows[bad[0]])
+            msg = (f"{h.path}: particle {int(new_idx[r])} (row {r}) differs from particle "
+                   f"{int(old_idx[r])} of {old_list[old_codes[r]].path}")
+        return len(bad), msg, nbytes
+
+    if threads > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            outcomes = list(pool.map(check, range(len(groups))))
+    else:
+        outcomes = [check(k) for k in range(len(groups))]
+    particle_bad = 0
+    for n_bad, msg, _ in outcomes:
+        particle_bad += n_bad
+        if msg:
+            note(msg)
+    return VerifyResult(cs=str(new_cs), against=str(against), particles=len(nd),
+                        stacks=len(groups), fields=len(fields),
+                        bytes_checked=sum(o[2] for o in outcomes),
+                        particle_mismatches=particle_bad, field_mismatches=field_bad,
+                        problems=problems)
