@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import csfile
-from .dataset import field_groups
+from .dataset import field_groups, field_matrix
 
 
 def distinct(values: np.ndarray) -> np.ndarray:
@@ -134,7 +134,7 @@ def summarize(data: np.ndarray, *, stats: bool = True) -> dict:
     if "blob/path" in names:
         out["stacks"] = strings["blob/path"]["distinct"]
     if "blob/shape" in names:
-        shape = np.asarray(data["blob/shape"]).reshape(len(data), -1)
+        shape = field_matrix(data, "blob/shape")
         out["box"] = [int(v) for v in distinct(np.ascontiguousarray(shape[:, -1]))]
     if "blob/psize_A" in names:
         out["psize_A"] = [round(float(v), 6) for v in distinct(data["blob/psize_A"])]

@@ -23,6 +23,13 @@ def require_fields(data: np.ndarray, fields, where: str = "dataset") -> None:
             raise FieldError(f"{where}: missing field {f!r}")
 
 
+def field_matrix(data: np.ndarray, name: str, dtype=None) -> np.ndarray:
+    """A field as a 2-D array ``(rows, values per row)``; scalar fields give one column."""
+    t = data.dtype.fields[name][0]
+    k = int(np.prod(t.shape)) if t.shape else 1
+    return np.asarray(data[name], dtype=dtype).reshape(len(data), k)
+
+
 def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     """For each of ``uids``, whether it occurs in ``other_uids`` (a boolean mask).
 

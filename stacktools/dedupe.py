@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import dedupe_uid, require_fields
+from .dataset import dedupe_uid, field_matrix, require_fields
 from .errors import FieldError
 
 __all__ = ["dedupe_uid", "dedupe_distance", "particle_centres_A", "close_pairs", "DedupeResult"]
@@ -67,7 +67,7 @@ def particle_centres_A(data: np.ndarray, where: str = "dataset") -> np.ndarray:
         psize = data["blob/psize_A"].astype(np.float64)
     else:
         raise FieldError(f"{where}: missing field 'location/micrograph_psize_A'")
-    shape = np.asarray(data["location/micrograph_shape"], dtype=np.float64).reshape(len(data), -1)
+    shape = field_matrix(data, "location/micrograph_shape", np.float64)
     x = data["location/center_x_frac"].astype(np.float64) * shape[:, -1] * psize
     y = data["location/center_y_frac"].astype(np.float64) * shape[:, 0] * psize
     return np.stack([x, y], axis=1)

@@ -382,7 +382,7 @@ class _Evaluator:
         if not shape:
             raise ExpressionError(f"{self.where}: field {name!r} is not an array field; "
                                   f"drop [{index}] in expression {self.text!r}")
-        flat = col.reshape(len(col), -1)
+        flat = col.reshape(len(col), int(np.prod(shape)))
         if not 0 <= index < flat.shape[1]:
             raise ExpressionError(f"{self.where}: index {index} out of range for {name!r} "
                                   f"({flat.shape[1]} values) in expression {self.text!r}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_output
-from .dataset import require_fields
+from .dataset import field_matrix, require_fields
 from .errors import FieldError, StarFormatError
 from .rotation import euler_deg_to_rotvec, rotvec_to_euler_deg
 
@@ -103,7 +103,7 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
         parts["rlnMicrographName"] = _decode(data["location/micrograph_path"])
     if all(f in names for f in ("location/center_x_frac", "location/center_y_frac",
                                 "location/micrograph_shape")):
-        shape = np.asarray(data["location/micrograph_shape"]).reshape(n, -1).astype(np.float64)
+        shape = field_matrix(data, "location/micrograph_shape", np.float64)
         parts["rlnCoordinateX"] = np.round(data["location/center_x_frac"] * shape[:, -1])
         parts["rlnCoordinateY"] = np.round(data["location/center_y_frac"] * shape[:, 0])
 
@@ -131,7 +131,7 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
             psize_field = f"{prefix}/psize_A" if f"{prefix}/psize_A" in names else "blob/psize_A"
             require_fields(data, [psize_field], where)
             psize = data[psize_field].astype(np.float64)
-            shift = np.asarray(data[f"{prefix}/shift"], dtype=np.float64).reshape(n, 2)
+            shift = field_matrix(data, f"{prefix}/shift", np.float64)
             parts["rlnOriginXAngst"] = shift[:, 0] * psize
             parts["rlnOriginYAngst"] = shift[:, 1] * psize
         if f"{prefix}/class" in names:
@@ -161,7 +161,7 @@ def _optics_block(data: np.ndarray, group: np.ndarray, where: str):
         if field in names:
             values[col] = data[field].astype(np.float64)
     if "blob/shape" in names:
-        shape = np.asarray(data["blob/shape"]).reshape(len(data), -1)
+        shape = field_matrix(data, "blob/shape")
         values["rlnImageSize"] = shape[:, -1].astype(np.int64)
     _, inverse = np.unique(group, return_inverse=True)
     inverse = inverse.ravel()
@@ -289,7 +289,7 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
     has_at = np.strings.find(names, "@") > 0
     if n and not has_at.all():
         r = int(np.flatnonzero(~has_at)[0])
-        raise StarFormatError(f"{where}: particle row {r + 1}: rlnImageName {names[r]!r} is not idx@path")
+        raise StarFormatError(f"{where}: particle row {r + 1}: rlnImageName {str(names[r])!r} is not idx@path")
     head, _, paths = np.strings.partition(names, "@") if n else (names, None, names)
     try:
         idx = head.astype(np.int64) - 1

@@ -45,7 +45,7 @@ def to_pandas(data: np.ndarray, decode: bool = True):
         t = data.dtype.fields[name][0]
         col = data[name]
         if t.shape:
-            flat = col.reshape(len(data), -1)
+            flat = col.reshape(len(data), int(np.prod(t.shape)))
             for k in range(flat.shape[1]):
                 sub = flat[:, k]
                 cols[f"{name}[{k}]"] = _decode_column(sub) if decode and t.base.kind == "S" else sub
