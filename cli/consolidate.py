@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -61,7 +62,8 @@ def consolidate(
                               layout=layout.value, particles_per_stack=particles_per_stack,
                               dtype=dtype.value, mrcs=mrcs)
     total = sum(s.nbytes for s in plan.stacks)
-    with byte_progress("consolidating", total, quiet or as_json or dry_run) as advance:
+    quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
+    with byte_progress("consolidating", total, quiet) as advance:
         result = run_plan(plan, threads=threads, verify=verify, dry_run=dry_run,
                           fsync=fsync, force=force, progress=advance)
     if as_json:
@@ -111,12 +113,13 @@ def verify(
     from stacktools.verify import verify as run
 
     total = 0
-    if not quiet and not as_json:
+    quiet = quiet or as_json or not sys.stderr.isatty()
+    if not quiet:
         from stacktools.particles import ParticleSet
         pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent)
         hdrs = pnew.headers()
         total = sum(hdrs[g.path].particle_bytes * len(g.rows) for g in pnew.groups())
-    with byte_progress("verifying", total, quiet or as_json) as advance:
+    with byte_progress("verifying", total, quiet) as advance:
         result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance)
     if as_json:
         emit_json(result.to_dict())
