@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particles",
            "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError",
-           "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs"]
+           "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs",
+           "consolidate_particles", "ConsolidateResult", "verify_consolidated", "VerifyResult"]
 
 _LAZY = {
     "read_cs": "csfile", "write_cs": "csfile",
@@ -25,6 +26,8 @@ _LAZY = {
     "StacktoolsError": "errors",
     "CsDataset": "csdataset", "load_cs": "csdataset",
     "cs_info": "csinfo", "cs_to_star": "star", "star_to_cs": "star",
+    "consolidate_particles": "consolidate", "ConsolidateResult": "consolidate",
+    "verify_consolidated": "verify", "VerifyResult": "verify",
 }
 
 

@@ -648,3 +648,7 @@ def _clean_failed(plan: Plan, written: list[OutputStack], created: list[Path]) -
     for d in reversed(created):
         with contextlib.suppress(OSError):
             d.rmdir()
+
+
+# The package-level name: ``stacktools.consolidate`` is this module once imported.
+consolidate_particles = consolidate

@@ -290,3 +290,14 @@ def test_property_particle_k_reads_back_equal(prop_project, data):
         assert same_bits(a if dtype == "keep" else a.astype(np.float32), b)
     assert np.array_equal(read_cs(res.cs)["uid"], full["uid"][rows])
     shutil.rmtree(work)
+
+
+def test_demo_consolidates_its_subset(tmp_path):
+    from stacktools.demo import run_demo
+    summary = run_demo(tmp_path / "demo")
+    step = next(s for s in summary["steps"] if s["name"] == "consolidate")
+    size = next(s for s in summary["steps"] if s["name"] == "size")
+    assert step["result"]["bytes_written"] == size["result"]["consolidated_bytes"]
+    assert step["show"]["saved bytes"] == size["result"]["saved_bytes"] > 0
+    assert step["result"]["verified"] is True
+    assert Path(step["result"]["cs"]).is_relative_to(tmp_path / "demo" / "J8")
