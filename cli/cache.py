@@ -315,3 +315,7 @@ def default_cmd(
     else:
         console().print(f"{project_dir}: use cache = "
                         f"{'unset (yes)' if v is None else ('yes' if v else 'no')}")
+
+
+from .placement import place as _place  # noqa: E402  (multi-node placement lives in its own module)
+app.command("place")(_place)

@@ -100,6 +100,14 @@ class CacheFullError(CacheError):
     """A set does not fit on the SSD even after evicting everything evictable."""
 
 
+class PlacementError(StacktoolsError):
+    """Sets cannot be placed on nodes as asked (no nodes, a bad queue order, ...)."""
+
+
+class NodesFileError(PlacementError):
+    """A nodes file, or a node's inventory snapshot, is missing, malformed or incomplete."""
+
+
 def describe_os_error(err: OSError) -> str:
     """One-line description of an ``OSError`` that names the file involved."""
     where = err.filename or ""
