@@ -130,18 +130,15 @@ def sync_cmd(
     With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts it),
     and its exit status is returned.
     """
-    import os
-
     from stacktools.cache import use_cache_for
-    from stacktools.cache.store import SyncResult, full_message, write_cached_cs
+    from stacktools.cache.store import SyncResult, full_message, named_path, write_cached_cs
     from stacktools.errors import CacheFullError
 
     from .output import byte_progress
 
     pset = _open_set(particles, project_dir, passthrough)
     if not use_cache_for(pset.project_dir, use_cache):
-        paths = {os.path.normpath(os.path.abspath(p)): os.path.normpath(os.path.abspath(p))
-                 for p in pset.stack_paths}
+        paths = {named_path(p): named_path(p) for p in pset.stack_paths}
         result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
     else:
         cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)

@@ -297,15 +297,22 @@ def test_lru_eviction_skips_pinned_entries(ssd, demo):
 def test_expired_entries_go_first(ssd, demo):
     stacks = [str(p) for p in demo.stacks]
     cache = _cache(ssd)
-    cache.ensure(stacks[:6])
+    cache.ensure(stacks[:1])
+    cache.ensure(stacks[1:6])
+    # Age the first entry and the record of the set that used it by 40 days.
     con = sqlite3.connect(cache.root / "index.db")
     con.execute("UPDATE entries SET last_access = last_access - 40*86400 WHERE key = ?",
                 (os.path.realpath(stacks[0]),))
+    con.execute("UPDATE sets SET last_access = last_access - 40*86400, folded = 0 WHERE set_id IN "
+                "(SELECT set_id FROM set_members WHERE key = ?)", (os.path.realpath(stacks[0]),))
     con.commit()
     con.close()
     plan = _cache(ssd).plan(stacks[6:])
     assert [e.key for e in plan.expire] == [os.path.realpath(stacks[0])]
     assert _cache(ssd).clean()["removed"] == 1
+    # Using an entry again makes it young: the set's access is folded in.
+    cache.ensure(stacks[1:3])
+    assert _cache(ssd).plan(stacks[6:]).expire == []
 
 
 def test_write_cs_points_at_cache(ssd, demo, tmp_path):

@@ -33,6 +33,15 @@ CREATE TABLE IF NOT EXISTS entries (
     project TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+-- Access is recorded per set (one row per sync), and folded into entries.last_access
+-- when space is planned: a warm check then costs one row, not one per stack.
+CREATE TABLE IF NOT EXISTS sets (
+    set_id TEXT PRIMARY KEY, last_access REAL NOT NULL, folded REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS set_members (
+    set_id TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (set_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS set_members_key ON set_members (key);
 """
 
 COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project")
@@ -208,16 +217,48 @@ class Index:
         self.run(w)
 
     def touch(self, keys: list[str], when: float) -> None:
-        """Set ``last_access`` of ``keys`` in one transaction."""
+        """Set ``last_access`` of ``keys`` now, in one transaction."""
         if not keys:
             return
 
         def w(c):
             c.execute("BEGIN IMMEDIATE")
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS touched (key TEXT PRIMARY KEY)")
-            c.execute("DELETE FROM touched")
-            c.executemany("INSERT OR IGNORE INTO touched VALUES (?)", ((k,) for k in keys))
-            c.execute("UPDATE entries SET last_access=? WHERE last_access < ? AND key IN "
-                      "(SELECT key FROM touched)", (when, when))
+            c.executemany("UPDATE entries SET last_access=? WHERE key=? AND last_access < ?",
+                          ((when, k, when) for k in keys))
+            c.execute("COMMIT")
+        self.run(w)
+
+    def touch_set(self, set_id: str, keys: Iterable[str], when: float) -> None:
+        """Record that the set ``set_id`` (made of ``keys``) was used at ``when``.
+
+        A known set costs one row update; members are stored the first time only.
+        :meth:`fold_access` later carries the time over to the entries.
+        """
+        def w(c):
+            c.execute("BEGIN IMMEDIATE")
+            cur = c.execute("UPDATE sets SET last_access=MAX(last_access, ?) WHERE set_id=?",
+                            (when, set_id))
+            if cur.rowcount == 0:
+                c.execute("INSERT INTO sets (set_id, last_access) VALUES (?, ?)", (set_id, when))
+                c.executemany("INSERT OR IGNORE INTO set_members VALUES (?, ?)",
+                              ((set_id, k) for k in keys))
+            c.execute("COMMIT")
+        self.run(w)
+
+    def fold_access(self, forget_before: float) -> None:
+        """Carry set access times over to their entries; forget sets unused since ``forget_before``."""
+        def w(c):
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("""
+                UPDATE entries SET last_access = MAX(last_access, (
+                    SELECT MAX(s.last_access) FROM set_members m JOIN sets s ON s.set_id = m.set_id
+                    WHERE m.key = entries.key))
+                WHERE key IN (SELECT m.key FROM set_members m JOIN sets s ON s.set_id = m.set_id
+                              WHERE s.last_access > s.folded)""")
+            c.execute("UPDATE sets SET folded = last_access WHERE last_access > folded")
+            old = c.execute("SELECT set_id FROM sets WHERE last_access < ?", (forget_before,)).fetchall()
+            if old:
+                c.executemany("DELETE FROM set_members WHERE set_id = ?", old)
+                c.executemany("DELETE FROM sets WHERE set_id = ?", old)
             c.execute("COMMIT")
         self.run(w)

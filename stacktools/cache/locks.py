@@ -140,14 +140,16 @@ class FileLock:
 class PinFile:
     """This process's record of the entries it uses and the bytes it has reserved.
 
-    The file is locked exclusively for the life of the pin; its content is a JSON
-    object ``{"pid", "host", "keys", "reserved": {key: bytes}}``, rewritten only
-    while the writer holds the space lock (shared or exclusive), so readers that
-    hold the space lock exclusively always see whole contents.
+    The file is locked exclusively for the life of the pin. Its content is one JSON
+    line ``{"pid", "host", "t", "reserved": {key: bytes}}`` followed by the pinned
+    keys, one per line. It is rewritten only while the writer holds the space lock
+    (shared or exclusive), so readers that hold the space lock exclusively always
+    see whole contents. ``blob`` is the encoded key list (also used to name the set).
     """
 
     def __init__(self, pins_dir: Path, keys: Iterable[str]):
         self.keys: list[str] = list(keys)
+        self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
         self.reserved: dict[str, int] = {}
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
         self.path = pins_dir / name
@@ -157,10 +159,10 @@ class PinFile:
 
     def write(self) -> None:
         """Rewrite the content (call with the space lock held)."""
-        data = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
-                           "keys": self.keys, "reserved": self.reserved}).encode()
+        head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
+                           "reserved": self.reserved}).encode() + b"\n"
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, head + self.blob, 0)
 
     def close(self) -> None:
         """Drop the pin: unlink the file, then release its lock."""
@@ -206,11 +208,13 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
                 raw = b""
                 while chunk := os.read(fd, 1 << 20):
                     raw += chunk
+                head, _, body = raw.partition(b"\n")
                 try:
-                    data = json.loads(raw or b"{}")
+                    data = json.loads(head or b"{}")
                 except ValueError:
                     continue
-                in_use.update(data.get("keys", ()))
+                if body:
+                    in_use.update(body.decode("utf-8", "surrogateescape").split("\n"))
                 for k, v in data.get("reserved", {}).items():
                     reserved[k] = max(reserved.get(k, 0), int(v))
                 continue

@@ -24,13 +24,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """One stack a set needs: ``key`` is its resolved absolute path; ``path`` the path
-    as the set names it; ``size`` and ``mtime_ns`` from ``stat``."""
+    as the set names it; ``size`` and ``mtime_ns`` from ``stat``.
+
+    A named tuple, because a warm check makes one per stack and must stay cheap.
+    """
 
     key: str
     size: int

@@ -169,29 +169,38 @@ class Cache:
         self._dest_dirs.add(d)
 
     def sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
-        """Stat each source once and key it by its resolved path (memoising directories)."""
+        """Stat each source once and key it by its resolved path.
+
+        One ``lstat`` per stack: directories are resolved once each (memoised), and
+        only a source that is itself a symlink is resolved on its own.
+        """
         out = []
+        append = out.append
         memo = self._src_dirs
+        lstat, S_ISLNK, S_ISREG = os.lstat, stat.S_ISLNK, stat.S_ISREG
         for p in paths:
-            raw = os.fspath(p)
-            if not os.path.isabs(raw):
-                raw = os.path.join(os.getcwd(), raw)
-            d, name = os.path.split(raw)
+            raw = p if isinstance(p, str) else os.fspath(p)
+            if raw[:1] != "/" or "/." in raw or "//" in raw:
+                raw = named_path(raw)
             try:
-                st = os.lstat(raw)
-                if stat.S_ISLNK(st.st_mode):
-                    key = os.path.realpath(raw)
-                    st = os.stat(raw)
-                else:
-                    rd = memo.get(d)
-                    if rd is None:
-                        rd = memo[d] = os.path.realpath(d)
-                    key = rd + "/" + name if rd != "/" else "/" + name
-            except FileNotFoundError:
+                st = lstat(raw)
+            except (FileNotFoundError, NotADirectoryError):
                 raise MissingStackError(f"{raw}: source stack not found") from None
-            if not stat.S_ISREG(st.st_mode):
+            if S_ISLNK(st.st_mode):
+                key = os.path.realpath(raw)
+                try:
+                    st = os.stat(raw)
+                except FileNotFoundError:
+                    raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
+            else:
+                d, _, name = raw.rpartition("/")
+                rd = memo.get(d)
+                if rd is None:
+                    rd = memo[d] = os.path.realpath(d or "/").rstrip("/")
+                key = rd + "/" + name
+            if not S_ISREG(st.st_mode):
                 raise CacheError(f"{raw}: source is not a regular file")
-            out.append(SourceFile(key, st.st_size, st.st_mtime_ns, os.path.normpath(raw)))
+            append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
         return out
 
     def check(self, stacks: Sequence[SourceFile]) -> set[str]:
@@ -264,6 +273,7 @@ class Cache:
         """Snapshot with the space lock held exclusively; drops rows whose files are gone."""
         in_use, reserved = live_pins(self.pins_dir)
         self._absorb_ledger()
+        self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
         rows = self.index.all()
         gone = []
         entries = []
@@ -336,13 +346,16 @@ class Cache:
         pin = self.pin([s.key for s in stacks]) if pinned else None
         try:
             valid = self.check(stacks)
-            if len(valid) == len({s.key for s in stacks}):
+            if len(valid) == len(stacks) or len(valid) == len({s.key for s in stacks}):
+                # Warm: nothing to copy, so nothing to expire or evict either.
                 free, total = self._statvfs()
-                inv = Inventory([], self.config.quota_bytes, self.config.reserve_bytes, free,
-                                self.config.lifetime_s, total_bytes=total)
-                plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
-                plan.used_bytes_before = self.index.run(
-                    lambda c: c.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()[0])
+                cached = stacks if len(valid) == len(stacks) else list({s.key: s for s in stacks}.values())
+                plan = Plan(stacks=stacks, to_copy=[], cached=cached, waiting=[], from_source=[],
+                            expire=[], evict=[], fits=True, quota_bytes=self.config.quota_bytes,
+                            reserve_bytes=self.config.reserve_bytes, free_bytes_before=free,
+                            used_bytes_before=self.index.run(lambda c: c.execute(
+                                "SELECT COALESCE(SUM(size),0) FROM entries").fetchone()[0]),
+                            partial=partial)
             else:
                 lock = self.space_lock()
                 lock.acquire()
@@ -445,8 +458,8 @@ class Cache:
             copied_keys = set(result.copies)
             result.bytes_reused = sum(s.size for s in plan.cached) + sum(
                 s.size for s in todo if s.key not in copied_keys)
-            touched = [s.key for s in stacks if s.key not in copied_keys]
-            self.index.touch(touched, time.time())
+            import hashlib
+            self.index.touch_set(hashlib.sha1(pin.blob).hexdigest(), pin.keys, time.time())
             if pin.reserved:
                 lock = self.space_lock()
                 lock.acquire(shared=True)
@@ -773,6 +786,20 @@ def _entry_brief(e: Entry) -> dict:
             "last_access_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.last_access))}
 
 
+def named_path(p: str | os.PathLike) -> str:
+    """A source path as the set names it, made absolute: the key of ``SyncResult.paths``.
+
+    ``.`` and doubled slashes are removed; ``..`` is left alone, because removing it
+    by text would be wrong after a symlinked directory.
+    """
+    raw = os.fspath(p)
+    if raw[:1] != "/":
+        raw = os.path.join(os.getcwd(), raw)
+    if "/.." in raw.replace("/...", ""):
+        return raw
+    return os.path.normpath(raw)
+
+
 def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
     return [s.path or s.key for s in stacks]
 
@@ -810,7 +837,7 @@ def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path
 
     if pset.source and os.path.realpath(out) == os.path.realpath(pset.source):
         raise OutputError(f"{out}: would overwrite the source .cs")
-    targets = [paths[os.path.normpath(os.path.abspath(p))] for p in pset.stack_paths]
+    targets = [paths[named_path(p)] for p in pset.stack_paths]
     width = max([len(t.encode()) for t in targets] + [1])
     descr = [(n, f"S{width}") if n == "blob/path" else (n, pset.data.dtype.fields[n][0])
              for n in pset.data.dtype.names]
