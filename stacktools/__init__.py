@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 __all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particles",
            "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError",
            "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs",
-           "consolidate_particles", "ConsolidateResult", "verify_consolidated", "VerifyResult"]
+           "consolidate_particles", "ConsolidateResult", "verify_consolidated", "VerifyResult",
+           "Cache", "Inventory", "plan_stacks"]
 
 _LAZY = {
     "read_cs": "csfile", "write_cs": "csfile",
@@ -28,6 +29,7 @@ _LAZY = {
     "cs_info": "csinfo", "cs_to_star": "star", "star_to_cs": "star",
     "consolidate_particles": "consolidate", "ConsolidateResult": "consolidate",
     "verify_consolidated": "verify", "VerifyResult": "verify",
+    "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",
 }
 
 
