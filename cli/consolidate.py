@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .output import byte_progress, console, emit_json, fmt_bytes, kv_table
+from .output import byte_progress, console, emit_json, fmt_bytes, kv_table, table
 
 
 class Layout(str, Enum):
@@ -90,9 +90,11 @@ def consolidate(
         rows.append(("verified", "every particle matches its source"))
     out_console = console()
     out_console.print(kv_table(rows, title="dry run: nothing written" if result.dry_run else None))
-    if result.dry_run:
+    if result.dry_run and result.outputs:
+        t = table(f"in {Path(result.outputs[0]['path']).parent}", ("stack", "particles", "bytes"))
         for o in result.outputs:
-            out_console.print(f"  {o['path']}  {o['particles']:,} particles  {o['bytes']:,} bytes")
+            t.add_row(Path(o["path"]).name, f"{o['particles']:,}", f"{o['bytes']:,}")
+        out_console.print(t)
 
 
 def verify(
@@ -124,13 +126,15 @@ def verify(
     if as_json:
         emit_json(result.to_dict())
     else:
-        rows = [("particles", f"{result.particles:,} in {result.stacks:,} stacks"),
+        rows = [("checked", str(new_cs)),
+                ("against", str(against)),
+                ("particles", f"{result.particles:,} in {result.stacks:,} stacks"),
                 ("pixels compared", fmt_bytes(result.bytes_checked)),
                 ("fields compared", f"{result.fields}"),
                 ("result", "OK: identical" if result.ok else
                  f"DIFFERENT: {result.particle_mismatches:,} particles, "
                  f"{result.field_mismatches:,} fields")]
-        console().print(kv_table(rows, title=str(new_cs)))
+        console().print(kv_table(rows))
         for p in result.problems:
             console(stderr=True).print(f"  {p}", markup=False)
     if not result.ok:

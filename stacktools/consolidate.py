@@ -456,12 +456,13 @@ def _free_bytes(path: Path) -> int | None:
 
 def _result(plan: Plan, *, resumed: list[OutputStack], verified: bool, dry_run: bool) -> ConsolidateResult:
     done = {id(s) for s in resumed}
-    outputs = [{"path": str(s.path), "blob_path": s.blob_path, "particles": s.count,
+    outputs = [{"path": os.path.abspath(s.path), "blob_path": s.blob_path, "particles": s.count,
                 "bytes": s.nbytes, "mode": s.mode, "resumed": id(s) in done}
                for s in plan.stacks]
+    pt = os.path.abspath(plan.out_passthrough) if plan.out_passthrough else None
     return ConsolidateResult(
-        cs=str(plan.out_cs), passthrough=str(plan.out_passthrough) if plan.out_passthrough else None,
-        outdir=str(plan.outdir), project_dir=str(plan.project_dir), layout=plan.layout,
+        cs=os.path.abspath(plan.out_cs), passthrough=pt,
+        outdir=os.path.abspath(plan.outdir), project_dir=str(plan.project_dir), layout=plan.layout,
         dtype=plan.dtype, paths="relative" if plan.relative else "absolute",
         stacks=len(plan.stacks), particles=len(plan.new_data),
         bytes_written=sum(s.nbytes for s in plan.stacks),
@@ -552,21 +553,15 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
     ok = False
     try:
         with _locked(outdir):
-            resumed = _prepare(plan, force=force)
+            resumed = _prepare(plan, force=force, threads=threads)
             todo = [s for s in plan.stacks if not any(s is r for r in resumed)]
             need = sum(s.nbytes for s in todo)
             free = _free_bytes(outdir)
             if free is not None and need > free:
                 raise DiskFullError(f"{outdir}: not enough space: {need} bytes to write, "
                                     f"{free} free")
-            _write_all(plan, todo, written, threads=threads, fsync=fsync,
+            _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
                        progress=progress, chunk_bytes=chunk_bytes)
-            if verify:
-                from .verify import check_stack
-                for s in todo:
-                    bad = check_stack(s, plan.headers, chunk_bytes=chunk_bytes)
-                    if bad is not None:
-                        raise VerificationError(bad)
             if pt_rows is not None:
                 csfile.write_cs(plan.out_passthrough, pt_rows)
             csfile.write_cs(plan.out_cs, plan.new_data)
@@ -577,7 +572,7 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
     return _result(plan, resumed=resumed, verified=verify, dry_run=False)
 
 
-def _prepare(plan: Plan, *, force: bool) -> list[OutputStack]:
+def _prepare(plan: Plan, *, force: bool, threads: int) -> list[OutputStack]:
     """Check OUTDIR against the manifest, sweep temporaries, and find stacks to keep."""
     from .verify import check_stack
     manifest = _read_manifest(plan.outdir)
@@ -594,19 +589,20 @@ def _prepare(plan: Plan, *, force: bool) -> list[OutputStack]:
     _sweep_temps(plan)
     resumed = []
     if same:
-        for s in plan.stacks:
-            try:
-                size = s.path.stat().st_size
-            except FileNotFoundError:
-                continue
-            if size == s.nbytes and check_stack(s, plan.headers) is None:
-                resumed.append(s)
+        # Complete stacks of a killed run are kept only if they match their sources.
+        present = [s for s in plan.stacks if s.path.is_file() and s.path.stat().st_size == s.nbytes]
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            checks = list(pool.map(lambda s: check_stack(s, plan.headers), present))
+        resumed = [s for s, problem in zip(present, checks) if problem is None]
     _write_manifest(plan)
     return resumed
 
 
 def _write_all(plan: Plan, todo: list[OutputStack], written: list[OutputStack], *,
-               threads: int, fsync: bool, progress: Progress | None, chunk_bytes: int) -> None:
+               threads: int, fsync: bool, verify: bool, progress: Progress | None,
+               chunk_bytes: int) -> None:
+    """Write stacks on a thread pool; with ``verify``, check each one once it is written."""
+    from .verify import check_stack
     cancel = threading.Event()
     lock = threading.Lock()
 
@@ -614,11 +610,15 @@ def _write_all(plan: Plan, todo: list[OutputStack], written: list[OutputStack], 
         try:
             _write_stack(plan, s, fsync=fsync, progress=progress, cancel=cancel,
                          chunk_bytes=chunk_bytes)
+            with lock:
+                written.append(s)
+            if verify:
+                problem = check_stack(s, plan.headers)
+                if problem is not None:
+                    raise VerificationError(problem)
         except BaseException:
             cancel.set()
             raise
-        with lock:
-            written.append(s)
 
     if threads <= 1 or len(todo) <= 1:
         for s in todo:

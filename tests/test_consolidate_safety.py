@@ -244,3 +244,14 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
         assert (stacks / name).stat().st_ino == ino  # complete stacks were not rewritten
     assert verify(doc["cs"], demo.selected_cs, project_dir=demo.project_dir).ok
     assert Path(doc["passthrough"]).is_file()
+
+
+def test_failed_verification_leaves_nothing(demo, monkeypatch):
+    import stacktools.verify as verify_mod
+    from stacktools.errors import VerificationError
+    monkeypatch.setattr(verify_mod, "check_stack", lambda stack, sources, **kw:
+                        f"{stack.path}: particle 0 differs from its source")
+    out = demo.project_dir / "J8"
+    with pytest.raises(VerificationError, match="differs"):
+        consolidate(demo.selected_cs, out, project_dir=demo.project_dir, verify=True)
+    assert not out.exists()
