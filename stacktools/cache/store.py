@@ -38,6 +38,7 @@ from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
 
 CACHE_DIRNAME = "stacktools-cache"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
 MB = 1_000_000
 Progress = Callable[[int], None]
 
@@ -143,7 +144,6 @@ class Cache:
         self.pins_dir = self.root / "pins"
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
-        self._src_dirs: dict[str, str] = {}
         self._dest_dirs: set[str] = set()
 
     # -- paths ----------------------------------------------------------------------
@@ -171,57 +171,95 @@ class Cache:
     def sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
         """Stat each source once and key it by its resolved path.
 
-        One ``lstat`` per stack: directories are resolved once each (memoised), and
-        only a source that is itself a symlink is resolved on its own.
+        One ``lstat`` per stack, made relative to an open descriptor of its
+        directory (so the kernel walks each directory path once, not once per
+        file); directories are resolved once each, and only a source that is itself
+        a symlink is resolved on its own.
         """
         out = []
         append = out.append
-        memo = self._src_dirs
-        lstat, S_ISLNK, S_ISREG = os.lstat, stat.S_ISLNK, stat.S_ISREG
-        for p in paths:
-            raw = p if isinstance(p, str) else os.fspath(p)
-            if raw[:1] != "/" or "/." in raw or "//" in raw:
-                raw = named_path(raw)
-            try:
-                st = lstat(raw)
-            except (FileNotFoundError, NotADirectoryError):
-                raise MissingStackError(f"{raw}: source stack not found") from None
-            if S_ISLNK(st.st_mode):
-                key = os.path.realpath(raw)
-                try:
-                    st = os.stat(raw)
-                except FileNotFoundError:
-                    raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
-            else:
+        dirs: dict[str, tuple[str, int]] = {}
+        stat_, S_ISLNK, S_ISREG = os.stat, stat.S_ISLNK, stat.S_ISREG
+        try:
+            for p in paths:
+                raw = p if isinstance(p, str) else os.fspath(p)
+                if raw[:1] != "/" or "/." in raw or "//" in raw:
+                    raw = named_path(raw)
                 d, _, name = raw.rpartition("/")
-                rd = memo.get(d)
-                if rd is None:
-                    rd = memo[d] = os.path.realpath(d or "/").rstrip("/")
-                key = rd + "/" + name
-            if not S_ISREG(st.st_mode):
-                raise CacheError(f"{raw}: source is not a regular file")
-            append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
+                got = dirs.get(d)
+                if got is None:
+                    got = dirs[d] = self._open_src_dir(d, raw)
+                try:
+                    st = stat_(name, dir_fd=got[1], follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise MissingStackError(f"{raw}: source stack not found") from None
+                if S_ISLNK(st.st_mode):
+                    key = os.path.realpath(raw)
+                    try:
+                        st = stat_(raw)
+                    except FileNotFoundError:
+                        raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
+                else:
+                    key = got[0] + "/" + name
+                if not S_ISREG(st.st_mode):
+                    raise CacheError(f"{raw}: source is not a regular file")
+                append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
+        finally:
+            for _, fd in dirs.values():
+                os.close(fd)
         return out
 
+    @staticmethod
+    def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
+        try:
+            fd = os.open(d or "/", _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingStackError(f"{raw}: source stack not found") from None
+        return os.path.realpath(d or "/").rstrip("/"), fd
+
     def check(self, stacks: Sequence[SourceFile]) -> set[str]:
-        """Keys among ``stacks`` whose cached entry is present and valid (one ``stat`` each)."""
+        """Keys among ``stacks`` whose cached entry is present and valid.
+
+        One ``stat`` per stack (following a pre-populating symlink), relative to an
+        open descriptor of the entry's directory; no database access.
+        """
         valid = set()
+        add = valid.add
         files = self._files
-        dirs = self._dest_dirs
-        for s in stacks:
-            cp = files + s.key
-            d = cp[:cp.rfind("/")]
-            if d not in dirs:
-                if not os.path.isdir(d):
+        dirs: dict[str, int] = {}
+        stat_, S_ISREG = os.stat, stat.S_ISREG
+        try:
+            for s in stacks:
+                d, _, name = s.key.rpartition("/")
+                fd = dirs.get(d)
+                if fd is None:
+                    fd = dirs[d] = self._open_dest_dir(files + d)
+                if fd < 0:
                     continue
-                self._check_dest_dir(d)
-            try:
-                st = os.stat(cp)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and stat.S_ISREG(st.st_mode):
-                valid.add(s.key)
+                try:
+                    st = stat_(name, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
+                    add(s.key)
+        finally:
+            for fd in dirs.values():
+                if fd >= 0:
+                    os.close(fd)
         return valid
+
+    def _open_dest_dir(self, d: str) -> int:
+        """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
+        try:
+            fd = os.open(d, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return -1
+        try:
+            self._check_dest_dir(d)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # -- inventory --------------------------------------------------------------------
     def _statvfs(self) -> tuple[int, int]:
