@@ -168,9 +168,9 @@ class CsDataset:
         if idx.dtype == np.bool_:
             if idx.shape != (len(self),):
                 raise IndexError(f"{self.where}: boolean mask has {idx.size} entries for {len(self)} rows")
-            return self._new(self.data[idx])
+            return self._new(_ds.take(self.data, idx))
         if idx.dtype.kind in "iu" or idx.size == 0:
-            return self._new(self.data[idx.astype(np.int64)])
+            return self._new(_ds.take(self.data, idx.astype(np.int64)))
         raise TypeError(f"cannot index a CsDataset with {type(key).__name__}")
 
     def _new(self, data: np.ndarray) -> "CsDataset":
@@ -228,7 +228,7 @@ class CsDataset:
         """
         from .dedupe import dedupe_distance
         res = dedupe_distance(self.data, distance_A, by=by, highest=highest, where=self.where)
-        return self._new(self.data[res.keep])
+        return self._new(_ds.take(self.data, res.keep))
 
     def split_by(self, field: str) -> dict:
         """One dataset per distinct value of ``field`` (e.g. ``alignments2D/class``)."""

@@ -23,6 +23,25 @@ def require_fields(data: np.ndarray, fields, where: str = "dataset") -> None:
             raise FieldError(f"{where}: missing field {f!r}")
 
 
+def _as_void(data: np.ndarray) -> np.ndarray | None:
+    """``data`` viewed as opaque fixed-size records, or None if it is not contiguous.
+
+    NumPy copies structured rows field by field; copying the same bytes as
+    opaque records is a plain memory copy, three to five times faster.
+    """
+    if data.ndim == 1 and data.flags.c_contiguous and not data.dtype.hasobject:
+        return data.view(np.dtype((np.void, data.dtype.itemsize)))
+    return None
+
+
+def take(data: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows of ``data`` picked by a boolean mask or by positions, as a new array."""
+    void = _as_void(data)
+    if void is None:
+        return data[index]
+    return np.asarray(void[index]).view(data.dtype)
+
+
 def field_matrix(data: np.ndarray, name: str, dtype=None) -> np.ndarray:
     """A field as a 2-D array ``(rows, values per row)``; scalar fields give one column."""
     t = data.dtype.fields[name][0]
@@ -40,8 +59,9 @@ def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     found = np.zeros(len(uids), dtype=bool)
     if len(uids) == 0 or len(other_uids) == 0:
         return found
-    sorted_other = np.sort(np.asarray(other_uids, dtype=uids.dtype), kind="stable")
-    order = np.argsort(uids, kind="stable")
+    # Order among equal uids does not matter here, so the faster unstable sorts do.
+    sorted_other = np.sort(np.asarray(other_uids, dtype=uids.dtype))
+    order = np.argsort(uids)
     sorted_uids = uids[order]
     pos = np.searchsorted(sorted_other, sorted_uids)
     pos[pos == len(sorted_other)] = 0
@@ -58,9 +78,14 @@ def uid_lookup(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     out = np.full(len(uids), -1, dtype=np.int64)
     if len(uids) == 0 or len(other_uids) == 0:
         return out
-    order_other = np.argsort(other_uids, kind="stable")
-    sorted_other = np.asarray(other_uids)[order_other]
-    order = np.argsort(uids, kind="stable")
+    other_uids = np.asarray(other_uids)
+    order_other = np.argsort(other_uids)
+    sorted_other = other_uids[order_other]
+    if len(sorted_other) > 1 and (sorted_other[1:] == sorted_other[:-1]).any():
+        # Repeated uids: a stable sort makes the leftmost match the first row.
+        order_other = np.argsort(other_uids, kind="stable")
+        sorted_other = other_uids[order_other]
+    order = np.argsort(uids)
     sorted_uids = uids[order]
     pos = np.searchsorted(sorted_other, sorted_uids)  # leftmost: the first duplicate
     pos_c = np.minimum(pos, len(sorted_other) - 1)
@@ -160,8 +185,16 @@ def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np
     require_fields(a, ["uid"], where[0])
     require_fields(b, ["uid"], where[1])
     dtype = matching_dtype(a, b, where)
-    new = ~uid_membership(b["uid"], a["uid"]) & first_occurrences(b["uid"])
-    return np.concatenate([cast_rows(a, dtype), cast_rows(b[new], dtype)])
+    b_uid = b["uid"]
+    new = ~uid_membership(b_uid, a["uid"])
+    added = np.sort(b_uid[new])
+    if len(added) > 1 and (added[1:] == added[:-1]).any():
+        new &= first_occurrences(b_uid)
+    parts = [cast_rows(a, dtype), cast_rows(take(b, new), dtype)]
+    voids = [_as_void(x) for x in parts]
+    if all(v is not None for v in voids):
+        return np.concatenate(voids).view(dtype)
+    return np.concatenate(parts)
 
 
 def intersect(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
@@ -169,7 +202,7 @@ def intersect(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -
 
     Only ``b``'s ``uid`` field is used, so ``b`` may be just an array of uids.
     """
-    return a[uid_membership(_uids(a, where[0]), _uids(b, where[1]))]
+    return take(a, uid_membership(_uids(a, where[0]), _uids(b, where[1])))
 
 
 def subtract(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
@@ -177,7 +210,7 @@ def subtract(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) ->
 
     Only ``b``'s ``uid`` field is used, so ``b`` may be just an array of uids.
     """
-    return a[~uid_membership(_uids(a, where[0]), _uids(b, where[1]))]
+    return take(a, ~uid_membership(_uids(a, where[0]), _uids(b, where[1])))
 
 
 def _uids(data: np.ndarray, where: str) -> np.ndarray:
@@ -191,7 +224,7 @@ def dedupe_uid(data: np.ndarray, where: str = "dataset") -> np.ndarray:
     """``data`` without repeated uids: the first row of each uid is kept, in order."""
     require_fields(data, ["uid"], where)
     keep = first_occurrences(data["uid"])
-    return data if keep.all() else data[keep]
+    return data if keep.all() else take(data, keep)
 
 
 def join(main: np.ndarray, other: np.ndarray,
@@ -211,12 +244,38 @@ def join(main: np.ndarray, other: np.ndarray,
     descr = [(n, main.dtype.fields[n][0]) for n in main.dtype.names]
     descr += [(n, other.dtype.fields[n][0]) for n in extra]
     out = np.empty(len(keep), dtype=descr)
-    whole = len(keep) == len(main)
+    main_rows = main if len(keep) == len(main) else take(main, keep)
+    other_sel = take(other, other_rows)
+    if _packed(main.dtype) and _as_void(main_rows) is not None and _as_void(other_sel) is not None:
+        # Copy bytes, not fields: main's records whole, the extra fields in runs.
+        out_b = out.view(np.uint8).reshape(len(out), out.dtype.itemsize)
+        out_b[:, :main.dtype.itemsize] = main_rows.view(np.uint8).reshape(len(out), -1)
+        src_b = other_sel.view(np.uint8).reshape(len(out), other.dtype.itemsize)
+        for dst, src, size in _byte_runs(out.dtype, other.dtype, extra):
+            out_b[:, dst:dst + size] = src_b[:, src:src + size]
+        return out
     for n in main.dtype.names:
-        out[n] = main[n] if whole else main[n][keep]
+        out[n] = main_rows[n]
     for n in extra:
-        out[n] = other[n][other_rows]
+        out[n] = other_sel[n]
     return out
+
+
+def _packed(dtype: np.dtype) -> bool:
+    """Whether fields lie back to back in order, as in a dtype built from a plain list."""
+    return dtype == np.dtype([(n, dtype.fields[n][0]) for n in dtype.names])
+
+
+def _byte_runs(dst: np.dtype, src: np.dtype, names: list[str]) -> list[tuple[int, int, int]]:
+    """(dst offset, src offset, size) of ``names``, adjacent ones merged."""
+    runs: list[list[int]] = []
+    for n in names:
+        d, s, size = dst.fields[n][1], src.fields[n][1], dst.fields[n][0].itemsize
+        if runs and runs[-1][0] + runs[-1][2] == d and runs[-1][1] + runs[-1][2] == s:
+            runs[-1][2] += size
+        else:
+            runs.append([d, s, size])
+    return [tuple(r) for r in runs]
 
 
 def select_fields(data: np.ndarray, fields: Iterable[str], where: str = "dataset") -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import require_fields
+from .dataset import require_fields, take
 from .errors import FieldError
 
 
@@ -35,7 +35,7 @@ def split_by_field(data: np.ndarray, field: str, where: str = "dataset") -> dict
     out = {}
     for k, v in enumerate(values.tolist()):
         key = v.decode(errors="replace") if isinstance(v, bytes) else v
-        out[key] = data[order[bounds[k]:bounds[k + 1]]]
+        out[key] = take(data, np.sort(order[bounds[k]:bounds[k + 1]]))
     return out
 
 
@@ -58,7 +58,7 @@ def split_random(data: np.ndarray, parts: int, seed: int | None = 0) -> list[np.
     Every row is in exactly one subset; each subset keeps the input's row order.
     """
     labels = random_assignment(len(data), parts, seed)
-    return [data[labels == k] for k in range(parts)]
+    return [take(data, labels == k) for k in range(parts)]
 
 
 def sample_rows(n: int, count: int | None = None, fraction: float | None = None,
@@ -92,4 +92,4 @@ def sample(data: np.ndarray, count: int | None = None, fraction: float | None = 
     seed
         Random seed; the same seed gives the same sample.
     """
-    return data[sample_rows(len(data), count, fraction, seed)]
+    return take(data, sample_rows(len(data), count, fraction, seed))
