@@ -219,3 +219,13 @@ def test_subprocess_error_is_one_line(run_cli, files: Path) -> None:
     r = run_cli("cs", "filter", files / J2, "--where", "alignments2D/class in [1,", "-o", files / "x.cs")
     assert r.returncode == 2
     assert_one_line_error(r, "bad expression", "column")
+
+
+def test_info_reports_csdat_format(cs, files: Path) -> None:
+    from cryosparc.dataset import CSDAT_FORMAT, Dataset
+    Dataset.load(str(files / J2)).save(str(files / "new.cs"), format=CSDAT_FORMAT)
+    info = cs("info", files / "new.cs", "--json").json()
+    assert info["format"] == "csdat" and info["rows"] == 22 and info["box"] == [300]
+    r = cs("filter", files / "new.cs", "--where", "alignments2D/class == 4", "-o", files / "c4.cs")
+    assert r.returncode == 0, r.stderr
+    assert (read_cs(files / "c4.cs")["alignments2D/class"] == 4).all()
