@@ -363,6 +363,7 @@ class Candidate:
                 "evict": [e.to_dict() for e in self.evict],
                 "bytes_expired": sum(e.size for e in self.expire),
                 "bytes_evicted": sum(e.size for e in self.evict),
+                "bytes_removed": self.bytes_removed,
                 "room_after_bytes": self.room_after_bytes,
                 "shortfall_bytes": self.shortfall_bytes,
                 "limited_by": self.plan.limited_by or None,
@@ -374,7 +375,7 @@ class Placement:
     """The recommendation for one set.
 
     ``label`` names the set; ``files``/``bytes`` its distinct stacks and their size;
-    ``node`` the chosen node (``None``: it fits on none); ``reason`` why; 
+    ``node`` the chosen node (``None``: it fits on none); ``reason`` why;
     ``candidates`` every node's answer, best first; ``position`` the set's place in
     the queue as given (0 for a single set).
     """

@@ -339,3 +339,14 @@ def test_nodes_file_forms(tmp_path):
         read_nodes_file(tmp_path / "e.toml")
     with pytest.raises(NodesFileError, match="cannot read nodes file"):
         read_nodes_file(tmp_path / "absent.toml")
+
+
+def test_cli_set_that_fits_nowhere_exits_1(demo, run_cli, tmp_path):
+    (tmp_path / "ssd").mkdir()
+    nodes_file = _write_nodes(tmp_path / "nodes.toml", [
+        {"name": "tiny", "quota_mb": 0.001, "reserve_mb": 0, "ssd_path": "ssd"}])
+    res = run_cli("cache", "place", nodes_file, demo.selected_cs, "--project-dir", demo.project_dir, "--json")
+    assert res.returncode == 1
+    d = json.loads(res.stdout)
+    assert d["unplaced"] == [str(demo.selected_cs)] and d["placements"][0]["node"] is None
+    assert d["placements"][0]["candidates"][0]["limited_by"] == "quota"
