@@ -308,6 +308,8 @@ def dedupe(
     """Remove repeated uids (the first row is kept) and, with --distance, picks closer
     than D Å to a better one on the same micrograph (like Remove Duplicate Particles)."""
     from stacktools.dedupe import dedupe_distance
+    if distance is not None and distance <= 0:
+        raise typer.BadParameter("--distance must be more than 0 Å")
     _check_output(output, [cs, passthrough], force)
     with _steps("dedupe", 3, quiet) as step:
         ds = _load(cs)

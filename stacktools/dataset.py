@@ -190,11 +190,16 @@ def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np
     added = np.sort(b_uid[new])
     if len(added) > 1 and (added[1:] == added[:-1]).any():
         new &= first_occurrences(b_uid)
-    parts = [cast_rows(a, dtype), cast_rows(take(b, new), dtype)]
-    voids = [_as_void(x) for x in parts]
-    if all(v is not None for v in voids):
-        return np.concatenate(voids).view(dtype)
-    return np.concatenate(parts)
+    a_cast, b_cast = cast_rows(a, dtype), cast_rows(b, dtype)
+    rows = np.flatnonzero(new)
+    a_void, b_void = _as_void(a_cast), _as_void(b_cast)
+    if a_void is None or b_void is None:
+        return np.concatenate([a_cast, b_cast[rows]])
+    # Fill one output directly: no intermediate copy of B's new rows.
+    out = np.empty(len(a) + len(rows), dtype=a_void.dtype)
+    out[:len(a)] = a_void
+    np.take(b_void, rows, out=out[len(a):])
+    return out.view(dtype)
 
 
 def intersect(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
@@ -249,7 +254,7 @@ def join(main: np.ndarray, other: np.ndarray,
     if _packed(main.dtype) and _as_void(main_rows) is not None and _as_void(other_sel) is not None:
         # Copy bytes, not fields: main's records whole, the extra fields in runs.
         out_b = out.view(np.uint8).reshape(len(out), out.dtype.itemsize)
-        out_b[:, :main.dtype.itemsize] = main_rows.view(np.uint8).reshape(len(out), -1)
+        out_b[:, :main.dtype.itemsize] = main_rows.view(np.uint8).reshape(len(out), main.dtype.itemsize)
         src_b = other_sel.view(np.uint8).reshape(len(out), other.dtype.itemsize)
         for dst, src, size in _byte_runs(out.dtype, other.dtype, extra):
             out_b[:, dst:dst + size] = src_b[:, src:src + size]

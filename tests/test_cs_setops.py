@@ -180,3 +180,13 @@ def test_write_and_reload_union_of_real_file(shared_data: Path, tmp_path: Path) 
     assert u.dtype["blob/path"] == np.dtype("S80") and len(u) == 44
     write_cs(tmp_path / "u.cs", u)
     assert np.load(tmp_path / "u.cs").tobytes() == u.tobytes()
+
+
+def test_operations_on_the_empty_real_file(shared_data: Path) -> None:
+    empty = read_cs(shared_data / "cryosparc" / "4k_dataset.cs")
+    for out in (ds.union(empty, empty), ds.intersect(empty, empty), ds.subtract(empty, empty),
+                ds.join(empty, empty), ds.dedupe_uid(empty)):
+        assert len(out) == 0 and out.dtype.names == empty.dtype.names
+    full = make([1, 2])
+    assert ds.join(full, make([])).dtype.names == full.dtype.names
+    assert len(ds.intersect(full, make([]))) == 0 and len(ds.subtract(full, make([]))) == 2
