@@ -107,3 +107,53 @@ def test_changed_source_replaces_its_entry():
                     taken_at=NOW)
     plan = plan_stacks([SourceFile("/d/a.mrc", 120, 8)], inv)
     assert plan.fits and plan.files_to_copy == 1 and [r.key for r in plan.replace] == ["/d/a.mrc"]
+
+
+# -- the live cache executes its plans exactly -----------------------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from stacktools.cache import Cache  # noqa: E402
+from stacktools.errors import CacheFullError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stacks12(tmp_path_factory):
+    from stacktools.demo import make_demo_project
+    made = make_demo_project(tmp_path_factory.mktemp("plan") / "P1", micrographs=12,
+                             particles_per_micrograph=(5, 30), box=32)
+    return [str(p) for p in made.stacks]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_live_sync_does_what_its_plan_says(stacks12, data):
+    sizes = {p: os.path.getsize(p) for p in stacks12}
+    quota = data.draw(st.integers(0, sum(sizes.values())), label="quota")
+    ssd = Path(tempfile.mkdtemp(prefix="plan-ssd-"))
+    try:
+        for _ in range(data.draw(st.integers(1, 4), label="rounds")):
+            subset = data.draw(st.lists(st.sampled_from(stacks12), min_size=1, max_size=8,
+                                        unique=True), label="set")
+            partial = data.draw(st.booleans(), label="partial")
+            cache = Cache(ssd, quota_mb=quota / 1e6, reserve_mb=0)
+            plan = cache.plan(subset, partial=partial)
+            if not plan.fits:
+                with pytest.raises(CacheFullError):
+                    cache.execute(plan)
+                continue
+            res = cache.execute(plan)
+            assert not res.replanned
+            assert res.bytes_copied == plan.bytes_to_copy and res.copied == plan.files_to_copy
+            assert res.evicted == len(plan.evict) and res.expired == len(plan.expire)
+            status = cache.status()
+            assert status["bytes"] <= quota or plan.bytes_to_copy == 0
+            assert Cache(ssd, quota_mb=quota / 1e6, reserve_mb=0).plan(
+                [s.path for s in plan.to_copy] + [s.path for s in plan.cached]).bytes_to_copy == 0
+    finally:
+        shutil.rmtree(ssd, ignore_errors=True)

@@ -358,3 +358,20 @@ def test_verify_finds_changed_sources(ssd, pset):
     v = cache.verify(fix=True, content=True)
     assert v["problems"][0]["removed"]
     assert cache.verify()["problems"] == []
+
+
+def test_ledger_is_compacted_and_still_proves_ownership(ssd, pset):
+    cache = _cache(ssd)
+    res = cache.ensure(pset)
+    for _ in range(3):
+        cache.clear()
+        cache.ensure(pset)
+    cache.index.close()
+    lines_before = len(ledger_copies(ssd))
+    assert lines_before == 4 * len(res.paths)
+    cache = _cache(ssd)
+    cache._compact_ledger(min_bytes=0)
+    assert sorted(ledger_copies(ssd)) == sorted(os.path.realpath(p) for p in res.paths)
+    cache.index.close()
+    (cache.root / "index.db").unlink()
+    assert _cache(ssd).status()["entries"] == len(res.paths)

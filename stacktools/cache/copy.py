@@ -78,7 +78,7 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
         os.fchmod(fd_out, READ_ONLY)
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
-        os.fsync(fd_out)
+        os.fdatasync(fd_out)  # data and size; a lost mtime only makes the entry invalid
         ino = os.fstat(fd_out).st_ino
         os.close(fd_out)
         fd_out = -1

@@ -18,7 +18,9 @@ the source and one of the copy, with no database access per file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import os
 import socket
 import stat
@@ -41,6 +43,19 @@ CACHE_DIRNAME = "stacktools-cache"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
 MB = 1_000_000
 Progress = Callable[[int], None]
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Pause the cyclic GC during a tight loop that allocates one tuple per stack:
+    otherwise its collections, which grow with the heap, cost more than the stats."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _mb(n: int) -> str:
@@ -176,6 +191,10 @@ class Cache:
         file); directories are resolved once each, and only a source that is itself
         a symlink is resolved on its own.
         """
+        with _no_gc():
+            return self._sources(paths)
+
+    def _sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
         out = []
         append = out.append
         dirs: dict[str, tuple[str, int]] = {}
@@ -223,6 +242,10 @@ class Cache:
         One ``stat`` per stack (following a pre-populating symlink), relative to an
         open descriptor of the entry's directory; no database access.
         """
+        with _no_gc():
+            return self._check(stacks)
+
+    def _check(self, stacks: Sequence[SourceFile]) -> set[str]:
         valid = set()
         add = valid.add
         files = self._files
@@ -708,10 +731,38 @@ class Cache:
                     continue
                 removed += 1
                 nbytes += e.size
+            self._compact_ledger()
             return {"removed": removed, "bytes_removed": nbytes, "skipped_in_use": skipped,
                     "temps_swept": temps}
         finally:
             lock.release()
+
+    def _compact_ledger(self, min_bytes: int = 4 << 20) -> None:
+        """Rewrite the ledger with only the current entries once it has grown large.
+
+        Called with the space lock held. A copy appended while the new file is being
+        written is still recorded in the index, so it stays owned.
+        """
+        import json
+        led = self.index.ledger_path
+        try:
+            size = os.path.getsize(led)
+        except FileNotFoundError:
+            return
+        rows = self.index.all()
+        if min_bytes and (size < min_bytes or size < 4 * 300 * max(1, len(rows))):
+            return  # min_bytes=0 compacts unconditionally
+        tmp = led.with_name(f".{led.name}.{os.getpid()}{TMP_SUFFIX}")
+        with open(tmp, "wb") as fh:
+            for r in rows:
+                fh.write((json.dumps({"op": "copy", "t": r["created"], **{k: r[k] for k in (
+                    "key", "size", "mtime_ns", "ino", "owner", "project")}},
+                    separators=(",", ":")) + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+            end = fh.tell()
+        os.replace(tmp, led)
+        self.index.con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(end),))
 
     def clean(self) -> dict:
         """Expire entries past their lifetime (not in use) and sweep crashed copies' temps."""
