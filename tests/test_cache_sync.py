@@ -375,3 +375,16 @@ def test_ledger_is_compacted_and_still_proves_ownership(ssd, pset):
     cache.index.close()
     (cache.root / "index.db").unlink()
     assert _cache(ssd).status()["entries"] == len(res.paths)
+
+
+def test_directory_moved_out_and_symlinked_back_is_not_followed(ssd, pset, tmp_path):
+    cache = _cache(ssd)
+    res = cache.ensure(pset)
+    entry_dir = Path(next(iter(res.paths.values()))).parent
+    moved = tmp_path / "moved-out"
+    entry_dir.rename(moved)
+    entry_dir.symlink_to(moved, target_is_directory=True)
+    before = sorted(p.name for p in moved.iterdir())
+    cache.clear()
+    assert sorted(p.name for p in moved.iterdir()) == before
+    assert cache.status()["entries"] == 0

@@ -670,6 +670,10 @@ class Cache:
                 st = os.lstat(p)
             except (FileNotFoundError, NotADirectoryError):
                 st = None
+            # A directory on the way swapped for a symlink could lead outside the
+            # cache: then the file is not ours to touch, only the row goes.
+            if st is not None and os.path.realpath(os.path.dirname(p)) != os.path.dirname(p):
+                st = None
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_ino == ino:
                 os.unlink(p)
                 self._prune_dirs(os.path.dirname(p))
@@ -693,6 +697,8 @@ class Cache:
         if dirs is None:
             dirs = [dp for dp, _, _ in os.walk(self._files)]
         for d in dirs:
+            if os.path.realpath(d) != d:
+                continue  # never follow a symlinked directory out of the cache
             try:
                 names = os.listdir(d)
             except (FileNotFoundError, NotADirectoryError):
