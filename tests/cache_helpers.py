@@ -88,3 +88,27 @@ print("ready", flush=True)
 res = cache.ensure(paths, progress=lambda n: time.sleep(0.003))
 print(json.dumps({"copied": res.copied, "copies": res.copies}), flush=True)
 """
+
+
+# Syncs random sets under a tight quota, holding each while it reads every file back
+# and compares it with its source; prints one JSON summary line.
+EVICTING_WORKER = r"""
+import filecmp, json, random, sys, time
+from stacktools.cache import Cache
+from stacktools.errors import CacheFullError
+ssd, paths, quota_mb, seed = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+done = full = bad = evicted = 0
+for _ in range(6):
+    sub = rng.sample(paths, 4)
+    try:
+        with Cache(ssd, quota_mb=quota_mb, reserve_mb=0).ensure(sub, hold=True) as res:
+            evicted += res.evicted
+            time.sleep(0.05)
+            for src, dst in res.paths.items():
+                bad += not filecmp.cmp(src, dst, shallow=False)
+        done += 1
+    except CacheFullError:
+        full += 1
+print(json.dumps({"done": done, "full": full, "bad": bad, "evicted": evicted}), flush=True)
+"""

@@ -258,3 +258,29 @@ def test_waiter_says_what_it_waits_on(proj, tmp_path):
     assert a["copied"] + b["copied"] == 6
     if b["waited"]:
         assert "waiting for" in fast.stderr and "held by pid" in fast.stderr
+
+
+def test_racing_evictors_never_remove_what_is_in_use(proj, tmp_path):
+    """Processes evict each other's entries under a tight quota while each reads its own."""
+    from cache_helpers import EVICTING_WORKER
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths]
+    biggest4 = sum(sorted(os.path.getsize(p) for p in paths)[-4:])
+    quota = 2 * biggest4  # room for two held sets at once, not four
+    procs = [subprocess.Popen([PY, "-c", EVICTING_WORKER, str(ssd), json.dumps(paths),
+                               str(quota / 1e6), str(k)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in range(4)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out))
+    assert sum(o["bad"] for o in outs) == 0          # nothing vanished or changed while held
+    assert sum(o["done"] for o in outs) > 0
+    assert sum(o["evicted"] for o in outs) > 0        # they did evict each other
+    st = Cache(ssd, reserve_mb=0).status()
+    assert st["bytes"] <= quota
+    assert no_lock_held(ssd)
+    _check_cache_consistent(ssd)
