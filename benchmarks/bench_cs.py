@@ -1,6 +1,6 @@
 """.cs operations at 1,000,000 rows: stacktools against np.load and cryosparc-tools.
 
-Run: python benchmarks/bench_cs.py [--rows 1000000] [--repeat 3]
+Run: python benchmarks/bench_cs.py [--rows 1000000] [--repeat 5]
 
 Data (generated in a temporary directory, deleted afterwards): A, a refinement-like
 particles file (uid, blob/*, ctf/*, alignments3D/*; 1M rows); B, a file of the same
@@ -95,7 +95,7 @@ def wall(cmd: list[str], repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     from cryosparc.dataset import Dataset
 
