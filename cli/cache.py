@@ -15,6 +15,7 @@ from .output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
 
+_SHOW_PATHS = 20
 _SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPARC_SSD_PATH]."
 
 
@@ -166,6 +167,11 @@ def sync_cmd(
             rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
         out = console(stderr=bool(command))
         out.print(kv_table(rows, title=f"cache sync {particles}"))
+        shown = list(result.paths.items())[:_SHOW_PATHS]
+        for src, dst in shown:
+            out.print(f"{src} → {dst}", soft_wrap=True, markup=False, highlight=False)
+        if len(result.paths) > len(shown):
+            out.print(f"… and {len(result.paths) - len(shown):,} more (--json lists them all)")
     if command:
         import subprocess
         try:
@@ -263,8 +269,7 @@ def evict_cmd(
         raise typer.BadParameter("give either PARTICLES.cs or --mb")
     cache = _cache(ssd_path, None, None, None, None, config)
     if particles is not None:
-        keys = [s.key for s in cache.sources(_open_set(particles, project_dir, None).stack_paths)]
-        d = cache.evict(keys=keys)
+        d = cache.evict(paths=_open_set(particles, project_dir, None).stack_paths)
     else:
         d = cache.evict(nbytes=int(mb * 1_000_000))
     emit_json(d) if as_json else _print_removed(d, "cache evict")

@@ -388,3 +388,13 @@ def test_directory_moved_out_and_symlinked_back_is_not_followed(ssd, pset, tmp_p
     cache.clear()
     assert sorted(p.name for p in moved.iterdir()) == before
     assert cache.status()["entries"] == 0
+
+
+def test_evict_a_set_even_after_its_sources_are_gone(ssd, demo):
+    common = ["--project-dir", demo.project_dir, "--ssd-path", ssd]
+    sync = cli_json("cache", "sync", demo.selected_cs, *common, "--reserve-mb", "0", "--quiet")
+    for src in list(sync["paths"])[:2]:
+        os.unlink(src)
+    d = cli_json("cache", "evict", demo.selected_cs, *common)
+    assert d["removed"] == sync["copied"] and d["bytes_removed"] == sync["bytes_copied"]
+    assert final_files(ssd) == []

@@ -14,7 +14,8 @@ Config file (TOML), from ``--config``, ``$STACKTOOLS_CONFIG`` or
     lifetime_days = 30
     threads = 4
 
-A per-project default for whether jobs use the cache lives in
+MB means 1,000,000 bytes throughout. A per-project default for whether jobs use the
+cache lives in
 ``PROJECT/.stacktools-cache.json`` (see :func:`project_use_cache`).
 """
 

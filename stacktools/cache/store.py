@@ -785,8 +785,21 @@ class Cache:
                 lk.release(unlink=True)
         return out
 
-    def evict(self, keys: Iterable[str] | None = None, nbytes: int | None = None) -> dict:
-        """Evict the given entries, or at least ``nbytes`` by LRU (entries in use are skipped)."""
+    def evict(self, keys: Iterable[str] | None = None, nbytes: int | None = None,
+              paths: Iterable[str | os.PathLike] | None = None) -> dict:
+        """Evict entries not in use: by key, by source path, or at least ``nbytes`` by LRU.
+
+        Parameters
+        ----------
+        keys
+            Resolved source paths (entry keys).
+        nbytes
+            Free at least this many bytes, least recently used first.
+        paths
+            Source paths as a set names them; they need not exist any more.
+        """
+        if paths is not None:
+            keys = [os.path.realpath(named_path(p)) for p in paths]
         if keys is not None:
             wanted = set(keys)
             return self._remove_where(lambda e: e.key in wanted)
