@@ -8,6 +8,7 @@ dataset's fields, field order and row order.
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -49,6 +50,28 @@ def field_matrix(data: np.ndarray, name: str, dtype=None) -> np.ndarray:
     return np.asarray(data[name], dtype=dtype).reshape(len(data), k)
 
 
+_PARALLEL_ROWS = 200_000
+
+
+def _in_parallel(first, first_arg, second, second_arg):
+    """``(first(first_arg), second(second_arg))``, the first in a second thread if large.
+
+    NumPy sorts release the GIL, so two sorts of a million uids take the time of one.
+    """
+    if len(first_arg) + len(second_arg) < _PARALLEL_ROWS:
+        return first(first_arg), second(second_arg)
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(first(first_arg)), daemon=True)
+    worker.start()
+    try:
+        res2 = second(second_arg)
+    finally:
+        worker.join()
+    if not box:
+        return first(first_arg), res2  # the thread failed: redo here to raise its error
+    return box[0], res2
+
+
 def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     """For each of ``uids``, whether it occurs in ``other_uids`` (a boolean mask).
 
@@ -60,8 +83,8 @@ def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     if len(uids) == 0 or len(other_uids) == 0:
         return found
     # Order among equal uids does not matter here, so the faster unstable sorts do.
-    sorted_other = np.sort(np.asarray(other_uids, dtype=uids.dtype))
-    order = np.argsort(uids)
+    sorted_other, order = _in_parallel(np.sort, np.asarray(other_uids, dtype=uids.dtype),
+                                       np.argsort, uids)
     sorted_uids = uids[order]
     pos = np.searchsorted(sorted_other, sorted_uids)
     pos[pos == len(sorted_other)] = 0
@@ -79,13 +102,12 @@ def uid_lookup(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     if len(uids) == 0 or len(other_uids) == 0:
         return out
     other_uids = np.asarray(other_uids)
-    order_other = np.argsort(other_uids)
+    order_other, order = _in_parallel(np.argsort, other_uids, np.argsort, uids)
     sorted_other = other_uids[order_other]
     if len(sorted_other) > 1 and (sorted_other[1:] == sorted_other[:-1]).any():
         # Repeated uids: a stable sort makes the leftmost match the first row.
         order_other = np.argsort(other_uids, kind="stable")
         sorted_other = other_uids[order_other]
-    order = np.argsort(uids)
     sorted_uids = uids[order]
     pos = np.searchsorted(sorted_other, sorted_uids)  # leftmost: the first duplicate
     pos_c = np.minimum(pos, len(sorted_other) - 1)
