@@ -157,3 +157,20 @@ def test_live_sync_does_what_its_plan_says(stacks12, data):
                 [s.path for s in plan.to_copy] + [s.path for s in plan.cached]).bytes_to_copy == 0
     finally:
         shutil.rmtree(ssd, ignore_errors=True)
+
+
+def test_plan_against_exported_snapshot_matches_live_plan(stacks12, tmp_path):
+    from stacktools.cache import plan_for_inventory
+    from cache_helpers import cli_json
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    sizes = [os.path.getsize(p) for p in stacks12]
+    cache = Cache(ssd, quota_mb=sum(sizes[:8]) / 1e6, reserve_mb=0)
+    cache.ensure(stacks12[:6])
+    snap = cli_json("cache", "status", "--ssd-path", ssd, "--quota-mb", str(sum(sizes[:8]) / 1e6),
+                    "--reserve-mb", "0", "--inventory")["inventory"]
+    remote = plan_for_inventory(stacks12[3:], snap)
+    live = cache.plan(stacks12[3:])
+    assert remote.decisions() == live.decisions()
+    assert remote.bytes_to_copy == live.bytes_to_copy == sum(sizes[6:])
+    assert [e.key for e in remote.evict] == [e.key for e in live.evict]

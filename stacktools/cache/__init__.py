@@ -13,14 +13,21 @@ pins), :mod:`.index` (SQLite record and ledger), :mod:`.copy` (one atomic copy),
     plan = cache.plan(pset)              # nothing copied
     with cache.execute(plan, hold=True) as result:   # pinned while the job runs
         result.paths                      # source path -> cached path
+
+Planning for another node (placement): export ``cache.inventory().to_dict()`` there
+(``stacktools cache status --json --inventory``), then here::
+
+    plan = plan_for_inventory(pset, snapshot_dict)      # stats the sources here
+    plan.bytes_to_copy, plan.fits, plan.to_dict()["evict"]
 """
 
 from __future__ import annotations
 
 from .config import CacheConfig, project_use_cache, resolve_config, set_project_use_cache, use_cache_for
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
-from .store import Cache, SyncResult, full_message
+from .store import Cache, SyncResult, full_message, plan_for_inventory, stat_sources, write_cached_cs
 
 __all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "Plan", "SourceFile", "SyncResult",
-           "full_message", "plan_stacks", "project_use_cache", "resolve_config",
-           "set_project_use_cache", "use_cache_for"]
+           "full_message", "plan_for_inventory", "plan_stacks", "project_use_cache",
+           "resolve_config", "set_project_use_cache", "stat_sources", "use_cache_for",
+           "write_cached_cs"]

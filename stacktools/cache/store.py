@@ -184,57 +184,8 @@ class Cache:
         self._dest_dirs.add(d)
 
     def sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
-        """Stat each source once and key it by its resolved path.
-
-        One ``lstat`` per stack, made relative to an open descriptor of its
-        directory (so the kernel walks each directory path once, not once per
-        file); directories are resolved once each, and only a source that is itself
-        a symlink is resolved on its own.
-        """
-        with _no_gc():
-            return self._sources(paths)
-
-    def _sources(self, paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
-        out = []
-        append = out.append
-        dirs: dict[str, tuple[str, int]] = {}
-        stat_, S_ISLNK, S_ISREG = os.stat, stat.S_ISLNK, stat.S_ISREG
-        try:
-            for p in paths:
-                raw = p if isinstance(p, str) else os.fspath(p)
-                if raw[:1] != "/" or "/." in raw or "//" in raw:
-                    raw = named_path(raw)
-                d, _, name = raw.rpartition("/")
-                got = dirs.get(d)
-                if got is None:
-                    got = dirs[d] = self._open_src_dir(d, raw)
-                try:
-                    st = stat_(name, dir_fd=got[1], follow_symlinks=False)
-                except (FileNotFoundError, NotADirectoryError):
-                    raise MissingStackError(f"{raw}: source stack not found") from None
-                if S_ISLNK(st.st_mode):
-                    key = os.path.realpath(raw)
-                    try:
-                        st = stat_(raw)
-                    except FileNotFoundError:
-                        raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
-                else:
-                    key = got[0] + "/" + name
-                if not S_ISREG(st.st_mode):
-                    raise CacheError(f"{raw}: source is not a regular file")
-                append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
-        finally:
-            for _, fd in dirs.values():
-                os.close(fd)
-        return out
-
-    @staticmethod
-    def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
-        try:
-            fd = os.open(d or "/", _DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            raise MissingStackError(f"{raw}: source stack not found") from None
-        return os.path.realpath(d or "/").rstrip("/"), fd
+        """Stat each source once and key it by its resolved path (see :func:`stat_sources`)."""
+        return stat_sources(paths)
 
     def check(self, stacks: Sequence[SourceFile]) -> set[str]:
         """Keys among ``stacks`` whose cached entry is present and valid.
@@ -887,6 +838,102 @@ class Cache:
                     except OSError:
                         pass
         return n
+
+
+def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
+    """Stat each source stack once and key it by its resolved path.
+
+    Parameters
+    ----------
+    paths
+        Stack paths as a set names them (relative paths are taken from the
+        current directory).
+
+    One ``lstat`` per stack, made relative to an open descriptor of its directory
+    (so the kernel walks each directory path once, not once per file); directories
+    are resolved once each, and only a source that is itself a symlink is resolved
+    on its own. Raises :class:`~stacktools.errors.MissingStackError` for a missing
+    stack. Needs no cache: use it to plan against another node's inventory.
+    """
+    with _no_gc():
+        return _stat_sources(paths)
+
+
+def _stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
+    out = []
+    append = out.append
+    dirs: dict[str, tuple[str, int]] = {}
+    stat_, S_ISLNK, S_ISREG = os.stat, stat.S_ISLNK, stat.S_ISREG
+    try:
+        for p in paths:
+            raw = p if isinstance(p, str) else os.fspath(p)
+            if raw[:1] != "/" or "/." in raw or "//" in raw:
+                raw = named_path(raw)
+            d, _, name = raw.rpartition("/")
+            got = dirs.get(d)
+            if got is None:
+                got = dirs[d] = _open_src_dir(d, raw)
+            try:
+                st = stat_(name, dir_fd=got[1], follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                raise MissingStackError(f"{raw}: source stack not found") from None
+            if S_ISLNK(st.st_mode):
+                key = os.path.realpath(raw)
+                try:
+                    st = stat_(raw)
+                except FileNotFoundError:
+                    raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
+            else:
+                key = got[0] + "/" + name
+            if not S_ISREG(st.st_mode):
+                raise CacheError(f"{raw}: source is not a regular file")
+            append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
+    finally:
+        for _, fd in dirs.values():
+            os.close(fd)
+    return out
+
+
+def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
+    try:
+        fd = os.open(d or "/", _DIR_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise MissingStackError(f"{raw}: source stack not found") from None
+    return os.path.realpath(d or "/").rstrip("/"), fd
+
+
+def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = False,
+                       consolidation: bool = False, now: float | None = None) -> Plan:
+    """Plan caching a set on the node an inventory snapshot describes. Copies nothing.
+
+    Parameters
+    ----------
+    pset
+        A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths;
+        its sources are stat-ed here (they must be visible from this machine).
+    inventory
+        An :class:`Inventory`, or the dict from ``Inventory.to_dict()`` /
+        ``stacktools cache status --json --inventory`` (its ``inventory`` member).
+    partial
+        Plan what fits, in the set's order, when the whole set does not.
+    consolidation
+        Fill ``cache_bytes``/``consolidated_bytes`` from the stacks' headers.
+    now
+        Time for lifetime expiry (default: the snapshot's time).
+
+    Entries count as cached and valid when the snapshot has the source's key, size
+    and mtime; :meth:`Cache.plan` is the same planner with validity checked on disk.
+    """
+    inv = inventory if isinstance(inventory, Inventory) else Inventory.from_dict(inventory)
+    paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
+    plan = plan_stacks(stat_sources(paths), inv, partial=partial, now=now)
+    project = getattr(pset, "project_dir", None)
+    plan.project = os.path.realpath(project) if project else ""
+    if consolidation and hasattr(pset, "stack_paths"):
+        from ..size import size_particles
+        rep = size_particles(pset, validate=False)
+        plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
+    return plan
 
 
 def _entry_brief(e: Entry) -> dict:
