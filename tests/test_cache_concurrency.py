@@ -284,3 +284,21 @@ def test_racing_evictors_never_remove_what_is_in_use(proj, tmp_path):
     assert st["bytes"] <= quota
     assert no_lock_held(ssd)
     _check_cache_consistent(ssd)
+
+
+def test_opposite_orders_do_not_deadlock(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths[:12]]
+    orders = [paths, paths[::-1], paths[::2] + paths[1::2], paths[::-1]]
+    procs = [subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(o), "3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for o in orders]
+    copies = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)   # a deadlock would hang here
+        assert p.returncode == 0, err
+        copies += json.loads(out.splitlines()[-1])["copies"]
+    assert sorted(copies) == sorted(os.path.realpath(p) for p in paths)
+    assert no_lock_held(ssd)
