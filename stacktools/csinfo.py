@@ -56,35 +56,50 @@ def _numeric_runs(dtype: np.dtype) -> list[tuple[int, np.dtype, list[tuple[str, 
     return [(off, base, fields) for off, base, _, fields in runs]
 
 
-def numeric_stats(data: np.ndarray, chunk: int = 65536) -> dict[str, dict]:
+_PARALLEL_ROWS = 200_000
+
+
+def _run_totals(data: np.ndarray, off: int, base: np.dtype, fields, chunk: int):
+    """Per-column min, max and sum of one run of adjacent same-type fields."""
+    n = len(data)
+    k = sum(c for _, c in fields)
+    block = np.ndarray((n, k), dtype=base, buffer=data, offset=off,
+                       strides=(data.dtype.itemsize, base.itemsize))
+    lo = hi = None
+    total = np.zeros(k, np.float64)
+    for start in range(0, n, chunk):
+        # One copy makes each column contiguous; the reductions are then cheap.
+        cols = np.ascontiguousarray(block[start:start + chunk]).T.copy()
+        c_lo, c_hi = cols.min(axis=1), cols.max(axis=1)
+        if lo is None:
+            lo, hi = c_lo, c_hi
+        else:
+            np.minimum(lo, c_lo, out=lo)
+            np.maximum(hi, c_hi, out=hi)
+        total += cols.sum(axis=1, dtype=np.float64 if base.kind != "f" else None)
+    return lo, hi, total
+
+
+def numeric_stats(data: np.ndarray, chunk: int = 65536, pool=None) -> dict[str, dict]:
     """min, max and mean of every numeric field (over all elements of array fields).
 
     Adjacent fields of one type are read together as a block of columns, a chunk
     of rows at a time, so the whole file is read about once. Float fields that
     hold NaN also report how many (``nan``) and ignore them in the statistics.
+    ``pool`` is an optional ``concurrent.futures`` executor to spread runs over
+    (copies and reductions release the GIL).
     """
     n = len(data)
     out: dict[str, dict] = {}
     if n == 0:
         return {name: {} for _, _, fields in _numeric_runs(data.dtype) for name, _ in fields}
     data = np.ascontiguousarray(data)
-    for off, base, fields in _numeric_runs(data.dtype):
-        k = sum(c for _, c in fields)
-        block = np.ndarray((n, k), dtype=base, buffer=data, offset=off,
-                           strides=(data.dtype.itemsize, base.itemsize))
-        lo = np.empty(k, base)
-        hi = np.empty(k, base)
-        total = np.zeros(k, np.float64)
-        for start in range(0, n, chunk):
-            # One copy makes each column contiguous; the reductions are then cheap.
-            cols = np.ascontiguousarray(block[start:start + chunk]).T.copy()
-            c_lo, c_hi = cols.min(axis=1), cols.max(axis=1)
-            if start == 0:
-                lo, hi = c_lo, c_hi
-            else:
-                np.minimum(lo, c_lo, out=lo)
-                np.maximum(hi, c_hi, out=hi)
-            total += cols.sum(axis=1, dtype=np.float64 if base.kind != "f" else None)
+    runs = _numeric_runs(data.dtype)
+    if pool is not None:
+        results = list(pool.map(lambda r: _run_totals(data, r[0], r[1], r[2], chunk), runs))
+    else:
+        results = [_run_totals(data, off, base, fields, chunk) for off, base, fields in runs]
+    for (off, base, fields), (lo, hi, total) in zip(runs, results):
         j = 0
         for name, count in fields:
             sl = slice(j, j + count)
@@ -129,8 +144,22 @@ def summarize(data: np.ndarray, *, stats: bool = True) -> dict:
              "shape": list(data.dtype.fields[f][0].shape)} for f in fields]
     out: dict = {"rows": int(len(data)), "row_bytes": int(data.dtype.itemsize),
                  "fields": len(names), "groups": groups}
-    strings = {f: string_stats(data[f]) for f in names
-               if data.dtype.fields[f][0].base.kind == "S" and (stats or f == "blob/path")}
+    wanted = [f for f in names if data.dtype.fields[f][0].base.kind == "S" and (stats or f == "blob/path")]
+    pool = None
+    if len(data) >= _PARALLEL_ROWS:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(2)  # both cores on big files: NumPy releases the GIL
+    try:
+        if pool is not None:
+            futures = {f: pool.submit(string_stats, data[f]) for f in wanted}
+            numeric = numeric_stats(data, pool=pool) if stats else {}
+            strings = {f: fut.result() for f, fut in futures.items()}
+        else:
+            strings = {f: string_stats(data[f]) for f in wanted}
+            numeric = numeric_stats(data) if stats else {}
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if "blob/path" in names:
         out["stacks"] = strings["blob/path"]["distinct"]
     if "blob/shape" in names:
@@ -139,7 +168,6 @@ def summarize(data: np.ndarray, *, stats: bool = True) -> dict:
     if "blob/psize_A" in names:
         out["psize_A"] = [round(float(v), 6) for v in distinct(data["blob/psize_A"])]
     if stats:
-        numeric = numeric_stats(data)
         out["stats"] = {f: numeric.get(f) or strings.get(f) or {} for f in names}
     return out
 
