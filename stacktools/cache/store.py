@@ -160,6 +160,7 @@ class Cache:
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
         self._dest_dirs: set[str] = set()
+        self._inodes: dict[str, int] = {}  # key -> recorded inode, from the last inventory
 
     # -- paths ----------------------------------------------------------------------
     def cached_path(self, key: str) -> str:
@@ -289,6 +290,7 @@ class Cache:
         rows = self.index.all()
         gone = []
         entries = []
+        inodes = self._inodes = {}
         for r in rows:
             try:
                 st = os.lstat(self.cached_path(r["key"]))
@@ -300,6 +302,7 @@ class Cache:
                 continue
             entries.append(Entry(r["key"], r["size"], r["mtime_ns"], r["last_access"],
                                  in_use=r["key"] in in_use, owned=True, project=r["project"]))
+            inodes[r["key"]] = r["ino"]
         self.index.remove(gone)
         have = {e.key for e in entries}
         free, total = self._statvfs()
@@ -446,11 +449,11 @@ class Cache:
                         raise CacheFullError(full_message(plan))
                     self._sweep_temps({os.path.dirname(self.cached_path(s.key)) for s in plan.to_copy})
                     for e in plan.expire:
-                        if self._remove_entry(e.key):
+                        if self._remove_entry(e.key, self._inodes.get(e.key)):
                             result.expired += 1
                             result.bytes_expired += e.size
                     for e in plan.evict:
-                        if self._remove_entry(e.key):
+                        if self._remove_entry(e.key, self._inodes.get(e.key)):
                             result.evicted += 1
                             result.bytes_evicted += e.size
                     pin.reserved = {s.key: s.size for s in plan.to_copy}
@@ -602,10 +605,13 @@ class Cache:
             lock.release()
 
     # -- removal --------------------------------------------------------------------
-    def _remove_entry(self, key: str, ino: int | None = None) -> bool:
+    def _remove_entry(self, key: str, ino: int | None = None,
+                      gone: list[str] | None = None) -> bool:
         """Unlink one owned entry if no one holds its lock; never follows a symlink.
 
-        Returns whether the entry is gone from the index.
+        ``ino`` is the recorded inode (looked up if not given); with ``gone`` the
+        index row is left for the caller to remove in one batch. Returns whether the
+        entry is gone.
         """
         lock = self._lock(key)
         if not lock.acquire(blocking=False):
@@ -628,7 +634,10 @@ class Cache:
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_ino == ino:
                 os.unlink(p)
                 self._prune_dirs(os.path.dirname(p))
-            self.index.remove([key])
+            if gone is None:
+                self.index.remove([key])
+            else:
+                gone.append(key)
             return True
         finally:
             lock.release(unlink=True)
@@ -680,14 +689,19 @@ class Cache:
             temps = self._sweep_temps()
             inv = self._inventory_locked()
             removed = skipped = nbytes = 0
-            for e in sorted(inv.entries, key=lambda e: e.last_access):
-                if not pick(e):
-                    continue
-                if e.in_use or not self._remove_entry(e.key):
-                    skipped += 1
-                    continue
-                removed += 1
-                nbytes += e.size
+            gone: list[str] = []
+            inodes = self._inodes
+            try:
+                for e in sorted(inv.entries, key=lambda e: e.last_access):
+                    if not pick(e):
+                        continue
+                    if e.in_use or not self._remove_entry(e.key, inodes.get(e.key), gone):
+                        skipped += 1
+                        continue
+                    removed += 1
+                    nbytes += e.size
+            finally:
+                self.index.remove(gone)
             self._compact_ledger()
             return {"removed": removed, "bytes_removed": nbytes, "skipped_in_use": skipped,
                     "temps_swept": temps}
