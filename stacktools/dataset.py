@@ -75,13 +75,18 @@ def _in_parallel(first, first_arg, second, second_arg):
 def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     """For each of ``uids``, whether it occurs in ``other_uids`` (a boolean mask).
 
-    Both sides are sorted once and matched with a single ordered search, which is
-    several times faster than :func:`numpy.isin` on 64-bit uids.
+    Both sides are sorted once (in parallel) and matched with a single ordered
+    search, which is several times faster than :func:`numpy.isin` on 64-bit uids.
     """
+    return _membership(uids, other_uids)[0]
+
+
+def _membership(uids: np.ndarray, other_uids: np.ndarray) -> tuple[np.ndarray, bool]:
+    """:func:`uid_membership`, and whether ``uids`` repeats a value (seen for free)."""
     uids = np.asarray(uids)
     found = np.zeros(len(uids), dtype=bool)
     if len(uids) == 0 or len(other_uids) == 0:
-        return found
+        return found, len(uids) > 1 and len(np.unique(uids)) < len(uids)
     # Order among equal uids does not matter here, so the faster unstable sorts do.
     sorted_other, order = _in_parallel(np.sort, np.asarray(other_uids, dtype=uids.dtype),
                                        np.argsort, uids)
@@ -89,7 +94,8 @@ def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_other, sorted_uids)
     pos[pos == len(sorted_other)] = 0
     found[order] = sorted_other[pos] == sorted_uids
-    return found
+    repeats = bool(len(sorted_uids) > 1 and (sorted_uids[1:] == sorted_uids[:-1]).any())
+    return found, repeats
 
 
 def uid_lookup(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
@@ -208,9 +214,9 @@ def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np
     require_fields(b, ["uid"], where[1])
     dtype = matching_dtype(a, b, where)
     b_uid = b["uid"]
-    new = ~uid_membership(b_uid, a["uid"])
-    added = np.sort(b_uid[new])
-    if len(added) > 1 and (added[1:] == added[:-1]).any():
+    found, repeats = _membership(b_uid, a["uid"])
+    new = ~found
+    if repeats:
         new &= first_occurrences(b_uid)
     a_cast, b_cast = cast_rows(a, dtype), cast_rows(b, dtype)
     rows = np.flatnonzero(new)
