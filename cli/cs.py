@@ -196,7 +196,8 @@ def filter_(
     output: Path = _OUT,
     passthrough: Optional[Path] = typer.Option(None, "--passthrough",
                                                help="Passthrough .cs whose fields the condition may use; "
-                                                    "the output keeps only CS's fields.", dir_okay=False),
+                                                    "the output keeps only CS's fields (rows the passthrough "
+                                                    "lacks are dropped).", dir_okay=False),
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """Keep the rows matching a condition (a small safe expression language, never eval).
