@@ -17,6 +17,8 @@ CryoSPARC                        RELION 3.1
 ``ctf/df_angle_rad``             ``rlnDefocusAngle`` (degrees)
 ``ctf/phase_shift_rad``          ``rlnPhaseShift`` (degrees)
 ``ctf/bfactor``                  ``rlnCtfBfactor``
+``ctf/cross_corr_ctffind4``      ``rlnCtfFigureOfMerit``
+``ctf/ctf_fit_to_A``             ``rlnCtfMaxResolution``
 ``location/*``                   ``rlnMicrographName``, ``rlnCoordinateX/Y`` (pixels)
 ``alignments3D/pose``            ``rlnAngleRot/Tilt/Psi`` (rotation vector → ZYZ Euler)
 ``alignments2D/pose``            ``rlnAnglePsi`` (degrees)
@@ -110,7 +112,9 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
     for field, col, conv in (("ctf/df1_A", "rlnDefocusU", None), ("ctf/df2_A", "rlnDefocusV", None),
                              ("ctf/df_angle_rad", "rlnDefocusAngle", np.rad2deg),
                              ("ctf/phase_shift_rad", "rlnPhaseShift", np.rad2deg),
-                             ("ctf/bfactor", "rlnCtfBfactor", None)):
+                             ("ctf/bfactor", "rlnCtfBfactor", None),
+                             ("ctf/cross_corr_ctffind4", "rlnCtfFigureOfMerit", None),
+                             ("ctf/ctf_fit_to_A", "rlnCtfMaxResolution", None)):
         if field in names:
             v = data[field].astype(np.float64)
             parts[col] = conv(v) if conv else v
