@@ -7,9 +7,12 @@ SSD and calls it; a snapshot exported on another node (``stacktools cache status
 which is what multi-node placement needs::
 
     inv = Inventory.from_dict(json.load(open("node7.json")))
-    stacks = [SourceFile.from_path(p) for p in pset.stack_paths]
+    stacks = stat_sources(pset.stack_paths)   # or [SourceFile.from_path(p) for p in ...]
     plan = plan_stacks(stacks, inv)
     plan.bytes_to_copy, plan.fits, [e.key for e in plan.evict]
+
+(:func:`stacktools.cache.plan_for_inventory` does those three lines and can add the
+consolidation figures.)
 
 Space rules: the cache's own bytes plus the bytes other live processes have
 reserved plus the bytes to copy must stay within the quota, and the device's free
