@@ -191,7 +191,7 @@ def _out_name(source: str, ext: str, taken: set[str]) -> str:
 
 
 def _check_not_source(plan_out: list[Path], outdir: Path, sources: list[Path]) -> None:
-    src_dirs = {_resolved(s).parent for s in sources if True}
+    src_dirs = {_resolved(s).parent for s in sources}
     for d in (outdir, outdir / STACKS_DIR):
         if _resolved(d) in src_dirs:
             raise SourceOverwriteError(f"{d}: holds source stacks; choose an output "
@@ -543,33 +543,56 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
     pt_rows = _passthrough_rows(plan) if plan.passthrough_path else None
 
     outdir = plan.outdir
-    created = [d for d in (outdir, outdir / STACKS_DIR) if not d.exists()]
+    created = []  # directories this run makes, deepest first, to remove after an error
+    d = outdir / STACKS_DIR
+    while not d.exists() and d.parent != d:
+        created.append(d)
+        d = d.parent
     try:
         (outdir / STACKS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        _remove_dirs(created)
         raise OutputError(f"{outdir}: cannot create output directory: "
                           f"{err.strerror or err}") from err
-    written: list[OutputStack] = []
-    ok = False
     try:
         with _locked(outdir):
-            resumed = _prepare(plan, force=force, threads=threads)
-            todo = [s for s in plan.stacks if not any(s is r for r in resumed)]
-            need = sum(s.nbytes for s in todo)
-            free = _free_bytes(outdir)
-            if free is not None and need > free:
-                raise DiskFullError(f"{outdir}: not enough space: {need} bytes to write, "
-                                    f"{free} free")
-            _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
-                       progress=progress, chunk_bytes=chunk_bytes)
-            if pt_rows is not None:
-                csfile.write_cs(plan.out_passthrough, pt_rows)
-            csfile.write_cs(plan.out_cs, plan.new_data)
-            ok = True
-    finally:
-        if not ok:
-            _clean_failed(plan, written, created)
+            resumed = _execute(plan, pt_rows, created, threads=threads, fsync=fsync,
+                               verify=verify, force=force, progress=progress,
+                               chunk_bytes=chunk_bytes)
+    except KeyboardInterrupt:
+        raise  # complete stacks stay for a rerun to keep, as after kill -9
+    except BaseException:
+        _remove_dirs(created)
+        raise
     return _result(plan, resumed=resumed, verified=verify, dry_run=False)
+
+
+def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, threads: int,
+             fsync: bool, verify: bool, force: bool, progress: Progress | None,
+             chunk_bytes: int) -> list[OutputStack]:
+    """The locked part of a run; returns the stacks kept from an earlier run."""
+    written: list[Path] = []
+    try:
+        resumed = _prepare(plan, force=force, threads=threads)
+        done = {id(s) for s in resumed}
+        todo = [s for s in plan.stacks if id(s) not in done]
+        need = sum(s.nbytes for s in todo)
+        free = _free_bytes(plan.outdir)
+        if free is not None and need > free:
+            raise DiskFullError(f"{plan.outdir}: not enough space: {need} bytes to write, "
+                                f"{free} free")
+        _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
+                   progress=progress, chunk_bytes=chunk_bytes)
+        if pt_rows is not None:
+            csfile.write_cs(plan.out_passthrough, pt_rows)
+            written.append(plan.out_passthrough)
+        csfile.write_cs(plan.out_cs, plan.new_data)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        _clean_failed(plan, written, created)
+        raise
+    return resumed
 
 
 def _prepare(plan: Plan, *, force: bool, threads: int) -> list[OutputStack]:
@@ -598,7 +621,7 @@ def _prepare(plan: Plan, *, force: bool, threads: int) -> list[OutputStack]:
     return resumed
 
 
-def _write_all(plan: Plan, todo: list[OutputStack], written: list[OutputStack], *,
+def _write_all(plan: Plan, todo: list[OutputStack], written: list[Path], *,
                threads: int, fsync: bool, verify: bool, progress: Progress | None,
                chunk_bytes: int) -> None:
     """Write stacks on a thread pool; with ``verify``, check each one once it is written."""
@@ -611,7 +634,7 @@ def _write_all(plan: Plan, todo: list[OutputStack], written: list[OutputStack], 
             _write_stack(plan, s, fsync=fsync, progress=progress, cancel=cancel,
                          chunk_bytes=chunk_bytes)
             with lock:
-                written.append(s)
+                written.append(s.path)
             if verify:
                 problem = check_stack(s, plan.headers)
                 if problem is not None:
@@ -627,25 +650,37 @@ def _write_all(plan: Plan, todo: list[OutputStack], written: list[OutputStack], 
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
         futures = [pool.submit(one, s) for s in todo]
-        for f in futures:
-            err = f.exception()
-            if err is not None and not isinstance(err, Cancelled):
-                errors.append(err)
+        try:
+            for f in futures:
+                err = f.exception()
+                if err is not None and not isinstance(err, Cancelled):
+                    errors.append(err)
+        except BaseException:  # Ctrl-C: stop the workers at their next run
+            cancel.set()
+            raise
     if errors:
         raise errors[0]
 
 
-def _clean_failed(plan: Plan, written: list[OutputStack], created: list[Path]) -> None:
-    """After an error: remove what this run renamed into place, then empty new dirs."""
-    for s in written:
+def _clean_failed(plan: Plan, written: list[Path], created: list[Path]) -> None:
+    """After an error: remove what this run renamed into place, then its new directories.
+
+    Stacks kept from an earlier run stay, and so does the manifest that vouches for them.
+    """
+    for path in written:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(s.path)
+            os.unlink(path)
     if not any(s.path.exists() for s in plan.stacks):
-        with contextlib.suppress(FileNotFoundError):
-            manifest = _read_manifest(plan.outdir)
-            if manifest is not None and manifest.get("key") == plan.key:
+        manifest = _read_manifest(plan.outdir)
+        if manifest is not None and manifest.get("key") == plan.key:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(plan.outdir / MANIFEST)
-    for d in reversed(created):
+    _remove_dirs(created)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    """Remove directories (deepest first) that are empty."""
+    for d in dirs:
         with contextlib.suppress(OSError):
             d.rmdir()
 

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import MissingStackError, StackError, TruncatedStackError
 from .mrc import StackHeader
 
-CHUNK_BYTES = 16 * 2**20
+CHUNK_BYTES = 8 * 2**20
 
 Progress = Callable[[int], None]
 
@@ -102,7 +102,7 @@ class _FileSink:
                  progress: Progress | None):
         self.fd, self.base, self.pb = fd, data_offset, particle_bytes
         self.cap = max(1, chunk_bytes // particle_bytes)
-        self.buf = _buffer("write", self.cap * particle_bytes)
+        self.buf: memoryview | None = None  # only the pread/pwrite path needs one
         self.start = 0
         self.count = 0
         self.progress = progress
@@ -137,6 +137,8 @@ class _FileSink:
             self.flush()
         if not self.count:
             self.start = dst
+        if self.buf is None:
+            self.buf = _buffer("write", self.cap * self.pb)
         return self.buf[self.count * self.pb:(self.count + m) * self.pb]
 
     def commit(self, m: int) -> None:
