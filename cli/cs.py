@@ -162,6 +162,8 @@ def show(
         t = table(title, ("field", *[f"row {i}" for i in range(len(rows))]))
         for n in sel.fields:
             t.add_row(n, *[_cell(r[n]) for r in rows])
+    for col in t.columns:
+        col.overflow = "fold"  # wrap long values (uids, paths) rather than cut them
     out = console()
     out.print(t)
     more = len(ds.fields) - len(sel.fields)
@@ -348,6 +350,9 @@ def split(
                                                        "(e.g. alignments2D/class, ctf/exp_group_id)."),
     into: Optional[int] = typer.Option(None, "--into", "-n", min=1, help="Number of random subsets."),
     seed: int = typer.Option(0, "--seed", help="Random seed for --into."),
+    max_files: int = typer.Option(1000, "--max-files", min=1,
+                                  help="Refuse to write more files than this (a float field has as many "
+                                       "values as rows)."),
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """Split by a field's value (one file per value) or into N random subsets of near-equal size.
@@ -357,9 +362,14 @@ def split(
     from stacktools.errors import OutputError
     if (by is None) == (into is None):
         raise typer.BadParameter("give exactly one of --by FIELD and --into N")
+    if into is not None and into > max_files:
+        raise OutputError(f"{output_dir}: --into {into} is more than --max-files {max_files}")
     ds = _load(cs)
     if by is not None:
         parts = ds.split_by(by)
+        if len(parts) > max_files:
+            raise OutputError(f"{cs}: {by} has {len(parts):,} distinct values, more files than "
+                              f"--max-files {max_files}")
         tail = by.rsplit("/", 1)[-1]
         named = [(f"{cs.stem}_{_label(tail)}_{_label(k)}.cs", k, v) for k, v in parts.items()]
     else:

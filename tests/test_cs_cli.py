@@ -229,3 +229,9 @@ def test_info_reports_csdat_format(cs, files: Path) -> None:
     r = cs("filter", files / "new.cs", "--where", "alignments2D/class == 4", "-o", files / "c4.cs")
     assert r.returncode == 0, r.stderr
     assert (read_cs(files / "c4.cs")["alignments2D/class"] == 4).all()
+
+
+def test_split_refuses_too_many_files(cs, files: Path) -> None:
+    r = cs("split", files / J24, "--by", "ctf/df1_A", "--max-files", "10", "-o", files / "many")
+    assert_one_line_error(r, "ctf/df1_A has 50 distinct values", "--max-files 10")
+    assert not list((files / "many").glob("*.cs")) if (files / "many").exists() else True
