@@ -190,3 +190,29 @@ def test_operations_on_the_empty_real_file(shared_data: Path) -> None:
     full = make([1, 2])
     assert ds.join(full, make([])).dtype.names == full.dtype.names
     assert len(ds.intersect(full, make([]))) == 0 and len(ds.subtract(full, make([]))) == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(ua=_UIDS, ub=st.lists(st.sampled_from([1, 2, 3, 5, 8, 13, 2**63 + 7, 2**64 - 1]), max_size=12))
+def test_join_properties(ua, ub) -> None:
+    main = make(ua, seed=1)
+    other = np.zeros(len(ub), dtype=[("ctf/df1_A", "<f4"), ("uid", "<u8"), ("location/x", "<f4"),
+                                     ("location/path", "S5"), ("pick/score", "<f8", (2,))])
+    other["uid"] = ub
+    other["ctf/df1_A"] = -1  # clashes with main: main's values must win
+    other["location/x"] = np.arange(len(ub))
+    other["location/path"] = [f"p{i}".encode() for i in range(len(ub))]
+    other["pick/score"] = np.arange(2 * len(ub)).reshape(-1, 2)
+    out = ds.join(main, other)
+    assert out.dtype.names == main.dtype.names + ("location/x", "location/path", "pick/score")
+    assert out["uid"].tolist() == [u for u in ua if u in set(ub)]
+    first = {}
+    for i, u in enumerate(ub):
+        first.setdefault(u, i)
+    by_uid = {int(r["uid"]): r for r in main}
+    for r in out:
+        m, o = by_uid[int(r["uid"])], other[first[int(r["uid"])]]
+        for n in main.dtype.names:
+            np.testing.assert_array_equal(r[n], m[n])
+        for n in ("location/x", "location/path", "pick/score"):
+            np.testing.assert_array_equal(r[n], o[n])
