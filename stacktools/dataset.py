@@ -267,6 +267,14 @@ def join(main: np.ndarray, other: np.ndarray,
     Keeps ``main``'s row order and fields; appends ``other``'s fields that ``main``
     lacks. Fields present in both are taken from ``main``. This is how a job's
     particles and its passthrough make the job's full particle view.
+
+    Parameters
+    ----------
+    main, other
+        Datasets with a ``uid`` field. Rows of ``main`` whose uid ``other`` lacks
+        are dropped; if ``other`` repeats a uid, its first row is used.
+    where
+        Names of the two datasets, for error messages.
     """
     require_fields(main, ["uid"], where[0])
     require_fields(other, ["uid"], where[1])
