@@ -184,14 +184,11 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _uids_or_all(path: Path, op: str):
+def _uids_or_all(path: Path, op: str) -> CsDataset:
     """What the CLI reads of B: everything for union, only the uid column otherwise."""
     if op == "union":
         return CsDataset.load(path, mmap=True)
-    m = read_cs(path, mmap=True)
-    uids = np.empty(len(m), dtype=[("uid", "<u8")])
-    uids["uid"] = m["uid"]
-    return CsDataset(uids)
+    return CsDataset.load(path, fields=["uid"])
 
 
 if __name__ == "__main__":

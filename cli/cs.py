@@ -227,21 +227,11 @@ def filter_(
 
 def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, as_json: bool) -> None:
     _check_output(output, [a, b], force)
-    from stacktools.csfile import read_cs
     from stacktools.csdataset import CsDataset
     with _steps(op, 3, quiet) as step:
         da = _load(a)
-        if op == "union":
-            db = _load(b)
-        else:
-            # Only B's uids are needed: read just that column from the mapped file.
-            import numpy as np
-            from stacktools.dataset import require_fields
-            bm = read_cs(b, mmap=True)
-            require_fields(bm, ["uid"], str(b))
-            uids = np.empty(len(bm), dtype=[("uid", bm.dtype["uid"])])
-            uids["uid"] = bm["uid"]
-            db = CsDataset(uids, b)
+        # intersect and subtract need only B's uids.
+        db = _load(b) if op == "union" else CsDataset.load(b, fields=["uid"])
         step()
         res = getattr(da, op)(db)
         step()

@@ -52,7 +52,7 @@ class CsDataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, passthrough: str | os.PathLike | None = None,
-             mmap: bool = False) -> "CsDataset":
+             mmap: bool = False, fields: Sequence[str] | None = None) -> "CsDataset":
         """Read a ``.cs`` file (NumPy or CSDAT format).
 
         Parameters
@@ -64,9 +64,15 @@ class CsDataset:
             clashing fields).
         mmap
             Map a NumPy-format file read-only instead of reading it.
+        fields
+            Read only these fields (``ctf/`` takes a group), e.g. ``["uid"]`` when
+            only uids are needed: the rest of the file is never copied.
         """
         from .csfile import read_cs
-        data = read_cs(path, mmap=mmap and passthrough is None)
+        if fields is not None:
+            data = _ds.select_fields(read_cs(path, mmap=True), fields, str(path))
+        else:
+            data = read_cs(path, mmap=mmap and passthrough is None)
         if passthrough is not None:
             data = _ds.join(data, read_cs(passthrough), where=(str(path), str(passthrough)))
         return cls(data, path)

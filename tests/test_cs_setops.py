@@ -216,3 +216,14 @@ def test_join_properties(ua, ub) -> None:
             np.testing.assert_array_equal(r[n], m[n])
         for n in ("location/x", "location/path", "pick/score"):
             np.testing.assert_array_equal(r[n], o[n])
+
+
+def test_load_selected_fields(shared_data: Path) -> None:
+    path = shared_data / "cryosparc" / J24
+    full = CsDataset.load(path)
+    part = CsDataset.load(path, fields=["uid", "ctf/"])
+    assert part.fields == ("uid",) + tuple(f for f in full.fields if f.startswith("ctf/"))
+    for n in part.fields:
+        np.testing.assert_array_equal(part[n], full[n])
+    with pytest.raises(FieldError, match="no fields under 'nope/'"):
+        CsDataset.load(path, fields=["nope/"])
