@@ -63,7 +63,8 @@ def _report(as_json: bool, payload: dict, line: str) -> None:
 def _written(out: Path, rows: int, as_json: bool, extra: dict | None = None, what: str = "particles") -> None:
     payload = {"output": str(out), "rows": rows, "bytes": out.stat().st_size}
     payload.update(extra or {})
-    detail = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in (extra or {}).items())
+    detail = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+                       for k, v in (extra or {}).items())
     _report(as_json, payload, f"wrote {rows:,} {what} to {out}" + (f" ({detail})" if detail else ""))
 
 
