@@ -36,6 +36,7 @@ from ..errors import CacheConfigError, CacheError, CacheFullError, MissingStackE
 from .config import CacheConfig, resolve_config
 from .copy import SourceChanged, copy_into
 from .index import Index
+from .manifest import Manifests
 from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
 
@@ -159,6 +160,7 @@ class Cache:
         self.pins_dir = self.root / "pins"
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
+        self._manifests = Manifests(self.root)
         self._dest_dirs: set[str] = set()
         self._inodes: dict[str, int] = {}  # key -> recorded inode, from the last inventory
 
@@ -192,7 +194,9 @@ class Cache:
         """Keys among ``stacks`` whose cached entry is present and valid.
 
         One ``stat`` per stack (following a pre-populating symlink), relative to an
-        open descriptor of the entry's directory; no database access.
+        open descriptor of the entry's directory, and none at all for the files of
+        a directory unchanged since a manifest recorded them (see
+        :mod:`stacktools.cache.manifest`); no database access.
         """
         with _no_gc():
             return self._check(stacks)
@@ -201,27 +205,52 @@ class Cache:
         valid = set()
         add = valid.add
         files = self._files
-        dirs: dict[str, int] = {}
-        stat_, S_ISREG = os.stat, stat.S_ISREG
+        # Per directory: [fd, fstat before, manifest entries or None, newly stat-ed, time]
+        dirs: dict[str, list] = {}
+        stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
         try:
             for s in stacks:
                 d, _, name = s.key.rpartition("/")
-                fd = dirs.get(d)
-                if fd is None:
-                    fd = dirs[d] = self._open_dest_dir(files + d)
-                if fd < 0:
-                    continue
+                ds = dirs.get(d)
+                if ds is None:
+                    ds = dirs[d] = self._dir_state(files + d)
+                if not ds:
+                    continue  # no such directory in the cache
+                known = ds[2]
+                if known is not None:
+                    e = known.get(name)
+                    if e is not None:
+                        if e[0] == s.size and e[1] == s.mtime_ns:
+                            add(s.key)
+                        continue
                 try:
-                    st = stat_(name, dir_fd=fd)
+                    st = stat_(name, dir_fd=ds[0], follow_symlinks=False)
+                    if S_ISLNK(st.st_mode):
+                        st = stat_(name, dir_fd=ds[0])  # pre-populated: judge the target
+                    elif S_ISREG(st.st_mode):
+                        ds[3][name] = [st.st_size, st.st_mtime_ns]
                 except (FileNotFoundError, NotADirectoryError):
                     continue
                 if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
                     add(s.key)
         finally:
-            for fd in dirs.values():
-                if fd >= 0:
-                    os.close(fd)
+            for d, ds in dirs.items():
+                if not ds:
+                    continue
+                if ds[3]:
+                    merged = dict(ds[2] or {})
+                    merged.update(ds[3])
+                    self._manifests.save(files + d, ds[0], ds[1], ds[4], merged)
+                os.close(ds[0])
         return valid
+
+    def _dir_state(self, d: str) -> list:
+        fd = self._open_dest_dir(d)
+        if fd < 0:
+            return []
+        t = time.time_ns()
+        st = os.fstat(fd)
+        return [fd, st, self._manifests.load(d, st), {}, t]
 
     def _open_dest_dir(self, d: str) -> int:
         """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
@@ -462,10 +491,8 @@ class Cache:
                     lock.release()
                 todo = plan.to_copy + plan.waiting
             self._copy_all(todo, pin, result, progress, on_wait, project, threads)
-            for s in stacks:
-                if s.path in result.paths:
-                    continue
-                result.paths[s.path] = self.cached_path(s.key)
+            files = self._files
+            result.paths = {s.path: files + s.key for s in stacks}
             for s in plan.from_source:
                 result.paths[s.path] = s.path
                 result.from_source.append(s.path)
@@ -744,6 +771,7 @@ class Cache:
     def clear(self) -> dict:
         """Remove every entry the cache owns that is not in use. Foreign files stay."""
         out = self._remove_where(lambda e: True)
+        self._manifests.clear()
         for name in os.listdir(self.locks_dir):
             lk = FileLock(self.locks_dir / name)
             if name.endswith(".lock") and lk.acquire(blocking=False):
@@ -876,6 +904,7 @@ def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
 def _stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
     out = []
     append = out.append
+    new = tuple.__new__  # SourceFile without the Python-level __new__: this loop is hot
     dirs: dict[str, tuple[str, int]] = {}
     stat_, S_ISLNK, S_ISREG = os.stat, stat.S_ISLNK, stat.S_ISREG
     try:
@@ -898,10 +927,10 @@ def _stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
                 except FileNotFoundError:
                     raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
             else:
-                key = got[0] + "/" + name
+                key = got[0] + name
             if not S_ISREG(st.st_mode):
                 raise CacheError(f"{raw}: source is not a regular file")
-            append(SourceFile(key, st.st_size, st.st_mtime_ns, raw))
+            append(new(SourceFile, (key, st.st_size, st.st_mtime_ns, raw)))
     finally:
         for _, fd in dirs.values():
             os.close(fd)
@@ -913,7 +942,7 @@ def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
         fd = os.open(d or "/", _DIR_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         raise MissingStackError(f"{raw}: source stack not found") from None
-    return os.path.realpath(d or "/").rstrip("/"), fd
+    return os.path.realpath(d or "/").rstrip("/") + "/", fd
 
 
 def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = False,
