@@ -9,11 +9,14 @@ Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
     index.db                       SQLite record of owned entries (WAL)
     ledger.jsonl                   one line per copy made: ownership that survives
                                    the loss of the index, and a log of copies
+    manifests/                     per-directory record of stat results (a cache)
 
 An entry is keyed by the resolved absolute source path and is valid when the
 file at its location (followed if a symlink) has the source's size and
 ``mtime_ns``; copies get the source's mtime, so a warm check is one ``stat`` of
-the source and one of the copy, with no database access per file.
+the source and at most one of the copy, with no database access per file. Copies
+in a directory unchanged since its manifest was recorded are not stat-ed at all
+(``manifests/``, see :mod:`stacktools.cache.manifest`).
 """
 
 from __future__ import annotations
