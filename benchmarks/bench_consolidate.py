@@ -130,6 +130,10 @@ print(f"SECONDS {time.perf_counter() - t}")
 """
 
 
+# Python tools run as installed ones do, with their bytecode cached.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one subprocess.
 
@@ -139,7 +143,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", tf.name, *cmd], cwd=cwd,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
         dt = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.decode()[-500:]}")
@@ -250,7 +254,10 @@ def _rows(name, times, rss, report) -> list[dict]:
     rows = []
     for tool, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"size": name, "tool": tool, "seconds": med, "ratio": med / floor,
+        # Paired with the cp run of the same round: drift of the shared machine cancels.
+        ratio = (statistics.median(t / c for t, c in zip(ts, times["cp"]))
+                 if len(ts) == len(times["cp"]) else med / floor)
+        rows.append({"size": name, "tool": tool, "seconds": med, "ratio": ratio,
                      "best": min(ts), "best_ratio": min(ts) / best_floor,
                      "rss": rss[tool], "source_bytes": report.cache_bytes,
                      "output_bytes": report.consolidated_bytes})
@@ -283,11 +290,13 @@ def main() -> None:
         print(f"\n{name}: {sub[0]['source_bytes'] / 1e9:.2f} GB of source stacks, "
               f"{sub[0]['output_bytes'] / 1e9:.2f} GB consolidated, median of "
               f"{args.repeats} runs (verify rows: 1 run)\n")
-        print("| tool | median time | ratio to `cp` | best time | best ratio | peak RSS |")
+        print("| tool | median time | ratio to `cp`¹ | best time | best ratio² | peak RSS |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in sub:
             print(f"| `{r['tool']}` | {r['seconds']:.2f} s | {r['ratio']:.2f}× | "
                   f"{r['best']:.2f} s | {r['best_ratio']:.2f}× | {r['rss'] / 2**20:.0f} MiB |")
+        print("\n¹ median over rounds of (tool time / cp time in the same round); rows run "
+              "once: median time / median cp time. ² best time / best cp time.")
 
 
 if __name__ == "__main__":
