@@ -8,6 +8,7 @@ is one ``pread`` at its offset: a stack is never read whole.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,6 +23,8 @@ from .errors import (IndexOutOfRangeError, MissingStackError, MrcHeaderError,
 HEADER_BYTES = HEADER_DTYPE.itemsize  # 1024
 MRC_VERSION = 20140
 SUPPORTED_MODES = (0, 1, 2, 6, 12)
+_PROBE = 64  # headers read before deciding whether threads would help
+_SLOW_READ_S = 50e-6
 
 
 @dataclass(slots=True)
@@ -97,19 +100,27 @@ def read_headers(paths: Sequence[str | os.PathLike], threads: int = 4) -> list[S
     paths
         Stack files.
     threads
-        Threads issuing the reads; they overlap the latency of network storage.
+        Threads issuing the reads when the first few reads show slow (network or
+        cold) storage; they overlap its latency.
 
     Returns the headers in the order of ``paths``. Errors are those of
     :func:`read_header`, for the first bad file.
     """
     names = [os.fspath(p) for p in paths]
-    if threads > 1 and len(names) >= 512:
-        step = -(-len(names) // (threads * 4))
-        chunks = [names[i:i + step] for i in range(0, len(names), step)]
+    probe = names[:_PROBE]
+    t0 = time.perf_counter()
+    raws = _read_raw_headers(probe)
+    rest = names[_PROBE:]
+    per_file = (time.perf_counter() - t0) / max(len(probe), 1)
+    # From the page cache a read takes microseconds and threads only add overhead;
+    # on network storage they overlap the round trips.
+    if threads > 1 and len(rest) >= 256 and per_file > _SLOW_READ_S:
+        step = -(-len(rest) // (threads * 4))
+        chunks = [rest[i:i + step] for i in range(0, len(rest), step)]
         with ThreadPoolExecutor(threads) as pool:
-            raws = [r for part in pool.map(_read_raw_headers, chunks) for r in part]
+            raws += [r for part in pool.map(_read_raw_headers, chunks) for r in part]
     else:
-        raws = _read_raw_headers(names)
+        raws += _read_raw_headers(rest)
     return _decode_headers(names, raws)
 
 
