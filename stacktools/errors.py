@@ -88,18 +88,6 @@ class CacheFullError(CacheError):
     """A set does not fit on the SSD even after evicting everything evictable."""
 
 
-class CacheError(StacktoolsError):
-    """The SSD cache cannot do what was asked (bad state, busy, escape)."""
-
-
-class CacheConfigError(CacheError):
-    """Cache settings are missing or invalid (SSD path, quota, reserve, ...)."""
-
-
-class CacheFullError(CacheError):
-    """A set does not fit on the SSD even after evicting everything evictable."""
-
-
 class PlacementError(StacktoolsError):
     """Sets cannot be placed on nodes as asked (no nodes, a bad queue order, ...)."""
 

@@ -187,7 +187,10 @@ def read_nodes_file(path: str | os.PathLike) -> list[NodeSpec]:
 
 
 def _parse_nodes(p: Path, raw: bytes) -> Any:
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     suffix = p.suffix.lower()
     try:
         text = raw.decode()

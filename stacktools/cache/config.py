@@ -103,7 +103,10 @@ def default_config_file(env: Mapping[str, str] | None = None) -> Path:
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """The ``[cache]`` table of a TOML config file (empty if the file does not exist)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     p = Path(path)
     if not p.exists():
         return {}
