@@ -24,8 +24,10 @@ Safety and resuming
     run, compares each stack already under its final name byte for byte with its
     sources, keeps those that match and writes the rest. When a run fails with an
     error, the stacks it wrote are removed again, so nothing is left under a final
-    name. Stack data is not flushed to the device unless ``fsync=True``: a killed
-    process loses nothing, but surviving a power cut needs the flush.
+    name; after Ctrl-C, as after ``kill -9``, complete stacks stay for the rerun to
+    keep. A different consolidation into the same OUTDIR needs ``force``. Nothing is
+    flushed to the device unless ``fsync=True``: renames alone keep a killed process
+    from leaving partial files, but surviving a power cut needs the flush.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from .errors import (BoxMismatchError, DiskFullError, FieldError, ModeMismatchEr
                      describe_os_error)
 from .mrc import HEADER_BYTES, StackHeader, make_header
 from .particles import ParticleSet
-from .stackcopy import CHUNK_BYTES, Cancelled, copy_to_file
+from .stackcopy import CHUNK_BYTES, Cancelled, copy_to_file, write_all
 
 LAYOUTS = ("per-stack", "packed")
 DTYPES = {"keep": None, "float32": 2, "float16": 12}
@@ -190,26 +192,38 @@ def _out_name(source: str, ext: str, taken: set[str]) -> str:
     return name
 
 
-def _check_not_source(plan_out: list[Path], outdir: Path, sources: list[Path]) -> None:
-    src_dirs = {_resolved(s).parent for s in sources}
+def _check_not_source(outputs: list[Path], outdir: Path, sources: list[Path],
+                      sources_real: list[Path]) -> None:
+    """Refuse outputs onto a source file (by path or by inode) or into a source directory."""
+    src_real = set(sources_real)
+    src_dirs = {s.parent for s in src_real}
     for d in (outdir, outdir / STACKS_DIR):
         if _resolved(d) in src_dirs:
             raise SourceOverwriteError(f"{d}: holds source stacks; choose an output "
                                        "directory that does not")
-    src_real = {_resolved(s) for s in sources}
-    for p in plan_out:
-        if _resolved(p) in src_real:
+    src_ids = set()
+    for src in sources:
+        with contextlib.suppress(OSError):
+            st = os.stat(src)
+            src_ids.add((st.st_dev, st.st_ino))
+    parents: dict[Path, Path] = {}
+    for p in outputs:
+        if p.parent not in parents:
+            parents[p.parent] = _resolved(p.parent)
+        if parents[p.parent] / p.name in src_real:
             raise SourceOverwriteError(f"{p}: is a source file; refusing to overwrite it")
-        if p.exists():
-            for s in sources:
-                with contextlib.suppress(OSError):
-                    if os.path.samefile(p, s):
-                        raise SourceOverwriteError(f"{p}: is the same file as source {s}; "
-                                                   "refusing to overwrite it")
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in src_ids:
+            raise SourceOverwriteError(f"{p}: is the same file as a source; "
+                                       "refusing to overwrite it")
 
 
 def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader],
-              options: dict) -> str:
+              headers_real: list[Path], options: dict) -> str:
+    """A digest of everything the outputs depend on: inputs, source identities, options."""
     h = hashlib.sha256()
     for p in (cs_path, passthrough):
         if p is None:
@@ -218,8 +232,8 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
         with open(p, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    for s in headers:
-        h.update(f"{_resolved(Path(s.path))}|{s.file_size}|{s.mtime_ns}\n".encode())
+    for s, real in zip(headers, headers_real):
+        h.update(f"{real}|{s.file_size}|{s.mtime_ns}\n".encode())
     h.update(json.dumps(options, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -283,9 +297,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     stacks: list[OutputStack] = []
     stacks_dir = outdir / STACKS_DIR
 
+    stacks_real = _resolved(stacks_dir)
+    prefix = os.path.relpath(stacks_real, proj) if relative else str(stacks_real)
+
     def blob(path: Path) -> str:
-        return os.path.relpath(_resolved(path.parent), proj) + "/" + path.name if relative \
-            else str(_resolved(path.parent) / path.name)
+        return f"{prefix}/{path.name}"
 
     if layout == "per-stack":
         taken: set[str] = set()
@@ -324,12 +340,14 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         out_pt = outdir / f"{pt_path.stem}_consolidated.cs"
         if out_pt.name == out_cs.name:
             out_pt = outdir / f"{pt_path.stem}_passthrough_consolidated.cs"
-    sources = [Path(h.path) for h in headers] + [cs_path] + ([pt_path] if pt_path else [])
+    inputs = [cs_path] + ([pt_path] if pt_path else [])
+    headers_real = [_resolved(Path(h.path)) for h in headers]
     _check_not_source([s.path for s in stacks] + [out_cs] + ([out_pt] if out_pt else []),
-                      outdir, sources)
+                      outdir, [Path(h.path) for h in headers] + inputs,
+                      headers_real + [_resolved(p) for p in inputs])
     options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
                "project": str(proj), "outdir": str(out_real), "version": 1}
-    key = _plan_key(cs_path, pt_path, headers, options)
+    key = _plan_key(cs_path, pt_path, headers, headers_real, options)
     return Plan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
                 relative, key, layout, dtype)
 
@@ -407,12 +425,12 @@ def _read_manifest(outdir: Path) -> dict | None:
         return None
 
 
-def _write_manifest(plan: Plan) -> None:
+def _write_manifest(plan: Plan, *, fsync: bool) -> None:
     doc = {"tool": "stacktools consolidate", "version": 1, "key": plan.key,
            "cs": plan.out_cs.name,
            "stacks": [{"path": str(s.path.relative_to(plan.outdir)), "bytes": s.nbytes,
                        "particles": s.count} for s in plan.stacks]}
-    with atomic_output(plan.outdir / MANIFEST) as fh:
+    with atomic_output(plan.outdir / MANIFEST, fsync=fsync) as fh:
         fh.write(json.dumps(doc, indent=1).encode())
 
 
@@ -424,11 +442,12 @@ def _disk_error(path: Path, err: OSError) -> StacktoolsError:
 
 def _write_stack(plan: Plan, s: OutputStack, *, fsync: bool, progress: Progress | None,
                  cancel: threading.Event, chunk_bytes: int) -> None:
+    """Write one output stack under a temporary name and rename it into place."""
     try:
         with atomic_output(s.path, fsync=fsync) as fh:
             fd = fh.fileno()
             try:
-                os.pwrite(fd, s.header(), 0)
+                write_all(fd, memoryview(s.header()), 0)
                 if progress:
                     progress(HEADER_BYTES)
                 copy_to_file(fd, HEADER_BYTES, plan.headers, s.dtype, s.codes, s.indices,
@@ -573,7 +592,7 @@ def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, thr
     """The locked part of a run; returns the stacks kept from an earlier run."""
     written: list[Path] = []
     try:
-        resumed = _prepare(plan, force=force, threads=threads)
+        resumed = _prepare(plan, force=force, threads=threads, fsync=fsync)
         done = {id(s) for s in resumed}
         todo = [s for s in plan.stacks if id(s) not in done]
         need = sum(s.nbytes for s in todo)
@@ -584,9 +603,9 @@ def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, thr
         _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
                    progress=progress, chunk_bytes=chunk_bytes)
         if pt_rows is not None:
-            csfile.write_cs(plan.out_passthrough, pt_rows)
+            csfile.write_cs(plan.out_passthrough, pt_rows, fsync=fsync)
             written.append(plan.out_passthrough)
-        csfile.write_cs(plan.out_cs, plan.new_data)
+        csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
     except KeyboardInterrupt:
         raise
     except BaseException:
@@ -595,7 +614,7 @@ def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, thr
     return resumed
 
 
-def _prepare(plan: Plan, *, force: bool, threads: int) -> list[OutputStack]:
+def _prepare(plan: Plan, *, force: bool, threads: int, fsync: bool) -> list[OutputStack]:
     """Check OUTDIR against the manifest, sweep temporaries, and find stacks to keep."""
     from .verify import check_stack
     manifest = _read_manifest(plan.outdir)
@@ -617,7 +636,7 @@ def _prepare(plan: Plan, *, force: bool, threads: int) -> list[OutputStack]:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             checks = list(pool.map(lambda s: check_stack(s, plan.headers), present))
         resumed = [s for s, problem in zip(present, checks) if problem is None]
-    _write_manifest(plan)
+    _write_manifest(plan, fsync=fsync)
     return resumed
 
 

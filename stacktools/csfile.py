@@ -103,7 +103,8 @@ def dataset_to_array(dset) -> np.ndarray:
     return out
 
 
-def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True) -> Path:
+def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True,
+             fsync: bool = True) -> Path:
     """Write ``data`` as a NumPy-format ``.cs`` file, atomically.
 
     The file is written with :func:`numpy.save` into an open handle, so no ``.npy``
@@ -117,11 +118,13 @@ def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = Tru
         One-dimensional structured array.
     overwrite
         If false, refuse to replace an existing file.
+    fsync
+        Flush the file to the device before renaming it into place.
     """
     if data.dtype.names is None or data.ndim != 1:
         raise CsFormatError(f"{path}: can only write a 1-D structured array")
     if data.dtype.hasobject:
         raise OutputError(f"{path}: object fields cannot be written to a .cs file")
-    with atomic_output(path, overwrite=overwrite) as fh:
+    with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
         np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
     return Path(path)
