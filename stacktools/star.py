@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrays import factorize
 from .atomic import atomic_output
 from .dataset import field_matrix, require_fields
 from .errors import FieldError, StarFormatError
+from .particles import strip_import_marker
 from .rotation import euler_deg_to_rotvec, rotvec_to_euler_deg
 
 OPTICS_COLUMNS = {
@@ -62,12 +64,14 @@ def image_names(data: np.ndarray, mrcs: bool = False) -> np.ndarray:
     stacks only under that extension; the files themselves must be linked or
     renamed to match).
     """
-    paths = _decode(data["blob/path"])
-    paths = np.where(np.strings.startswith(paths, ">"), np.strings.slice(paths, 1, None), paths)
+    uniq, codes = factorize(np.asarray(data["blob/path"]))
+    # String work is done once per distinct stack, not once per particle.
+    paths = [strip_import_marker(u) for u in uniq.tolist()]
     if mrcs:
-        paths = np.where(np.strings.endswith(paths, ".mrc"), np.strings.add(paths, "s"), paths)
-    idx = np.strings.zfill((data["blob/idx"].astype(np.int64) + 1).astype(str), 6)
-    return np.strings.add(np.strings.add(idx, "@"), paths)
+        paths = [p + "s" if p.endswith(".mrc") else p for p in paths]
+    paths = np.array(paths or [""], dtype=str)[codes] if len(data) else np.zeros(0, dtype=str)
+    idx = np.char.zfill((data["blob/idx"].astype(np.int64) + 1).astype(str), 6)
+    return np.char.add(np.char.add(idx, "@"), paths)
 
 
 def _pose_prefix(data: np.ndarray) -> str | None:
@@ -290,11 +294,12 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
     table = particles_table(blocks, where)
     n = len(table)
     names = table["rlnImageName"].astype(str).to_numpy(dtype=str)
-    has_at = np.strings.find(names, "@") > 0
+    has_at = np.char.find(names, "@") > 0
     if n and not has_at.all():
         r = int(np.flatnonzero(~has_at)[0])
         raise StarFormatError(f"{where}: particle row {r + 1}: rlnImageName {str(names[r])!r} is not idx@path")
-    head, _, paths = np.strings.partition(names, "@") if n else (names, None, names)
+    parts = np.char.partition(names, "@") if n else np.zeros((0, 3), dtype=str)
+    head, paths = parts[:, 0], parts[:, 2]
     try:
         idx = head.astype(np.int64) - 1
     except ValueError as err:
@@ -302,7 +307,7 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
     if n and idx.min() < 0:
         r = int(np.argmin(idx))
         raise StarFormatError(f"{where}: particle row {r + 1}: image index must be 1 or more")
-    path_bytes = np.strings.encode(paths, "utf-8") if n else np.zeros(0, "S1")
+    path_bytes = np.char.encode(paths, "utf-8") if n else np.zeros(0, "S1")
     width = max(1, path_bytes.dtype.itemsize)
 
     psize = _column(table, "rlnImagePixelSize", where, default=_legacy_psize(table))
