@@ -416,13 +416,7 @@ class Cache:
                 pin.close()
             raise
         plan._pin = pin
-        project = getattr(pset, "project_dir", None)
-        plan.project = os.path.realpath(project) if project else ""
-        if consolidation and hasattr(pset, "stack_paths"):
-            from ..size import size_particles
-            rep = size_particles(pset, validate=False)
-            plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
-        return plan
+        return _describe_set(plan, pset, consolidation)
 
     # -- execute --------------------------------------------------------------------
     def execute(self, plan: Plan, *, hold: bool = False, progress: Progress | None = None,
@@ -973,6 +967,11 @@ def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = Fal
     inv = inventory if isinstance(inventory, Inventory) else Inventory.from_dict(inventory)
     paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
     plan = plan_stacks(stat_sources(paths), inv, partial=partial, now=now)
+    return _describe_set(plan, pset, consolidation)
+
+
+def _describe_set(plan: Plan, pset, consolidation: bool) -> Plan:
+    """Record the set's project on ``plan`` and, if asked, what consolidating would save."""
     project = getattr(pset, "project_dir", None)
     plan.project = os.path.realpath(project) if project else ""
     if consolidation and hasattr(pset, "stack_paths"):
