@@ -251,7 +251,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
     made = make_demo_project(proj)
     steps = [{
         "name": "project",
-        "title": "1. CryoSPARC-shaped project (Extract J5 → Select 2D J7)",
+        "title": "1. Project: Extract (J5) → Select 2D (J7)",
         "show": {"extract stacks": len(made.stacks), "particles extracted": made.particles,
                  "particles selected": made.selected,
                  "selected .cs": str(made.selected_cs.relative_to(proj))},
@@ -264,8 +264,9 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
         "name": "size",
         "title": "2. Size of the Select 2D subset",
         "show": {"particles": report.particles, "stacks": report.stacks,
-                 "formula_bytes": report.formula_bytes, "cache_bytes": report.cache_bytes,
-                 "consolidated_bytes": report.consolidated_bytes,
+                 "formula estimate bytes": report.formula_bytes,
+                 "whole stacks (cache today) bytes": report.cache_bytes,
+                 "selected only (consolidated) bytes": report.consolidated_bytes,
                  "saved by consolidating": f"{report.saved_fraction:.1%}"},
         "result": report.to_dict(),
     })
@@ -275,7 +276,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
                        passthrough=made.passthrough_cs, verify=True, force=True)
     steps.append({
         "name": "consolidate",
-        "title": "3. Consolidated: new stacks with only the selected particles (J8)",
+        "title": "3. Consolidate: stacks of the selected particles only (J8)",
         "show": {"stacks written": cons.stacks, "particles": cons.particles,
                  "source bytes": cons.source_bytes, "written bytes": cons.bytes_written,
                  "saved bytes": cons.saved_bytes,
@@ -294,7 +295,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
     synced = cache.execute(plan)
     steps.append({
         "name": "cache",
-        "title": "4. SSD cache: plan, then sync the Select 2D subset (ssd-cache/)",
+        "title": "4. SSD cache: plan, then sync the subset (ssd-cache/)",
         "show": {"plan: files to copy": plan.files_to_copy, "plan: bytes": plan.bytes_to_copy,
                  "plan: fits": "yes" if plan.fits else "no",
                  "plan: if consolidated first, bytes": plan.consolidated_bytes,
