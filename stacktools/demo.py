@@ -242,7 +242,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
     from .particles import ParticleSet
     from .size import size_particles
 
-    proj = Path(root)
+    proj = Path(root).resolve()
     if proj.exists() and any(proj.iterdir()) and not (proj / DEMO_MARKER).exists():
         raise OutputError(f"{proj}: exists and is not a stacktools demo project; "
                           "choose an empty or new directory")
@@ -301,7 +301,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
                  "plan: if consolidated first, bytes": plan.consolidated_bytes,
                  "sync: files copied": synced.copied, "sync: copied bytes": synced.bytes_copied,
                  "sync: already cached": synced.reused,
-                 "cache": str(cache.root.relative_to(proj.resolve()))},
+                 "cache": str(cache.root.relative_to(proj))},
         "result": {"plan": planned, "sync": synced.to_dict()},
     })
     return {"project_dir": str(proj.resolve()), "steps": steps}

@@ -55,3 +55,6 @@ def test_demo_command(tmp_path: Path, run_cli) -> None:
     assert res.returncode == 2 and (foreign / "data.txt").read_text() == "keep me"
     res = run_cli("demo", tmp_path / "demo2", check=True)
     assert "Size of the Select 2D subset" in res.stdout
+    # The README runs it with no argument: a relative default directory.
+    res = run_cli("demo", "--quiet", check=True, cwd=tmp_path)
+    assert (tmp_path / "stacktools-demo" / "J7").is_dir()
