@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from . import csfile
 from .arrays import factorize
 from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
-                     PathEscapeError, StacktoolsError)
+                     PathEscapeError)
 from .mrc import StackHeader, read_headers
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
