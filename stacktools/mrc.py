@@ -124,15 +124,20 @@ def read_headers(paths: Sequence[str | os.PathLike], threads: int = 4) -> list[S
     return _decode_headers(names, raws)
 
 
+def open_stack(path: str) -> int:
+    """Open a stack read-only; a missing or unreadable file is a :class:`StackError`."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError as err:
+        raise MissingStackError(f"{path}: stack not found") from err
+    except OSError as err:
+        raise StackError(f"{path}: {err.strerror}") from err
+
+
 def _read_raw_headers(names: list[str]) -> list[tuple[bytes, int, int]]:
     out = []
     for p in names:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError as err:
-            raise MissingStackError(f"{p}: stack not found") from err
-        except OSError as err:
-            raise StackError(f"{p}: {err.strerror}") from err
+        fd = open_stack(p)
         try:
             st = os.fstat(fd)
             out.append((os.pread(fd, HEADER_BYTES, 0), st.st_size, st.st_mtime_ns))

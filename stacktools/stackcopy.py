@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import MissingStackError, StackError, TruncatedStackError
-from .mrc import StackHeader
+from .errors import TruncatedStackError
+from .mrc import StackHeader, open_stack
 
 CHUNK_BYTES = 8 * 2**20
 
@@ -186,13 +186,7 @@ class _SourceFiles:
     def fd(self, code: int) -> int:
         fd = self.fds.get(code)
         if fd is None:
-            path = self.headers[code].path
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError as err:
-                raise MissingStackError(f"{path}: stack not found") from err
-            except OSError as err:
-                raise StackError(f"{path}: {err.strerror}") from err
+            fd = open_stack(self.headers[code].path)
             self.fds[code] = fd
         return fd
 
