@@ -397,3 +397,17 @@ def test_evict_a_set_even_after_its_sources_are_gone(ssd, demo):
     d = cli_json("cache", "evict", demo.selected_cs, *common)
     assert d["removed"] == sync["copied"] and d["bytes_removed"] == sync["bytes_copied"]
     assert final_files(ssd) == []
+
+
+def test_missing_ssd_path_is_created_but_a_file_is_refused(tmp_path, demo):
+    from stacktools.errors import CacheConfigError
+    job_ssd = tmp_path / "scratch" / "user" / "job42"  # a per-job path, not made yet
+    out = cli_json("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir,
+                   "--ssd-path", job_ssd, "--reserve-mb", 0, "--quiet")
+    assert out["copied"] == len(ParticleSet.open(demo.selected_cs, demo.project_dir).stack_paths)
+    assert (job_ssd / "stacktools-cache").is_dir()
+    blocker = tmp_path / "plainfile"
+    blocker.write_text("x")
+    with pytest.raises(CacheConfigError, match="not a directory"):
+        Cache(blocker, reserve_mb=0)
+    assert blocker.read_text() == "x"

@@ -124,7 +124,8 @@ class Cache:
     Parameters
     ----------
     ssd_path
-        SSD directory; the cache lives in ``ssd_path/stacktools-cache``. When
+        SSD directory, created if missing; the cache lives in
+        ``ssd_path/stacktools-cache``. When
         ``None``, taken from the config file or ``$STACKTOOLS_SSD_PATH``
         (``$CRYOSPARC_SSD_PATH`` as a fallback).
     quota_mb, reserve_mb, lifetime_days, threads
@@ -143,10 +144,12 @@ class Cache:
                                                lifetime_days=lifetime_days, threads=threads,
                                                config_file=config_file)
         ssd = self.config.ssd_path
-        if not ssd.is_dir():
+        if ssd.exists() and not ssd.is_dir():
             raise CacheConfigError(f"{ssd}: SSD path is not a directory")
         root = ssd / CACHE_DIRNAME
         try:
+            # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
+            ssd.mkdir(parents=True, exist_ok=True)
             root.mkdir(exist_ok=True)
             if root.is_symlink() or not root.is_dir():
                 raise CacheError(f"{root}: must be a real directory, not a symlink")
@@ -155,7 +158,7 @@ class Cache:
                 p.mkdir(exist_ok=True)
                 if p.is_symlink():
                     raise CacheError(f"{p}: must be a real directory, not a symlink")
-        except PermissionError as err:
+        except OSError as err:
             raise CacheConfigError(f"{ssd}: cannot create the cache there: {err.strerror}") from err
         self.root = Path(os.path.realpath(root))
         self.files_dir = self.root / "files"
