@@ -4,7 +4,9 @@ The top-level functions are a small façade over layered modules:
 
 * format I/O: :mod:`stacktools.csfile` (``.cs``) and :mod:`stacktools.mrc` (MRC stacks)
 * the particle model: :mod:`stacktools.particles`
-* operations: :mod:`stacktools.size`, and the modules built on them
+* operations: :mod:`stacktools.size`, :mod:`stacktools.consolidate`,
+  :mod:`stacktools.csdataset` (the ``.cs`` toolkit), :mod:`stacktools.cache` and
+  :mod:`stacktools.placement`
 
 Submodules are imported lazily so that ``import stacktools`` stays cheap.
 """
@@ -17,7 +19,8 @@ __all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particle
            "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError",
            "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs",
            "consolidate_particles", "ConsolidateResult", "verify_consolidated", "VerifyResult",
-           "Cache", "Inventory", "plan_stacks"]
+           "Cache", "Inventory", "plan_stacks",
+           "load_nodes", "QueuedSet", "place_set", "place_queue", "simulate_queue"]
 
 _LAZY = {
     "read_cs": "csfile", "write_cs": "csfile",
@@ -30,6 +33,8 @@ _LAZY = {
     "consolidate_particles": "consolidate", "ConsolidateResult": "consolidate",
     "verify_consolidated": "verify", "VerifyResult": "verify",
     "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",
+    "load_nodes": "placement", "QueuedSet": "placement", "place_set": "placement",
+    "place_queue": "placement", "simulate_queue": "placement",
 }
 
 
