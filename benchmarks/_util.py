@@ -7,24 +7,23 @@ import time
 from typing import Callable
 
 
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
-    """Best wall time of ``repeat`` calls, in seconds."""
+def _times(fn: Callable[[], object], repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return min(times)
+    return times
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls, in seconds."""
+    return min(_times(fn, repeat))
 
 
 def median_of(fn: Callable[[], object], repeat: int = 5) -> float:
     """Median wall time of ``repeat`` calls, in seconds."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(_times(fn, repeat))
 
 
 def print_table(title: str, rows: list[tuple[str, float]], baseline: str) -> None:
