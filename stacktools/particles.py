@@ -16,7 +16,7 @@ import numpy as np
 from . import csfile
 from .arrays import factorize
 from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
-                     PathEscapeError)
+                     MissingStackError, PathEscapeError)
 from .mrc import StackHeader, read_headers
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
@@ -158,7 +158,15 @@ class ParticleSet:
         """Read each referenced stack's header once; cached on the set."""
         if self._headers is None:
             paths = self.stack_paths
-            self._headers = dict(zip(paths, read_headers(paths, threads)))
+            try:
+                self._headers = dict(zip(paths, read_headers(paths, threads)))
+            except MissingStackError as err:
+                missing = next((k for k, p in enumerate(paths) if not p.exists()), None)
+                if missing is None:
+                    raise
+                row = int(np.flatnonzero(self.stack_codes == missing)[0])
+                raise MissingStackError(f"{paths[missing]}: stack not found (blob/path of "
+                                        f"{self._where(row)})") from err
         return self._headers
 
     def box(self) -> int:

@@ -127,7 +127,7 @@ def test_cli_bad_input_one_line(demo, run_cli, case: str) -> None:
     elif case == "missing_stack":
         victim = ParticleSet.open(cs, demo.project_dir).stack_paths[0]
         victim.unlink()
-        expect = [victim.name, "not found"]
+        expect = [victim.name, "not found", cs.name, "row "]
     elif case == "idx_past_end":
         a = read_cs(cs).copy()
         a["blob/idx"][3] = 99_999
