@@ -79,7 +79,7 @@ def main() -> None:
         def ours_header_phase():
             q = ParticleSet(data, proj.project_dir, cs)
             q._codes, q._blob_paths = grouped._codes, grouped._blob_paths
-            q.headers()
+            q.stack_headers()
 
         rows = [
             ("bare os.open + os.pread(1024) loop", best_of(bare)),

@@ -136,13 +136,17 @@ def open_stack(path: str) -> int:
 
 def _read_raw_headers(names: list[str]) -> list[tuple[bytes, int, int]]:
     out = []
+    append, os_open, fstat, pread, close = out.append, os.open, os.fstat, os.pread, os.close
     for p in names:
-        fd = open_stack(p)
         try:
-            st = os.fstat(fd)
-            out.append((os.pread(fd, HEADER_BYTES, 0), st.st_size, st.st_mtime_ns))
+            fd = os_open(p, os.O_RDONLY)
+        except OSError:
+            fd = open_stack(p)  # raises the specific error
+        try:
+            st = fstat(fd)
+            append((pread(fd, HEADER_BYTES, 0), st.st_size, st.st_mtime_ns))
         finally:
-            os.close(fd)
+            close(fd)
     return out
 
 
@@ -157,30 +161,32 @@ def _decode_headers(names: list[str], raws: list[tuple[bytes, int, int]]) -> lis
     little = np.frombuffer(b"".join(r[0] for r in raws), dtype=HEADER_DTYPE.newbyteorder("<"))
     stamp = little["machst"][:, 0]
     big = (stamp == 0x11) | ((stamp != 0x44) & ~np.isin(little["mode"], SUPPORTED_MODES + (3, 4)))
-    fields = {}
+    cols = {}
     for key in ("nx", "ny", "nz", "mode", "nsymbt", "mx"):
         col = little[key].astype(np.int64)
         if big.any():
             col[big] = little[key][big].byteswap().astype(np.int64)
-        fields[key] = col.tolist()
+        cols[key] = col
     cella = little["cella"]["x"].astype(np.float64)
     if big.any():
-        cella[big] = little["cella"]["x"][big].byteswap().view(little["cella"]["x"].dtype).astype(np.float64)
-    fields["cella"] = cella.tolist()
-    out = []
-    for i, p in enumerate(names):
-        nx, ny, nz = fields["nx"][i], fields["ny"][i], fields["nz"][i]
-        mode, nsymbt, mx = fields["mode"][i], fields["nsymbt"][i], fields["mx"][i]
-        if mode not in SUPPORTED_MODES:
-            raise MrcHeaderError(f"{p}: unsupported MRC mode {mode} "
-                                 f"(supported: {', '.join(map(str, SUPPORTED_MODES))})")
-        if nx <= 0 or ny <= 0 or nz < 0 or nsymbt < 0:
-            raise MrcHeaderError(f"{p}: invalid MRC dimensions nx={nx} ny={ny} nz={nz} "
-                                 f"nsymbt={nsymbt}")
-        voxel = round(fields["cella"][i] / mx, 6) if mx > 0 else 0.0
-        out.append(StackHeader(p, nx, ny, nz, mode, nsymbt, voxel, ">" if big[i] else "<",
-                               raws[i][1], raws[i][2]))
-    return out
+        cella[big] = little["cella"]["x"][big].byteswap().astype(np.float64)
+    nx, ny, nz, mode, nsymbt, mx = (cols[k] for k in ("nx", "ny", "nz", "mode", "nsymbt", "mx"))
+    bad_mode = np.flatnonzero(~np.isin(mode, SUPPORTED_MODES))
+    if len(bad_mode):
+        i = int(bad_mode[0])
+        raise MrcHeaderError(f"{names[i]}: unsupported MRC mode {mode[i]} "
+                             f"(supported: {', '.join(map(str, SUPPORTED_MODES))})")
+    bad_dims = np.flatnonzero((nx <= 0) | (ny <= 0) | (nz < 0) | (nsymbt < 0))
+    if len(bad_dims):
+        i = int(bad_dims[0])
+        raise MrcHeaderError(f"{names[i]}: invalid MRC dimensions nx={nx[i]} ny={ny[i]} "
+                             f"nz={nz[i]} nsymbt={nsymbt[i]}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        voxel = np.where(mx > 0, np.round(cella / np.maximum(mx, 1), 6), 0.0)
+    order = np.where(big, ">", "<")
+    return [StackHeader(*row) for row in zip(
+        names, nx.tolist(), ny.tolist(), nz.tolist(), mode.tolist(), nsymbt.tolist(),
+        voxel.tolist(), order.tolist(), [r[1] for r in raws], [r[2] for r in raws])]
 
 
 def read_particle(path: str | os.PathLike, index: int,

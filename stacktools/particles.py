@@ -75,7 +75,8 @@ class ParticleSet:
         self._codes: np.ndarray | None = None
         self._blob_paths: list[str] | None = None
         self._stack_paths: list[Path] | None = None
-        self._headers: dict[Path, StackHeader] | None = None
+        self._stack_names: list[str] | None = None
+        self._headers: list[StackHeader] | None = None
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
@@ -136,11 +137,16 @@ class ParticleSet:
     def stack_paths(self) -> list[Path]:
         """Absolute paths of the distinct stacks the set references."""
         if self._stack_paths is None:
+            self._stack_paths = [Path(p) for p in self._stack_path_names()]
+        return list(self._stack_paths)
+
+    def _stack_path_names(self) -> list[str]:
+        # Strings are several times cheaper than Path objects for 10,000s of stacks.
+        if self._stack_names is None:
             self._factorise()
             root = os.fspath(self.project_dir)
-            # os.path.join on strings is several times cheaper than Path arithmetic.
-            self._stack_paths = [Path(os.path.join(root, b)) for b in self._blob_paths]
-        return list(self._stack_paths)
+            self._stack_names = [os.path.join(root, b) for b in self._blob_paths]
+        return self._stack_names
 
     def groups(self) -> list[StackGroup]:
         """Rows grouped by stack, in :attr:`stack_paths` order."""
@@ -154,20 +160,28 @@ class ParticleSet:
             out.append(StackGroup(path, blob, rows, np.asarray(idx[rows], dtype=np.int64)))
         return out
 
-    def headers(self, threads: int = 4) -> dict[Path, StackHeader]:
-        """Read each referenced stack's header once; cached on the set."""
+    def stack_headers(self, threads: int = 4) -> list[StackHeader]:
+        """Each referenced stack's header, in :attr:`stack_paths` order.
+
+        Read once (one ``pread`` each) and cached on the set. ``threads`` overlap
+        the reads on slow storage.
+        """
         if self._headers is None:
-            paths = self.stack_paths
+            names = self._stack_path_names()
             try:
-                self._headers = dict(zip(paths, read_headers(paths, threads)))
+                self._headers = read_headers(names, threads)
             except MissingStackError as err:
-                missing = next((k for k, p in enumerate(paths) if not p.exists()), None)
+                missing = next((k for k, p in enumerate(names) if not os.path.exists(p)), None)
                 if missing is None:
                     raise
                 row = int(np.flatnonzero(self.stack_codes == missing)[0])
-                raise MissingStackError(f"{paths[missing]}: stack not found (blob/path of "
+                raise MissingStackError(f"{names[missing]}: stack not found (blob/path of "
                                         f"{self._where(row)})") from err
         return self._headers
+
+    def headers(self, threads: int = 4) -> dict[Path, StackHeader]:
+        """Each referenced stack's header, keyed by its path; see :meth:`stack_headers`."""
+        return dict(zip(self.stack_paths, self.stack_headers(threads)))
 
     def box(self) -> int:
         """The box size in pixels, from ``blob/shape`` (or from the stacks)."""
@@ -183,20 +197,27 @@ class ParticleSet:
         if "blob/shape" in self.data.dtype.names:
             shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
             return set(np.unique(shape[:, -1]).tolist())
-        return {h.nx for h in self.headers().values()}
+        return {h.nx for h in self.stack_headers()}
 
     def validate(self, *, check_truncation: bool = True) -> dict[Path, StackHeader]:
-        """Check the set against its stacks; return the headers.
+        """Check the set against its stacks; return the headers keyed by path.
+
+        See :meth:`check`, which does the same and returns them as a list.
+        """
+        self.check(check_truncation=check_truncation)
+        return self.headers()
+
+    def check(self, *, check_truncation: bool = True) -> list[StackHeader]:
+        """Check the set against its stacks; return the headers in stack order.
 
         Checks that every stack exists and is a readable MRC stack, is not
         truncated, that each ``blob/idx`` is below the stack's ``nz``, and that
         each stack's box matches the rows' ``blob/shape``. Errors name the stack
         file and the first offending row.
         """
-        headers = self.headers()
+        hdr_list = self.stack_headers()
         idx = np.asarray(self.data["blob/idx"], dtype=np.int64)
         codes = self.stack_codes
-        hdr_list = list(headers.values())  # in stack_paths order
         nz = np.array([h.nz for h in hdr_list], dtype=np.int64)
         bad = np.flatnonzero((idx >= nz[codes]) | (idx < 0))
         if len(bad):
@@ -219,7 +240,7 @@ class ParticleSet:
         if check_truncation:
             for h in hdr_list:
                 h.check_complete()
-        return headers
+        return hdr_list
 
     def with_data(self, data: np.ndarray) -> "ParticleSet":
         """A new set with other rows but the same project directory and source."""

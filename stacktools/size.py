@@ -96,8 +96,7 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
 
     from .mrc import HEADER_BYTES
 
-    headers = pset.validate() if validate else pset.headers()
-    hdr_list = list(headers.values())
+    hdr_list = pset.check() if validate else pset.stack_headers()
     counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)
     modes: dict[str, int] = {}
     cache = consolidated = ext = total_nz = 0

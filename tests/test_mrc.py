@@ -58,8 +58,10 @@ def test_big_endian_stack(tmp_path: Path) -> None:
     data = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
     with mrcfile.new(p) as m:
         m.set_data(data.astype(">f4"))
+        m.voxel_size = 1.75
     h = read_header(p)
     assert h.byte_order == ">" and (h.nx, h.ny, h.nz) == (5, 4, 3)
+    assert h.voxel_size == pytest.approx(1.75)
     assert np.array_equal(read_particle(p, 2, h), data[2])
 
 
