@@ -30,7 +30,7 @@ from stacktools import dataset as ds  # noqa: E402
 from stacktools.csdataset import CsDataset  # noqa: E402
 from stacktools.csfile import read_cs  # noqa: E402
 from stacktools.csinfo import cs_info  # noqa: E402
-from stacktools.demo import CTF_DTYPE, LOCATION_DTYPE, PICK_DTYPE  # noqa: E402
+from stacktools.demo import BLOB_DTYPE, CTF_DTYPE, LOCATION_DTYPE, PICK_DTYPE  # noqa: E402
 
 ALIGN3D = [("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
            ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4"),
@@ -41,8 +41,7 @@ ALIGN3D = [("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
            ("alignments3D/pose_ess", "<f4"), ("alignments3D/shift_ess", "<f4"),
            ("alignments3D/class_posterior", "<f4"), ("alignments3D/class", "<u4"),
            ("alignments3D/class_ess", "<f4")]
-BLOB = [("blob/path", "S89"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-        ("blob/psize_A", "<f4"), ("blob/sign", "<f4"), ("blob/import_sig", "<u8")]
+BLOB = [(n, t.format(w=89), *rest) for n, t, *rest in BLOB_DTYPE]  # an S89 path, as in real files
 QUERY = "alignments3D/class in [0, 2]"
 QUERY_DICT = {"alignments3D/class": [0, 2]}
 

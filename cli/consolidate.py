@@ -119,8 +119,8 @@ def verify(
     if not quiet:
         from stacktools.particles import ParticleSet
         pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent)
-        hdrs = pnew.headers()
-        total = sum(hdrs[g.path].particle_bytes * len(g.rows) for g in pnew.groups())
+        total = sum(h.particle_bytes * len(g.rows)
+                    for h, g in zip(pnew.stack_headers(), pnew.groups()))
     with byte_progress("verifying", total, quiet) as advance:
         result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance)
     if as_json:

@@ -48,6 +48,7 @@ import numpy as np
 
 from . import csfile
 from .atomic import TMP_SUFFIX, atomic_output, tmp_name_for
+from .dataset import uid_lookup
 from .errors import (BoxMismatchError, DiskFullError, FieldError, ModeMismatchError,
                      OutputError, SourceOverwriteError, StacktoolsError, VerificationError,
                      describe_os_error)
@@ -280,8 +281,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         raise ValueError("particles_per_stack must be at least 1")
     cs_path = Path(particles)
     pset = ParticleSet.open(cs_path, project_dir)
-    headers_by_path = pset.validate()
-    headers = [headers_by_path[p] for p in pset.stack_paths]
+    headers = pset.check()
     _check_boxes(pset, headers)
     outdir = Path(out)
     proj = _resolved(pset.project_dir)
@@ -359,17 +359,12 @@ def _passthrough_rows(plan: Plan) -> np.ndarray:
         if "uid" not in (arr.dtype.names or ()):
             raise FieldError(f"{where}: missing field 'uid' (needed to match the passthrough)")
     uids = plan.pset.data["uid"]
-    order = np.argsort(pt["uid"], kind="stable")
-    sorted_uids = pt["uid"][order]
-    pos = np.searchsorted(sorted_uids, uids)
-    pos_c = np.minimum(pos, max(len(sorted_uids) - 1, 0))
-    found = (pos < len(sorted_uids)) & (sorted_uids[pos_c] == uids) if len(sorted_uids) \
-        else np.zeros(len(uids), bool)
-    if not found.all():
-        r = int(np.flatnonzero(~found)[0])
+    found = uid_lookup(uids, pt["uid"])
+    if (found < 0).any():
+        r = int(np.flatnonzero(found < 0)[0])
         raise FieldError(f"{plan.passthrough_path}: no row for uid {int(uids[r])} "
                          f"(row {r} of {plan.cs_path})")
-    rows = pt[order[pos_c]]
+    rows = pt[found]
     names = pt.dtype.names
     if "blob/path" in names and "blob/idx" in names:
         rows = _rewrite_like(rows, plan.new_data)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from . import csfile
+from .dataset import uid_lookup
 from .errors import FieldError, StacktoolsError
 from .mrc import StackHeader, read_header
 from .particles import ParticleSet
@@ -154,8 +155,8 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
         project_dir = Path(against).resolve().parent.parent
     new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs)
     old = ParticleSet(csfile.read_cs(against), project_dir, source=against)
-    new_headers = new.validate()
-    old_headers = old.validate()
+    new_list = new.check()
+    old_list = old.check()
     problems: list[str] = []
 
     def note(msg: str) -> None:
@@ -165,15 +166,10 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     nd, od = new.data, old.data
     names_new = nd.dtype.names
     if "uid" in names_new and "uid" in od.dtype.names:
-        order = np.argsort(od["uid"], kind="stable")
-        pos = np.searchsorted(od["uid"][order], nd["uid"])
-        pos_c = np.minimum(pos, max(len(od) - 1, 0))
-        found = (pos < len(od)) & (od["uid"][order][pos_c] == nd["uid"]) if len(od) else \
-            np.zeros(len(nd), bool)
-        if not found.all():
-            r = int(np.flatnonzero(~found)[0])
+        old_rows = uid_lookup(nd["uid"], od["uid"])
+        if (old_rows < 0).any():
+            r = int(np.flatnonzero(old_rows < 0)[0])
             raise FieldError(f"{new_cs}: uid {int(nd['uid'][r])} at row {r} is not in {against}")
-        old_rows = order[pos_c]
     else:
         if len(nd) != len(od):
             raise FieldError(f"{new_cs}: {len(nd)} rows but {against} has {len(od)} and "
@@ -198,8 +194,6 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
             field_bad += 1
             note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")
 
-    new_list = [new_headers[p] for p in new.stack_paths]
-    old_list = [old_headers[p] for p in old.stack_paths]
     old_codes = old.stack_codes[old_rows]
     old_idx = np.asarray(od["blob/idx"], np.int64)[old_rows]
     new_idx = np.asarray(nd["blob/idx"], np.int64)
