@@ -51,7 +51,7 @@ def main() -> None:
     try:
         app()
     except (StacktoolsError, OSError) as err:
-        if _state["debug"] or "--debug" in sys.argv:
+        if _state["debug"]:  # our errors arise in commands, after the root callback ran
             raise
         sys.stderr.write(f"stacktools: error: {_one_line(err)}\n")
         sys.exit(EXIT_BAD_INPUT)
@@ -65,6 +65,7 @@ def _one_line(err: BaseException) -> str:
         from stacktools.errors import describe_os_error
         return describe_os_error(err)
     return " ".join(str(err).split())
+
 
 if __name__ == "__main__":
     main()
