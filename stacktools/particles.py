@@ -242,10 +242,6 @@ class ParticleSet:
                 h.check_complete()
         return hdr_list
 
-    def with_data(self, data: np.ndarray) -> "ParticleSet":
-        """A new set with other rows but the same project directory and source."""
-        return ParticleSet(data, self.project_dir, self.source)
-
 
 def open_particles(cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
                    passthrough: str | os.PathLike | None = None) -> ParticleSet:
