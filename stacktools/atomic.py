@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import OutputError, describe_os_error
+from .errors import OutputError
 
 TMP_SUFFIX = ".stacktools-tmp"
 
@@ -79,7 +79,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
         if fsync:
             fsync_dir(final.parent)
     except OSError as err:
-        raise OutputError(f"{final}: {describe_os_error(err).split(': ', 1)[-1]}") from err
+        raise OutputError(f"{final}: {err.strerror or err}") from err
     finally:
         if not ok:
             with contextlib.suppress(FileNotFoundError):
