@@ -1,4 +1,4 @@
-"""Shared fixtures: the real files in ../shared/data and generated demo projects."""
+"""Shared fixtures: the real files in tests/data and generated demo projects."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import pytest
 from stacktools.demo import DemoProject, make_demo_project
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The read-only real CryoSPARC and RELION files."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared test data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """The real CryoSPARC and RELION files vendored in tests/data (see its README).
+
+    Tests read them in place or copy them to ``tmp_path``; they never write here.
+    """
+    if not (REAL_DATA / "cryosparc").is_dir():
+        pytest.fail(f"test data not found at {REAL_DATA}")
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")

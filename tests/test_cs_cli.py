@@ -47,9 +47,9 @@ def cs(monkeypatch, capsys):
 
 
 @pytest.fixture
-def files(shared_data: Path, tmp_path: Path) -> Path:
+def files(real_data: Path, tmp_path: Path) -> Path:
     for name in (J24, J2, EMPTY):
-        shutil.copy(shared_data / "cryosparc" / name, tmp_path / name)
+        shutil.copy(real_data / "cryosparc" / name, tmp_path / name)
     return tmp_path
 
 

@@ -112,8 +112,8 @@ def test_dedupe_by_uid_keeps_first() -> None:
     assert out["pick_stats/ncc_score"].tolist() == [1, 2, 4]
 
 
-def test_split_by_field_and_random(shared_data) -> None:
-    a = read_cs(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
+def test_split_by_field_and_random(real_data) -> None:
+    a = read_cs(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
     parts = split_by_field(a, "alignments2D/class")
     assert sorted(parts) == sorted(set(a["alignments2D/class"].tolist()))
     assert sum(len(p) for p in parts.values()) == len(a)
@@ -135,8 +135,8 @@ def test_split_by_field_and_random(shared_data) -> None:
         split_by_field(a, "blob/shape")
 
 
-def test_sample_is_seeded_and_ordered(shared_data) -> None:
-    d = CsDataset.load(shared_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs")
+def test_sample_is_seeded_and_ordered(real_data) -> None:
+    d = CsDataset.load(real_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs")
     s1, s2 = d.sample(100, seed=3), d.sample(100, seed=3)
     assert len(s1) == 100 and s1.data.tobytes() == s2.data.tobytes()
     assert d.sample(100, seed=4).data.tobytes() != s1.data.tobytes()

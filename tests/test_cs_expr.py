@@ -19,16 +19,16 @@ J2 = "cryosparc_J2_particles_exported.cs"
 
 
 @pytest.fixture
-def j24(shared_data: Path, tmp_path: Path) -> np.ndarray:
+def j24(real_data: Path, tmp_path: Path) -> np.ndarray:
     p = tmp_path / J24
-    shutil.copy(shared_data / "cryosparc" / J24, p)
+    shutil.copy(real_data / "cryosparc" / J24, p)
     return read_cs(p)
 
 
 @pytest.fixture
-def j2(shared_data: Path, tmp_path: Path) -> np.ndarray:
+def j2(real_data: Path, tmp_path: Path) -> np.ndarray:
     p = tmp_path / J2
-    shutil.copy(shared_data / "cryosparc" / J2, p)
+    shutil.copy(real_data / "cryosparc" / J2, p)
     return read_cs(p)
 
 
@@ -111,8 +111,8 @@ def test_tokenizer_keeps_slashes_in_names_and_spaced_division() -> None:
     assert parse("x[1] == 2")[2][2] == 1
 
 
-def test_works_on_empty_dataset(shared_data: Path) -> None:
-    empty = read_cs(shared_data / "cryosparc" / "4k_dataset.cs")
+def test_works_on_empty_dataset(real_data: Path) -> None:
+    empty = read_cs(real_data / "cryosparc" / "4k_dataset.cs")
     assert evaluate("alignments2D/class in [1] and uid > 0", empty).shape == (0,)
 
 

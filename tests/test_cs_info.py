@@ -13,8 +13,8 @@ from stacktools.csfile import read_cs
 J24 = "cryosparc_P12_J24_001_particles.cs"
 
 
-def test_stats_match_numpy(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / J24)
+def test_stats_match_numpy(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / J24)
     info = csinfo.summarize(a)
     assert info["rows"] == 2019 and info["stacks"] == 50 and info["box"] == [180]
     for name in a.dtype.names:
@@ -28,8 +28,8 @@ def test_stats_match_numpy(shared_data: Path) -> None:
         assert s["mean"] == pytest.approx(col.astype(np.float64).mean(), rel=1e-6), name
 
 
-def test_threaded_and_sequential_agree(shared_data: Path, monkeypatch) -> None:
-    a = read_cs(shared_data / "cryosparc" / J24).copy()
+def test_threaded_and_sequential_agree(real_data: Path, monkeypatch) -> None:
+    a = read_cs(real_data / "cryosparc" / J24).copy()
     a["ctf/df2_A"][7] = np.nan
     sequential = csinfo.summarize(a)
     monkeypatch.setattr(csinfo, "_PARALLEL_ROWS", 1)

@@ -86,9 +86,9 @@ def test_api_operators_match_functions(ua, ub) -> None:
     assert (a - b).data.tobytes() == ds.subtract(a.data, b.data).tobytes()
 
 
-def test_union_needs_matching_fields(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / J24)
-    b = read_cs(shared_data / "cryosparc" / J2)
+def test_union_needs_matching_fields(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / J24)
+    b = read_cs(real_data / "cryosparc" / J2)
     with pytest.raises(FieldError, match=r"^B: fields do not match A: B lacks 'alignments3D/split'"):
         ds.union(a, b)
     c = make([1, 2]).astype([("uid", "<u8"), ("blob/path", "S6"), ("blob/idx", "<u8"),
@@ -102,8 +102,8 @@ def test_union_repeated_uid_in_b_is_added_once() -> None:
     assert out["uid"].tolist() == [1, 2, 3, 4]
 
 
-def test_real_file_set_operations(shared_data: Path, tmp_path: Path) -> None:
-    shutil.copy(shared_data / "cryosparc" / J24, tmp_path / J24)
+def test_real_file_set_operations(real_data: Path, tmp_path: Path) -> None:
+    shutil.copy(real_data / "cryosparc" / J24, tmp_path / J24)
     full = CsDataset.load(tmp_path / J24)
     before = (tmp_path / J24).read_bytes()
     half1 = full[::2]
@@ -115,7 +115,7 @@ def test_real_file_set_operations(shared_data: Path, tmp_path: Path) -> None:
     assert ((rest | half1) & full).data.dtype == full.data.dtype
     assert set((rest | half1).uids.tolist()) == set(full.uids.tolist())
     # Disjoint real files: nothing in common.
-    j2 = CsDataset.load(shared_data / "cryosparc" / J2)
+    j2 = CsDataset.load(real_data / "cryosparc" / J2)
     assert len(full & j2) == 0 and len(full - j2) == len(full)
     assert (tmp_path / J24).read_bytes() == before
 
@@ -143,8 +143,8 @@ def test_join_takes_clashing_fields_from_main() -> None:
     np.testing.assert_array_equal(out["ctf/df1_A"], a["ctf/df1_A"][1:])
 
 
-def test_dataset_selection_and_pandas_round_trip(shared_data: Path, tmp_path: Path) -> None:
-    d = CsDataset.load(shared_data / "cryosparc" / J2)
+def test_dataset_selection_and_pandas_round_trip(real_data: Path, tmp_path: Path) -> None:
+    d = CsDataset.load(real_data / "cryosparc" / J2)
     assert len(d[d["alignments2D/class"] == 4]) == int((d["alignments2D/class"] == 4).sum())
     assert d[[3, 1]].uids.tolist() == [d.data["uid"][3], d.data["uid"][1]]
     assert d[["uid", "ctf/"]].fields[:3] == ("uid", "ctf/type", "ctf/exp_group_id")
@@ -171,8 +171,8 @@ def test_dataset_selection_and_pandas_round_trip(shared_data: Path, tmp_path: Pa
         sel.save(tmp_path / "sel.cs")
 
 
-def test_write_and_reload_union_of_real_file(shared_data: Path, tmp_path: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / J2)
+def test_write_and_reload_union_of_real_file(real_data: Path, tmp_path: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / J2)
     b = a.copy()
     b["uid"] += 1
     b = b.astype([(n, "S80" if n == "blob/path" else b.dtype.fields[n][0]) for n in b.dtype.names])
@@ -182,8 +182,8 @@ def test_write_and_reload_union_of_real_file(shared_data: Path, tmp_path: Path) 
     assert np.load(tmp_path / "u.cs").tobytes() == u.tobytes()
 
 
-def test_operations_on_the_empty_real_file(shared_data: Path) -> None:
-    empty = read_cs(shared_data / "cryosparc" / "4k_dataset.cs")
+def test_operations_on_the_empty_real_file(real_data: Path) -> None:
+    empty = read_cs(real_data / "cryosparc" / "4k_dataset.cs")
     for out in (ds.union(empty, empty), ds.intersect(empty, empty), ds.subtract(empty, empty),
                 ds.join(empty, empty), ds.dedupe_uid(empty)):
         assert len(out) == 0 and out.dtype.names == empty.dtype.names
@@ -218,8 +218,8 @@ def test_join_properties(ua, ub) -> None:
             np.testing.assert_array_equal(r[n], o[n])
 
 
-def test_load_selected_fields(shared_data: Path) -> None:
-    path = shared_data / "cryosparc" / J24
+def test_load_selected_fields(real_data: Path) -> None:
+    path = real_data / "cryosparc" / J24
     full = CsDataset.load(path)
     part = CsDataset.load(path, fields=["uid", "ctf/"])
     assert part.fields == ("uid",) + tuple(f for f in full.fields if f.startswith("ctf/"))

@@ -58,9 +58,9 @@ def test_known_rotations() -> None:
     np.testing.assert_allclose(euler_to_matrix(*matrix_to_euler(r).T), r, atol=1e-12)
 
 
-def test_relion31_star_round_trip(shared_data: Path, tmp_path: Path) -> None:
+def test_relion31_star_round_trip(real_data: Path, tmp_path: Path) -> None:
     src = tmp_path / "relion31.star"
-    shutil.copy(shared_data / "relion" / "relion31.star", src)
+    shutil.copy(real_data / "relion" / "relion31.star", src)
     ref = starfile.read(src, always_dict=True)
     data = star_to_cs(src, tmp_path / "p.cs", seed=1)
     assert read_cs(tmp_path / "p.cs").tobytes() == data.tobytes()
@@ -88,8 +88,8 @@ def test_relion31_star_round_trip(shared_data: Path, tmp_path: Path) -> None:
         np.testing.assert_allclose(o1[col], o0[col], rtol=1e-6)
 
 
-def test_cryosparc_to_star_mapping(shared_data: Path, tmp_path: Path) -> None:
-    shutil.copy(shared_data / "cryosparc" / J24, tmp_path / J24)
+def test_cryosparc_to_star_mapping(real_data: Path, tmp_path: Path) -> None:
+    shutil.copy(real_data / "cryosparc" / J24, tmp_path / J24)
     a = read_cs(tmp_path / J24)
     before = (tmp_path / J24).read_bytes()
     blocks = to_star_blocks(a, mrcs=True)
@@ -118,8 +118,8 @@ def test_cryosparc_to_star_mapping(shared_data: Path, tmp_path: Path) -> None:
     assert (tmp_path / J24).read_bytes() == before
 
 
-def test_imported_marker_is_stripped_and_2d_pose_is_psi(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / J2)
+def test_imported_marker_is_stripped_and_2d_pose_is_psi(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / J2)
     p = to_star_blocks(a)["particles"]
     assert a["blob/path"][0].startswith(b">")
     assert p["rlnImageName"].iloc[0] == "000001@" + a["blob/path"][0].decode()[1:]
@@ -130,8 +130,8 @@ def test_imported_marker_is_stripped_and_2d_pose_is_psi(shared_data: Path) -> No
     np.testing.assert_allclose(back["alignments2D/pose"], a["alignments2D/pose"], atol=1e-6)
 
 
-def test_mixed_optics_in_one_group_is_refused(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / J2).copy()
+def test_mixed_optics_in_one_group_is_refused(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / J2).copy()
     a["blob/psize_A"][3] = 2.0
     with pytest.raises(FieldError, match="optics group 1 mixes rlnImagePixelSize"):
         to_star_blocks(a, where="J2.cs")
@@ -139,11 +139,11 @@ def test_mixed_optics_in_one_group_is_refused(shared_data: Path) -> None:
     assert to_star_blocks(a)["optics"]["rlnOpticsGroup"].tolist() == [1, 2]
 
 
-def test_relion_reads_our_star(shared_data: Path, tmp_path: Path) -> None:
+def test_relion_reads_our_star(real_data: Path, tmp_path: Path) -> None:
     handler = shutil.which("relion_star_handler")
     if handler is None:
         pytest.skip("RELION not installed")
-    cs_to_star(shared_data / "cryosparc" / J24, tmp_path / "out.star", mrcs=True)
+    cs_to_star(real_data / "cryosparc" / J24, tmp_path / "out.star", mrcs=True)
     run = subprocess.run([handler, "--i", str(tmp_path / "out.star"), "--o", str(tmp_path / "copy.star")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -164,8 +164,8 @@ def test_bad_star_files(tmp_path: Path) -> None:
         read_star(bad)
 
 
-def test_uids_from_a_column(shared_data: Path) -> None:
-    blocks = read_star(shared_data / "relion" / "relion31.star")
+def test_uids_from_a_column(real_data: Path) -> None:
+    blocks = read_star(real_data / "relion" / "relion31.star")
     blocks["particles"]["rlnImageId"] = np.arange(5) + 10
     out = from_star_blocks(blocks, uid_column="rlnImageId")
     assert out["uid"].tolist() == [10, 11, 12, 13, 14]

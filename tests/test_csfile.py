@@ -17,8 +17,8 @@ REAL = ["cryosparc_P12_J24_001_particles.cs", "cryosparc_J2_particles_exported.c
 
 
 @pytest.mark.parametrize("name", REAL)
-def test_real_files_load_with_exact_dtype(shared_data: Path, name: str) -> None:
-    path = shared_data / "cryosparc" / name
+def test_real_files_load_with_exact_dtype(real_data: Path, name: str) -> None:
+    path = real_data / "cryosparc" / name
     ours = read_cs(path)
     ref = np.load(path, allow_pickle=False)
     assert ours.dtype == ref.dtype
@@ -26,8 +26,8 @@ def test_real_files_load_with_exact_dtype(shared_data: Path, name: str) -> None:
     assert ours.tobytes() == ref.tobytes()
 
 
-def test_real_dtypes_are_the_documented_ones(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs")
+def test_real_dtypes_are_the_documented_ones(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs")
     assert len(a) == 2019
     assert a.dtype["uid"] == np.dtype("<u8")
     assert a.dtype["blob/path"] == np.dtype("S89")
@@ -35,14 +35,14 @@ def test_real_dtypes_are_the_documented_ones(shared_data: Path) -> None:
     assert a.dtype["blob/shape"] == np.dtype(("<u4", (2,)))
     assert a.dtype["blob/shape"].shape == (2,)
     assert set(a["blob/shape"][:, 0].tolist()) == {180}
-    empty = read_cs(shared_data / "cryosparc" / "4k_dataset.cs")
+    empty = read_cs(real_data / "cryosparc" / "4k_dataset.cs")
     assert len(empty) == 0
     assert any(n.startswith("alignments_class_") for n in empty.dtype.names)
 
 
 @pytest.mark.parametrize("name", REAL)
-def test_real_files_round_trip_bit_exact(shared_data: Path, tmp_path: Path, name: str) -> None:
-    src = shared_data / "cryosparc" / name
+def test_real_files_round_trip_bit_exact(real_data: Path, tmp_path: Path, name: str) -> None:
+    src = real_data / "cryosparc" / name
     out = tmp_path / "out.cs"
     write_cs(out, read_cs(src))
     a, b = np.load(src, allow_pickle=False), np.load(out, allow_pickle=False)
@@ -52,9 +52,9 @@ def test_real_files_round_trip_bit_exact(shared_data: Path, tmp_path: Path, name
     assert out.read_bytes()[len(out.read_bytes()) - n:] == src.read_bytes()[len(src.read_bytes()) - n:]
 
 
-def test_written_file_reads_in_cryosparc_tools(shared_data: Path, tmp_path: Path) -> None:
+def test_written_file_reads_in_cryosparc_tools(real_data: Path, tmp_path: Path) -> None:
     from cryosparc.dataset import Dataset
-    src = read_cs(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
+    src = read_cs(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
     out = tmp_path / "x.cs"
     write_cs(out, src)
     d = Dataset.load(str(out))
@@ -66,9 +66,9 @@ def test_written_file_reads_in_cryosparc_tools(shared_data: Path, tmp_path: Path
     assert np.array_equal(d["ctf/tetra_A"], src["ctf/tetra_A"])
 
 
-def test_csdat_format_reads_same_rows(shared_data: Path, tmp_path: Path) -> None:
+def test_csdat_format_reads_same_rows(real_data: Path, tmp_path: Path) -> None:
     from cryosparc.dataset import CSDAT_FORMAT, Dataset
-    src = shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs"
+    src = real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs"
     csdat = tmp_path / "new.cs"
     Dataset.load(str(src)).save(str(csdat), format=CSDAT_FORMAT)
     assert csdat.read_bytes()[:6] == b"\x95CSDAT"
@@ -79,8 +79,8 @@ def test_csdat_format_reads_same_rows(shared_data: Path, tmp_path: Path) -> None
         assert np.array_equal(ours[name], ref[name]), name
 
 
-def test_blob_path_keeps_import_marker(shared_data: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
+def test_blob_path_keeps_import_marker(real_data: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
     assert all(p.startswith(b">J1/imported/") for p in a["blob/path"])
 
 
@@ -92,8 +92,8 @@ def test_not_a_cs_file(tmp_path: Path, content: bytes) -> None:
         read_cs(p)
 
 
-def test_truncated_cs(shared_data: Path, tmp_path: Path) -> None:
-    src = (shared_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs").read_bytes()
+def test_truncated_cs(real_data: Path, tmp_path: Path) -> None:
+    src = (real_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs").read_bytes()
     for cut in (8, 200, len(src) // 2, len(src) - 1):
         p = tmp_path / f"cut{cut}.cs"
         p.write_bytes(src[:cut])
@@ -155,11 +155,11 @@ def test_round_trip_arbitrary_dtypes(tmp_path: Path, arr: np.ndarray) -> None:
     assert ref.tobytes() == back.tobytes()
 
 
-def test_csdat_without_cryosparc_tools_is_a_clear_error(shared_data: Path, tmp_path: Path,
+def test_csdat_without_cryosparc_tools_is_a_clear_error(real_data: Path, tmp_path: Path,
                                                          monkeypatch) -> None:
     from cryosparc.dataset import CSDAT_FORMAT, Dataset
     csdat = tmp_path / "new.cs"
-    Dataset.load(str(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")).save(
+    Dataset.load(str(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")).save(
         str(csdat), format=CSDAT_FORMAT)
     monkeypatch.setitem(__import__("sys").modules, "cryosparc.dataset", None)
     with pytest.raises(CsFormatError, match=r"new.cs.*stacktools\[csdat\]"):

@@ -65,8 +65,8 @@ def test_big_endian_stack(tmp_path: Path) -> None:
     assert np.array_equal(read_particle(p, 2, h), data[2])
 
 
-def test_relion_stack(shared_data: Path) -> None:
-    p = shared_data / "relion" / "relion31.mrcs"
+def test_relion_stack(real_data: Path) -> None:
+    p = real_data / "relion" / "relion31.mrcs"
     h = read_header(p)
     assert (h.nx, h.ny, h.nz, h.mode) == (256, 256, 5, 2)
     with warnings.catch_warnings():

@@ -13,16 +13,16 @@ from stacktools.errors import (BoxMismatchError, FieldError, IndexOutOfRangeErro
 from stacktools.particles import ParticleSet, check_inside, resolve_blob_path
 
 
-def test_import_marker_stripped_and_resolved(shared_data: Path, tmp_path: Path) -> None:
-    ps = ParticleSet.open(shared_data / "cryosparc" / "cryosparc_J2_particles_exported.cs", tmp_path)
+def test_import_marker_stripped_and_resolved(real_data: Path, tmp_path: Path) -> None:
+    ps = ParticleSet.open(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs", tmp_path)
     assert all(p.is_relative_to(tmp_path / "J1" / "imported") for p in ps.stack_paths)
     assert not any(">" in str(p) for p in ps.stack_paths)
     with pytest.raises(MissingStackError, match="J1/imported"):
         ps.validate()
 
 
-def test_real_refinement_set_groups(shared_data: Path, tmp_path: Path) -> None:
-    ps = ParticleSet.open(shared_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs", tmp_path)
+def test_real_refinement_set_groups(real_data: Path, tmp_path: Path) -> None:
+    ps = ParticleSet.open(real_data / "cryosparc" / "cryosparc_P12_J24_001_particles.cs", tmp_path)
     groups = ps.groups()
     assert sum(len(g.rows) for g in groups) == 2019
     assert len(groups) == len(set(ps.data["blob/path"].tolist()))

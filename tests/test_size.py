@@ -105,8 +105,8 @@ def test_cli_dataset_table(demo, run_cli) -> None:
     assert "float16" in res.stdout and "bytes)" in res.stdout
 
 
-def test_empty_dataset(shared_data: Path, tmp_path: Path) -> None:
-    a = read_cs(shared_data / "cryosparc" / "4k_dataset.cs")
+def test_empty_dataset(real_data: Path, tmp_path: Path) -> None:
+    a = read_cs(real_data / "cryosparc" / "4k_dataset.cs")
     with pytest.raises(Exception):
         ParticleSet(a, tmp_path)  # no blob fields
     p = np.zeros(0, dtype=[("uid", "<u8"), ("blob/path", "S10"), ("blob/idx", "<u4"),
