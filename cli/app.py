@@ -7,9 +7,11 @@ the traceback instead.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from . import cache as _cache
 from . import consolidate as _consolidate
@@ -17,7 +19,45 @@ from . import cs as _cs
 from . import demo as _demo
 from . import size as _size
 
+# Rich reads "[word…]" as a markup tag and drops it, which hid every "[default: …]"
+# written in help text. Help is plain text here: every "[" that would open a tag
+# is escaped once, for the whole command tree (same rule as rich.markup.escape,
+# without importing rich at start-up). Already escaped text is left alone.
+_MARKUP_TAG_OPEN = re.compile(r"(?<!\\)\[(?=[a-z#/@])")
+
+
+def literal_help(text: str | None) -> str | None:
+    """Escape ``text`` so that rich shows it as written.
+
+    Args:
+        text: Help text of a command or parameter, or None.
+
+    Returns:
+        The text with each unescaped ``[`` that would open a rich markup tag
+        preceded by a backslash; None stays None.
+    """
+    return None if text is None else _MARKUP_TAG_OPEN.sub(r"\\[", text)
+
+
+class _LiteralHelpGroup(TyperGroup):
+    """The root group: makes the help of every command and parameter below it literal."""
+
+    def __init__(self, **attrs) -> None:
+        super().__init__(**attrs)
+        _make_help_literal(self)
+
+
+def _make_help_literal(cmd) -> None:
+    for c in (cmd, *getattr(cmd, "params", ())):
+        for attr in ("help", "short_help", "epilog"):
+            if isinstance(getattr(c, attr, None), str):
+                setattr(c, attr, literal_help(getattr(c, attr)))
+    for sub in getattr(cmd, "commands", {}).values():
+        _make_help_literal(sub)
+
+
 app = typer.Typer(
+    cls=_LiteralHelpGroup,
     name="stacktools",
     help="Size, consolidate, manipulate and cache cryo-EM particle stacks "
          "(CryoSPARC .cs files and the MRC stacks they point into).",

@@ -30,14 +30,14 @@ def consolidate(
                                                       "the new .cs to OUT/."),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
                                                help="CryoSPARC project directory that blob/path is relative to "
-                                                    "(default: the parent of the .cs file's job directory)."),
+                                                    "[default: the parent of the .cs file's job directory]."),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough",
                                                help="Passthrough .cs; a matching one is written next to the new .cs."),
     layout: Layout = typer.Option(Layout.per_stack, "--layout",
                                   help="per-stack: one output per source stack; packed: stacks of N "
                                        "particles in input order."),
     particles_per_stack: Optional[int] = typer.Option(None, "--particles-per-stack", min=1,
-                                                      help="Packed layout: particles per stack (default: 1000)."),
+                                                      help="Packed layout: particles per stack [default: 1000]."),
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time."),
     dtype: DType = typer.Option(DType.keep, "--dtype",
                                 help="Pixel type written: keep (bit-exact copies), float32 or float16."),
@@ -102,7 +102,7 @@ def verify(
     against: Path = typer.Option(..., "--against", help="The .cs it was made from."),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
                                                help="Project directory for relative blob/path values "
-                                                    "(default: the parent of --against's job directory)."),
+                                                    "[default: the parent of --against's job directory]."),
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

@@ -15,12 +15,12 @@ from .output import console, emit_json, fmt_bytes, kv_table, table
 
 def place(
     nodes_file: Path = typer.Argument(..., help="Nodes file (TOML or JSON): name, quota_mb, reserve_mb "
-                                      "and ssd_path or inventory for each \\[\\[node]].", dir_okay=False),
+                                      "and ssd_path or inventory for each [[node]].", dir_okay=False),
     particles: List[Path] = typer.Argument(..., help="Particles .cs files, in queue order.", dir_okay=False),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory "
-                                               "\\[default: parent of each .cs file's job directory]."),
+                                               "[default: parent of each .cs file's job directory]."),
     biggest_first: bool = typer.Option(False, "--biggest-first", help="Place the biggest set first "
-                                       "\\[default: the order given]."),
+                                       "[default: the order given]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Recommend a node for each set: fewest bytes to copy among the nodes where it fits.
