@@ -311,6 +311,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     stacks_dir = outdir / STACKS_DIR
 
     stacks_real = _resolved(stacks_dir)
+    if os.path.lexists(stacks_dir) and stacks_real.parent != out_real:
+        # A symlinked OUTDIR/stacks would put the stacks outside OUTDIR.
+        _check_not_source([], outdir, [], [_resolved(Path(h.path)) for h in headers])
+        raise PathEscapeError(f"{stacks_dir}: leads outside {outdir} (to {stacks_real}); "
+                              "remove it or choose another output directory")
     prefix = os.path.relpath(stacks_real, proj) if relative else str(stacks_real)
 
     def blob(path: Path) -> str:
