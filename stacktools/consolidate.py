@@ -25,7 +25,11 @@ Safety and resuming
     sources, keeps those that match and writes the rest. When a run fails with an
     error, the stacks it wrote are removed again, so nothing is left under a final
     name; after Ctrl-C, as after ``kill -9``, complete stacks stay for the rerun to
-    keep. A different consolidation into the same OUTDIR needs ``force``. Nothing is
+    keep. A different consolidation into the same OUTDIR needs ``force``: it removes
+    the earlier run's ``.cs`` files before any stack is touched, records the earlier
+    run's other files as stale in the new manifest, and removes them once the new
+    ``.cs`` is in place, so a ``.cs`` under a final name always reads its own
+    particles and a completed run leaves only its own outputs. Nothing is
     flushed to the device unless ``fsync=True``: renames alone keep a killed process
     from leaving partial files, but surviving a power cut needs the flush.
 """
@@ -614,7 +618,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     fsync
         Flush each stack to the device before renaming it (survives a power cut).
     force
-        Replace the outputs of an earlier, different consolidation in OUTDIR.
+        Replace the outputs of an earlier, different consolidation in OUTDIR (its
+        ``.cs`` files go first, its stacks once the new ``.cs`` is written).
     chunk_bytes
         Size of each copy buffer; memory use is a few of these per thread.
     progress
@@ -623,6 +628,13 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     Returns
     -------
     ConsolidateResult
+
+    Raises
+    ------
+    StacktoolsError
+        The specific subclass for each kind of bad input or output problem
+        (:class:`~stacktools.errors.FieldError`, :class:`~stacktools.errors.OutputError`,
+        :class:`~stacktools.errors.DiskFullError`, ...); a dry run raises the same.
     """
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout, particles_per_stack=particles_per_stack,
