@@ -55,8 +55,8 @@ from . import csfile
 from .atomic import TMP_SUFFIX, atomic_output, fit_name, fsync_dir, tmp_name_for
 from .dataset import uid_lookup
 from .errors import (BoxMismatchError, DiskFullError, FieldError, ModeMismatchError,
-                     OutputError, PathEscapeError, SourceOverwriteError, StacktoolsError, VerificationError,
-                     describe_os_error)
+                     OutputError, PathEscapeError, SourceOverwriteError, StacktoolsError,
+                     VerificationError, describe_os_error)
 from .mrc import HEADER_BYTES, StackHeader, make_header
 from .particles import ParticleSet
 from .stackcopy import CHUNK_BYTES, Cancelled, copy_to_file, write_all
@@ -428,10 +428,10 @@ def _locked(outdir: Path):
         os.close(fd)
 
 
-def _sweep_temps(plan: Plan) -> int:
-    finals = [s.path for s in plan.stacks] + [plan.out_cs, plan.outdir / MANIFEST]
-    if plan.out_passthrough:
-        finals.append(plan.out_passthrough)
+def _sweep_temps(plan: Plan, stale: list[str]) -> int:
+    """Remove the temporaries of a crashed run: of this plan's outputs and of stale ones."""
+    finals = [s.path for s in plan.stacks] + _cs_outputs(plan) + [plan.outdir / MANIFEST]
+    finals += [plan.outdir / rel for rel in stale]
     prefixes: dict[Path, list[str]] = {}
     for f in finals:
         prefixes.setdefault(f.parent, []).append(tmp_name_for(f))
@@ -770,7 +770,7 @@ def _prepare(plan: Plan, *, force: bool, threads: int, fsync: bool) -> list[Outp
         own = set(_own_outputs(plan))
         stale = sorted(set(old) - own)
     _write_manifest(plan, stale, fsync=fsync)
-    _sweep_temps(plan)
+    _sweep_temps(plan, stale)
     resumed = []
     if same:
         # Complete stacks of a killed run are kept only if they match their sources.
