@@ -659,6 +659,7 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
             _check_outdir(plan, manifest, force=force)
             _check_space(plan, _pending(plan, manifest))
         else:
+            _check_creatable(plan.outdir)
             _check_space(plan, plan.stacks)
         return _result(plan, resumed=[], verified=False, dry_run=True)
     pt_rows = plan.pt_rows
@@ -686,6 +687,20 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
         _remove_dirs(created)
         raise
     return _result(plan, resumed=resumed, verified=verify, dry_run=False)
+
+
+def _check_creatable(outdir: Path) -> None:
+    """What ``mkdir -p OUTDIR`` would hit: a file on the way or a directory we cannot write."""
+    d = outdir
+    while not os.path.lexists(d) and d.parent != d:
+        d = d.parent
+    reason = None
+    if not d.is_dir():
+        reason = "Not a directory"
+    elif not os.access(d, os.W_OK | os.X_OK):
+        reason = "Permission denied"
+    if reason:
+        raise OutputError(f"{outdir}: cannot create output directory: {reason}")
 
 
 def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, threads: int,

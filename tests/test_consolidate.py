@@ -335,6 +335,14 @@ def test_dry_run_refuses_another_consolidation_without_force(demo):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
 
 
+def test_dry_run_refuses_an_outdir_that_cannot_be_made(demo, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match="cannot create output directory"):
+        consolidate(demo.selected_cs, blocker / "out", project_dir=demo.project_dir,
+                    dry_run=True)
+
+
 # --- names: long, odd, and never outside OUT ---------------------------------------------
 
 def _rename_source(demo, old_blob: bytes, new_blob: str) -> None:
