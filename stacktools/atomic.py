@@ -8,6 +8,7 @@ the leftovers of a crashed one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -23,9 +24,48 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
+NAME_MAX = 255
+# mkstemp appends 8 random characters, then the suffix.
+_TMP_EXTRA = 8 + len(TMP_SUFFIX)
+
+
+def fit_name(stem: str, tail: str = "", limit: int = NAME_MAX) -> str:
+    """``stem + tail``, shortened deterministically to at most ``limit`` bytes.
+
+    Args:
+        stem: The part that may be shortened.
+        tail: The part kept whole (an extension, a suffix).
+        limit: Maximum length of the result in bytes (file system encoding).
+
+    Returns:
+        ``stem + tail`` when it fits; otherwise ``HEAD~HASH + tail``, where HEAD is the
+        longest prefix of ``stem`` (cut between characters) that fits and HASH a
+        digest of the whole stem, so distinct stems stay distinct.
+    """
+    if len(os.fsencode(stem + tail)) <= limit:
+        return stem + tail
+    mark = "~" + hashlib.sha256(os.fsencode(stem)).hexdigest()[:16]
+    budget = limit - len(os.fsencode(mark + tail))
+    if budget < 0:
+        raise ValueError(f"cannot fit a name ending in {tail!r} into {limit} bytes")
+    head = stem
+    while len(os.fsencode(head)) > budget:
+        head = head[:-1]
+    return head + mark + tail
+
+
 def tmp_name_for(final: Path) -> str:
-    """Prefix for a temporary sibling of ``final``."""
-    return f".{final.name}."
+    """Prefix for a temporary sibling of ``final``, short enough for any final name.
+
+    Args:
+        final: The output's final path; only its name is used.
+
+    Returns:
+        ``.NAME.``, with NAME shortened by :func:`fit_name` when the temporary name
+        would otherwise exceed NAME_MAX bytes. The prefix is deterministic, so a
+        later run recognises (and sweeps) the temporaries of a crashed one.
+    """
+    return "." + fit_name(final.name, ".", NAME_MAX - _TMP_EXTRA - 1)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -25,7 +25,11 @@ Safety and resuming
     sources, keeps those that match and writes the rest. When a run fails with an
     error, the stacks it wrote are removed again, so nothing is left under a final
     name; after Ctrl-C, as after ``kill -9``, complete stacks stay for the rerun to
-    keep. A different consolidation into the same OUTDIR needs ``force``. Nothing is
+    keep. A different consolidation into the same OUTDIR needs ``force``: it removes
+    the earlier run's ``.cs`` files before any stack is touched, records the earlier
+    run's other files as stale in the new manifest, and removes them once the new
+    ``.cs`` is in place, so a ``.cs`` under a final name always reads its own
+    particles and a completed run leaves only its own outputs. Nothing is
     flushed to the device unless ``fsync=True``: renames alone keep a killed process
     from leaving partial files, but surviving a power cut needs the flush.
 """
@@ -38,6 +42,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -47,11 +52,11 @@ from typing import Callable
 import numpy as np
 
 from . import csfile
-from .atomic import TMP_SUFFIX, atomic_output, tmp_name_for
+from .atomic import TMP_SUFFIX, atomic_output, fit_name, fsync_dir, tmp_name_for
 from .dataset import uid_lookup
 from .errors import (BoxMismatchError, DiskFullError, FieldError, ModeMismatchError,
-                     OutputError, SourceOverwriteError, StacktoolsError, VerificationError,
-                     describe_os_error)
+                     OutputError, PathEscapeError, SourceOverwriteError, StacktoolsError,
+                     VerificationError, describe_os_error)
 from .mrc import HEADER_BYTES, StackHeader, make_header
 from .particles import ParticleSet
 from .stackcopy import CHUNK_BYTES, Cancelled, copy_to_file, write_all
@@ -162,6 +167,7 @@ class Plan:
     key: str
     layout: str
     dtype: str
+    pt_rows: np.ndarray | None = None  # the passthrough rows to write, checked when planning
 
 
 def _resolved(p: Path) -> Path:
@@ -180,15 +186,26 @@ def _check_boxes(pset: ParticleSet, headers: list[StackHeader]) -> None:
             f"and {b1[0]}x{b1[1]} ({headers[k1].path}) at row {row}")
 
 
+def _safe_stem(name: str) -> str:
+    """A file name stem that is a plain, visible name in its directory, whatever the input.
+
+    Leading dots are dropped, so no output is ``.``, ``..`` or hidden among the
+    temporaries; only the last path component of the input is ever used.
+    """
+    stem = name.replace("\0", "").lstrip(".")
+    return stem or "stack"
+
+
 def _out_name(source: str, ext: str, taken: set[str]) -> str:
-    stem = Path(source).name
+    stem = os.path.basename(source.rstrip("/"))
     for suffix in (".mrcs", ".mrc"):
         if stem.endswith(suffix):
             stem = stem[:-len(suffix)]
             break
-    name, n = f"{stem}{ext}", 2
+    stem = _safe_stem(stem)
+    name, n = fit_name(stem, ext), 2
     while name in taken:  # same file name in two source directories
-        name, n = f"{stem}_{n}{ext}", n + 1
+        name, n = fit_name(stem, f"_{n}{ext}"), n + 1
     taken.add(name)
     return name
 
@@ -298,6 +315,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     stacks_dir = outdir / STACKS_DIR
 
     stacks_real = _resolved(stacks_dir)
+    if os.path.lexists(stacks_dir) and stacks_real.parent != out_real:
+        # A symlinked OUTDIR/stacks would put the stacks outside OUTDIR.
+        _check_not_source([], outdir, [], [_resolved(Path(h.path)) for h in headers])
+        raise PathEscapeError(f"{stacks_dir}: leads outside {outdir} (to {stacks_real}); "
+                              "remove it or choose another output directory")
     prefix = os.path.relpath(stacks_real, proj) if relative else str(stacks_real)
 
     def blob(path: Path) -> str:
@@ -325,7 +347,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             rows = np.arange(start, min(n, start + per))
             h = headers[int(codes_all[rows[0]])]
             mode = h.mode if want_mode is None else want_mode
-            path = stacks_dir / f"{cs_path.stem}_packed_{j:06d}{ext}"
+            path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
             stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
                                       codes_all[rows], idx_all[rows]))
     for s_no, s in enumerate(stacks):
@@ -333,23 +355,35 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         idx_of_row[s.rows] = np.arange(s.count)
     new_data = _new_dataset(data, [s.blob_path for s in stacks], stack_of_row, idx_of_row)
 
-    out_cs = outdir / f"{cs_path.stem}_consolidated.cs"
+    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs")
     out_pt = None
     pt_path = Path(passthrough) if passthrough is not None else None
     if pt_path is not None:
-        out_pt = outdir / f"{pt_path.stem}_consolidated.cs"
+        out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_consolidated.cs")
         if out_pt.name == out_cs.name:
-            out_pt = outdir / f"{pt_path.stem}_passthrough_consolidated.cs"
+            out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_passthrough_consolidated.cs")
+    outputs = [s.path for s in stacks] + [out_cs] + ([out_pt] if out_pt else [])
+    for p in outputs:
+        _check_inside(p, outdir)
     inputs = [cs_path] + ([pt_path] if pt_path else [])
     headers_real = [_resolved(Path(h.path)) for h in headers]
-    _check_not_source([s.path for s in stacks] + [out_cs] + ([out_pt] if out_pt else []),
-                      outdir, [Path(h.path) for h in headers] + inputs,
+    _check_not_source(outputs, outdir, [Path(h.path) for h in headers] + inputs,
                       headers_real + [_resolved(p) for p in inputs])
     options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
                "project": str(proj), "outdir": str(out_real), "version": 1}
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
-    return Plan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
+    plan = Plan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
                 relative, key, layout, dtype)
+    if pt_path is not None:
+        plan.pt_rows = _passthrough_rows(plan)
+    return plan
+
+
+def _check_inside(path: Path, outdir: Path) -> None:
+    """Every output is a plain name directly in OUTDIR or OUTDIR/stacks."""
+    if path.parent not in (outdir, outdir / STACKS_DIR) or path.name in ("", ".", "..") \
+            or path.name.startswith("."):
+        raise PathEscapeError(f"{path}: output name would leave {outdir}")
 
 
 def _passthrough_rows(plan: Plan) -> np.ndarray:
@@ -394,10 +428,10 @@ def _locked(outdir: Path):
         os.close(fd)
 
 
-def _sweep_temps(plan: Plan) -> int:
-    finals = [s.path for s in plan.stacks] + [plan.out_cs, plan.outdir / MANIFEST]
-    if plan.out_passthrough:
-        finals.append(plan.out_passthrough)
+def _sweep_temps(plan: Plan, stale: list[str]) -> int:
+    """Remove the temporaries of a crashed run: of this plan's outputs and of stale ones."""
+    finals = [s.path for s in plan.stacks] + _cs_outputs(plan) + [plan.outdir / MANIFEST]
+    finals += [plan.outdir / rel for rel in stale]
     prefixes: dict[Path, list[str]] = {}
     for f in finals:
         prefixes.setdefault(f.parent, []).append(tmp_name_for(f))
@@ -420,13 +454,71 @@ def _read_manifest(outdir: Path) -> dict | None:
         return None
 
 
-def _write_manifest(plan: Plan, *, fsync: bool) -> None:
-    doc = {"tool": "stacktools consolidate", "version": 1, "key": plan.key,
+def _write_manifest(plan: Plan, stale: list[str], *, fsync: bool) -> None:
+    """Record everything this run writes, and what earlier runs left that it will remove."""
+    doc = {"tool": "stacktools consolidate", "version": 2, "key": plan.key,
            "cs": plan.out_cs.name,
+           "passthrough": plan.out_passthrough.name if plan.out_passthrough else None,
            "stacks": [{"path": str(s.path.relative_to(plan.outdir)), "bytes": s.nbytes,
-                       "particles": s.count} for s in plan.stacks]}
+                       "particles": s.count} for s in plan.stacks],
+           "stale": stale}
     with atomic_output(plan.outdir / MANIFEST, fsync=fsync) as fh:
         fh.write(json.dumps(doc, indent=1).encode())
+
+
+def _own_outputs(plan: Plan) -> list[str]:
+    """This run's outputs, relative to OUTDIR."""
+    return [str(p.relative_to(plan.outdir)) for p in
+            [s.path for s in plan.stacks] + _cs_outputs(plan)]
+
+
+def _cs_outputs(plan: Plan) -> list[Path]:
+    return [plan.out_cs] + ([plan.out_passthrough] if plan.out_passthrough else [])
+
+
+def _listed_outputs(outdir: Path, manifest: dict) -> list[str]:
+    """Everything a manifest says its run wrote or still has to remove (relative paths)."""
+    listed = [s["path"] for s in manifest.get("stacks", ())]
+    listed += [n for n in (manifest.get("cs"), manifest.get("passthrough")) if n]
+    listed += manifest.get("stale", [])
+    if manifest.get("version", 1) < 2:
+        # Version 1 did not record the passthrough; its .cs outputs all end like this.
+        with contextlib.suppress(OSError):
+            listed += [e.name for e in os.scandir(outdir)
+                       if e.name.endswith("_consolidated.cs") and e.is_file(follow_symlinks=False)]
+    return listed
+
+
+def _unlink_own(outdir: Path, rel: str) -> None:
+    """Remove OUTDIR/rel if it is a regular file, following no symlink on the way.
+
+    ``rel`` comes from a manifest: anything that is not a plain relative path below
+    OUTDIR is ignored rather than trusted.
+    """
+    parts = rel.split("/")
+    if os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            os.unlink(parts[-1], dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        if err.errno != errno.ELOOP:  # a symlink where a directory was: not ours
+            raise OutputError(f"{outdir / rel}: cannot remove: "
+                              f"{describe_os_error(err).split(': ', 1)[-1]}") from err
+    finally:
+        os.close(fd)
 
 
 def _disk_error(path: Path, err: OSError) -> StacktoolsError:
@@ -526,7 +618,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     fsync
         Flush each stack to the device before renaming it (survives a power cut).
     force
-        Replace the outputs of an earlier, different consolidation in OUTDIR.
+        Replace the outputs of an earlier, different consolidation in OUTDIR (its
+        ``.cs`` files go first, its stacks once the new ``.cs`` is written).
     chunk_bytes
         Size of each copy buffer; memory use is a few of these per thread.
     progress
@@ -535,6 +628,13 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     Returns
     -------
     ConsolidateResult
+
+    Raises
+    ------
+    StacktoolsError
+        The specific subclass for each kind of bad input or output problem
+        (:class:`~stacktools.errors.FieldError`, :class:`~stacktools.errors.OutputError`,
+        :class:`~stacktools.errors.DiskFullError`, ...); a dry run raises the same.
     """
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout, particles_per_stack=particles_per_stack,
@@ -553,8 +653,16 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
     progress bar).
     """
     if dry_run:
+        # The same checks as a real run, short of reading the stacks already written.
+        if plan.outdir.is_dir():
+            manifest = _read_manifest(plan.outdir)
+            _check_outdir(plan, manifest, force=force)
+            _check_space(plan, _pending(plan, manifest))
+        else:
+            _check_creatable(plan.outdir)
+            _check_space(plan, plan.stacks)
         return _result(plan, resumed=[], verified=False, dry_run=True)
-    pt_rows = _passthrough_rows(plan) if plan.passthrough_path else None
+    pt_rows = plan.pt_rows
 
     outdir = plan.outdir
     created = []  # directories this run makes, deepest first, to remove after an error
@@ -581,6 +689,20 @@ def run_plan(plan: Plan, *, threads: int = DEFAULT_THREADS, verify: bool = False
     return _result(plan, resumed=resumed, verified=verify, dry_run=False)
 
 
+def _check_creatable(outdir: Path) -> None:
+    """What ``mkdir -p OUTDIR`` would hit: a file on the way or a directory we cannot write."""
+    d = outdir
+    while not os.path.lexists(d) and d.parent != d:
+        d = d.parent
+    reason = None
+    if not d.is_dir():
+        reason = "Not a directory"
+    elif not os.access(d, os.W_OK | os.X_OK):
+        reason = "Permission denied"
+    if reason:
+        raise OutputError(f"{outdir}: cannot create output directory: {reason}")
+
+
 def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, threads: int,
              fsync: bool, verify: bool, force: bool, progress: Progress | None,
              chunk_bytes: int) -> list[OutputStack]:
@@ -590,17 +712,15 @@ def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, thr
         resumed = _prepare(plan, force=force, threads=threads, fsync=fsync)
         done = {id(s) for s in resumed}
         todo = [s for s in plan.stacks if id(s) not in done]
-        need = sum(s.nbytes for s in todo)
-        free = _free_bytes(plan.outdir)
-        if free is not None and need > free:
-            raise DiskFullError(f"{plan.outdir}: not enough space: {need} bytes to write, "
-                                f"{free} free")
+        _check_space(plan, todo)
         _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
                    progress=progress, chunk_bytes=chunk_bytes)
         if pt_rows is not None:
             csfile.write_cs(plan.out_passthrough, pt_rows, fsync=fsync)
             written.append(plan.out_passthrough)
         csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
+        written.append(plan.out_cs)
+        _retire_stale(plan, fsync=fsync)
     except KeyboardInterrupt:
         raise
     except BaseException:
@@ -609,30 +729,85 @@ def _execute(plan: Plan, pt_rows: np.ndarray | None, created: list[Path], *, thr
     return resumed
 
 
+def _check_outdir(plan: Plan, manifest: dict | None, *, force: bool) -> None:
+    """Refuse to replace another consolidation's outputs (or foreign files) without force."""
+    if force or (manifest is not None and manifest.get("key") == plan.key):
+        return
+    existing = [p for p in [s.path for s in plan.stacks] + _cs_outputs(plan) if p.exists()]
+    if manifest is not None and (existing or any(
+            os.path.lexists(plan.outdir / rel) for rel in _listed_outputs(plan.outdir, manifest))):
+        raise OutputError(f"{plan.outdir}: holds a consolidation of another set or with "
+                          "other options; choose another directory or use --force")
+    if existing:
+        raise OutputError(f"{existing[0]}: already exists (use --force to overwrite)")
+
+
+def _pending(plan: Plan, manifest: dict | None) -> list[OutputStack]:
+    """Stacks that a run must (re)write: all but complete-looking ones of the same plan."""
+    if manifest is None or manifest.get("key") != plan.key:
+        return list(plan.stacks)
+    return [s for s in plan.stacks
+            if not (s.path.is_file() and s.path.stat().st_size == s.nbytes)]
+
+
+def _check_space(plan: Plan, todo: list[OutputStack]) -> None:
+    need = sum(s.nbytes for s in todo)
+    free = _free_bytes(plan.outdir)
+    if free is not None and need > free:
+        raise DiskFullError(f"{plan.outdir}: not enough space: {need} bytes to write, "
+                            f"{free} free")
+
+
 def _prepare(plan: Plan, *, force: bool, threads: int, fsync: bool) -> list[OutputStack]:
-    """Check OUTDIR against the manifest, sweep temporaries, and find stacks to keep."""
+    """Check OUTDIR against the manifest, retire an earlier run, sweep temporaries,
+    and find stacks to keep.
+
+    Before a stack of a different consolidation is touched, every ``.cs`` of that
+    run is removed, then the new manifest (which lists the earlier run's files as
+    stale) replaces the old one. So no ``.cs`` under a final name ever points at a
+    stack being rewritten, and a killed run leaves a record of what to clean up.
+    """
     from .verify import check_stack
     manifest = _read_manifest(plan.outdir)
+    _check_outdir(plan, manifest, force=force)
     same = manifest is not None and manifest.get("key") == plan.key
-    finals = [s.path for s in plan.stacks] + [plan.out_cs] + \
-        ([plan.out_passthrough] if plan.out_passthrough else [])
-    if not same and not force:
-        existing = [p for p in finals if p.exists()]
-        if manifest is not None and existing:
-            raise OutputError(f"{plan.outdir}: holds a consolidation of another set or with "
-                              "other options; choose another directory or use --force")
-        if existing:
-            raise OutputError(f"{existing[0]}: already exists (use --force to overwrite)")
-    _sweep_temps(plan)
+    if same:
+        stale = list(manifest.get("stale", []))
+    else:
+        old = _listed_outputs(plan.outdir, manifest) if manifest is not None else []
+        for p in _cs_outputs(plan):  # also whatever --force replaces under these names
+            _unlink_own(plan.outdir, p.name)
+        for rel in old:
+            if rel.endswith(".cs"):
+                _unlink_own(plan.outdir, rel)
+        if fsync:
+            fsync_dir(plan.outdir)
+        own = set(_own_outputs(plan))
+        stale = sorted(set(old) - own)
+    _write_manifest(plan, stale, fsync=fsync)
+    _sweep_temps(plan, stale)
     resumed = []
     if same:
         # Complete stacks of a killed run are kept only if they match their sources.
-        present = [s for s in plan.stacks if s.path.is_file() and s.path.stat().st_size == s.nbytes]
+        pending = {id(s) for s in _pending(plan, manifest)}
+        present = [s for s in plan.stacks if id(s) not in pending]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             checks = list(pool.map(lambda s: check_stack(s, plan.headers), present))
         resumed = [s for s, problem in zip(present, checks) if problem is None]
-    _write_manifest(plan, fsync=fsync)
     return resumed
+
+
+def _retire_stale(plan: Plan, *, fsync: bool) -> None:
+    """Once the new ``.cs`` is in place: remove the earlier runs' outputs, then their record."""
+    manifest = _read_manifest(plan.outdir) or {}
+    stale = manifest.get("stale", [])
+    if not stale:
+        return
+    own = set(_own_outputs(plan))
+    for rel in stale:
+        if rel not in own:
+            _unlink_own(plan.outdir, rel)
+    _write_manifest(plan, [], fsync=fsync)
 
 
 def _write_all(plan: Plan, todo: list[OutputStack], written: list[Path], *,
@@ -679,16 +854,17 @@ def _write_all(plan: Plan, todo: list[OutputStack], written: list[Path], *,
 def _clean_failed(plan: Plan, written: list[Path], created: list[Path]) -> None:
     """After an error: remove what this run renamed into place, then its new directories.
 
-    Stacks kept from an earlier run stay, and so does the manifest that vouches for them.
+    Stacks kept from an earlier run stay, and so does the manifest that vouches for them
+    (and lists any earlier run's files still to be removed).
     """
     for path in written:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    if not any(s.path.exists() for s in plan.stacks):
-        manifest = _read_manifest(plan.outdir)
-        if manifest is not None and manifest.get("key") == plan.key:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(plan.outdir / MANIFEST)
+    manifest = _read_manifest(plan.outdir)
+    if manifest is not None and manifest.get("key") == plan.key and not any(
+            os.path.lexists(plan.outdir / rel) for rel in _listed_outputs(plan.outdir, manifest)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(plan.outdir / MANIFEST)
     _remove_dirs(created)
 
 

@@ -301,3 +301,141 @@ def test_demo_consolidates_its_subset(tmp_path):
     assert step["show"]["saved bytes"] == size["result"]["saved_bytes"] > 0
     assert step["result"]["verified"] is True
     assert Path(step["result"]["cs"]).is_relative_to(tmp_path / "demo" / "J8")
+
+
+# --- the dry run decides what the run does ----------------------------------------------
+
+def test_dry_run_checks_the_passthrough(demo, tmp_path):
+    pt = read_cs(demo.passthrough_cs)
+    short = tmp_path / "short_passthrough.cs"
+    write_cs(short, pt[1:])  # one selected uid has no passthrough row
+    out = demo.project_dir / "J8"
+    from stacktools.errors import FieldError
+    with pytest.raises(FieldError, match="no row for uid"):
+        consolidate(demo.selected_cs, out, project_dir=demo.project_dir, passthrough=short,
+                    dry_run=True)
+    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
+                                 str(demo.project_dir), "--out", str(out), "--passthrough",
+                                 str(short), "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no row for uid" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_dry_run_refuses_another_consolidation_without_force(demo):
+    out = demo.project_dir / "J8"
+    consolidate(demo.selected_cs, out, project_dir=demo.project_dir)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    with pytest.raises(OutputError, match="--force"):
+        consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32",
+                    dry_run=True)
+    res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32",
+                      dry_run=True, force=True)
+    assert res.dry_run
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
+def test_dry_run_refuses_an_outdir_that_cannot_be_made(demo, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match="cannot create output directory"):
+        consolidate(demo.selected_cs, blocker / "out", project_dir=demo.project_dir,
+                    dry_run=True)
+
+
+# --- names: long, odd, and never outside OUT ---------------------------------------------
+
+def _rename_source(demo, old_blob: bytes, new_blob: str) -> None:
+    """Move a source stack to ``new_blob`` (relative to the project) and repoint the set."""
+    new_file = demo.project_dir / new_blob
+    new_file.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(demo.project_dir / old_blob.decode(), os.path.normpath(new_file))
+    data = read_cs(demo.selected_cs)
+    width = max(data.dtype["blob/path"].itemsize, len(os.fsencode(new_blob)))
+    descr = [(n, f"S{width}" if n == "blob/path" else data.dtype.fields[n][0])
+             for n in data.dtype.names]
+    wide = data.astype(descr)
+    wide["blob/path"][data["blob/path"] == old_blob] = os.fsencode(new_blob)
+    write_cs(demo.selected_cs, wide)
+
+
+def _source_blobs(demo) -> list[bytes]:
+    return sorted(np.unique(read_cs(demo.selected_cs)["blob/path"]))
+
+
+def _check_outputs(res, out: Path, demo) -> None:
+    from independent import assert_same_particles
+    names = [Path(o["path"]).name for o in res.outputs]
+    assert len(set(names)) == len(names)
+    for o in res.outputs:
+        p = Path(o["path"])
+        assert p.parent == (out / "stacks").absolute() and not p.name.startswith(".")
+        assert len(os.fsencode(p.name)) <= 255
+    assert len(os.fsencode(Path(res.cs).name)) <= 255
+    assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+
+
+def test_long_names_up_to_name_max(demo):
+    blobs = _source_blobs(demo)
+    # 231 to 255 bytes: legal names whose temporaries used to exceed NAME_MAX; with
+    # --mrcs the output name grows by a byte, past 255 for the longest. Two names
+    # that differ only at the end must stay two outputs.
+    lengths = [231, 240, 254, 255, 255]
+    for k, n in enumerate(lengths):
+        stem = f"{k}" + "é" * ((n - 5) // 2) + "x" * ((n - 5) % 2)
+        _rename_source(demo, blobs[k], f"J5/extract/{stem}.mrc")
+    assert sorted(len(os.fsencode(Path(b.decode()).name)) for b in _source_blobs(demo)
+                  if len(b) > 200) == sorted(lengths)
+    long_cs = demo.selected_cs.with_name("c" * 250 + ".cs")
+    os.rename(demo.selected_cs, long_cs)
+    demo.selected_cs = long_cs
+    out = demo.project_dir / "J8"
+    res = consolidate(long_cs, out, project_dir=demo.project_dir, mrcs=True)
+    _check_outputs(res, out, demo)
+    # A rerun recognises the same (shortened) names and keeps every stack.
+    again = consolidate(long_cs, out, project_dir=demo.project_dir, mrcs=True)
+    assert again.stacks_resumed == again.stacks
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+                    max_size=20),
+       fill=st.sampled_from(["a", "é", "€", "😀", "_."]), nbytes=st.integers(1, 255))
+def test_atomic_output_fits_any_legal_name(tmp_path, head, fill, nbytes):
+    from stacktools.atomic import atomic_output, tmp_name_for
+    name = head + fill * 255
+    while len(os.fsencode(name)) > nbytes:
+        name = name[:-1]
+    if not name or name in (".", ".."):
+        return
+    final = tmp_path / name
+    with atomic_output(final, fsync=False) as fh:
+        fh.write(b"ok")
+    assert final.read_bytes() == b"ok"
+    assert tmp_name_for(final) == tmp_name_for(Path(name))  # deterministic, for the sweep
+    final.unlink()
+
+
+def test_outputs_never_leave_out(demo, tmp_path):
+    blobs = _source_blobs(demo)
+    _rename_source(demo, blobs[0], "J5/extract/..mrc")
+    _rename_source(demo, blobs[1], "J5/extract/.hidden.mrc")
+    _rename_source(demo, blobs[2], "J5/extract/../J5/extract/../../P1/J5/extract/up.mrc")
+    _rename_source(demo, blobs[3], "J5/extract/.stacktools-consolidate.json.mrc")
+    out = demo.project_dir / "J8"
+    # A planted OUT/stacks symlink to somewhere else must not carry stacks out of OUT.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "stacks").symlink_to(elsewhere)
+    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
+                                 str(demo.project_dir), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "outside" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    (out / "stacks").unlink()
+    res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir)
+    _check_outputs(res, out, demo)
+    assert list(elsewhere.iterdir()) == []
+    assert json.loads((out / MANIFEST).read_text())["key"]  # not replaced by a stack

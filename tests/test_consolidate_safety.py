@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from stacktools.csfile import read_cs, write_cs
 from stacktools.errors import DiskFullError, OutputError, SourceOverwriteError
 from stacktools.mrc import make_header
 from stacktools.particles import ParticleSet
-from stacktools.verify import verify
+
+import independent
+from independent import assert_same_particles
 
 CLI = [sys.executable, "-m", "stacktools.cli.app"]
 
@@ -189,18 +192,31 @@ def test_concurrent_run_is_refused(demo):
     assert not final_files(out)
 
 
+# The CLI with each stack copy and each removal slowed down (inside the temporary
+# file's lifetime) and announced on stdout, so a test can kill it at a chosen step.
 SLOW_RUN = """
-import sys, time
+import os, sys, time
+import stacktools.consolidate as co
 import stacktools.stackcopy as sc
-real = sc._transfer
-def slow(*args, **kw):
-    time.sleep(0.25)  # inside the temporary file's lifetime
-    return real(*args, **kw)
-sc._transfer = slow
+delay = float(os.environ.get("STACKTOOLS_TEST_DELAY", "0.25"))
+def slowed(real, what):
+    def run(*args, **kw):
+        print(what, flush=True)
+        time.sleep(delay)
+        return real(*args, **kw)
+    return run
+sc._transfer = slowed(sc._transfer, "copy")
+co._unlink_own = slowed(co._unlink_own, "unlink")
 from stacktools.cli.app import main
 sys.argv = ["stacktools"] + sys.argv[1:]
 main()
 """
+
+
+def start_slow(args: list[str], delay: float = 0.25) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "STACKTOOLS_TEST_DELAY": str(delay)})
 
 
 def test_kill_9_then_rerun_completes(demo, tmp_path):
@@ -208,8 +224,7 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
     args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir),
             "--out", str(out), "--passthrough", str(demo.passthrough_cs), "--threads", "1",
             "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_slow(args)
     stacks = out / "stacks"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -232,6 +247,7 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
     assert finals and all(p.parent == stacks for p in finals)
     for p in finals:
         assert p.stat().st_size == expected[p.name]
+    assert len(finals) < len(expected), "the kill landed after the last stack"
     assert any(n.endswith(".stacktools-tmp") for n in os.listdir(stacks))
     kept = {p.name: p.stat().st_ino for p in finals}
 
@@ -242,8 +258,9 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
     assert not [n for n in os.listdir(stacks) if n.endswith(".stacktools-tmp")]
     for name, ino in kept.items():
         assert (stacks / name).stat().st_ino == ino  # complete stacks were not rewritten
-    assert verify(doc["cs"], demo.selected_cs, project_dir=demo.project_dir).ok
-    assert Path(doc["passthrough"]).is_file()
+    assert_same_particles(doc["cs"], demo.project_dir, demo.selected_cs, demo.project_dir)
+    new_pt = independent.read_cs(doc["passthrough"])
+    assert (new_pt["uid"] == independent.read_cs(doc["cs"])["uid"]).all()
 
 
 def test_failed_verification_leaves_nothing(demo, monkeypatch):
@@ -255,3 +272,156 @@ def test_failed_verification_leaves_nothing(demo, monkeypatch):
     with pytest.raises(VerificationError, match="differs"):
         consolidate(demo.selected_cs, out, project_dir=demo.project_dir, verify=True)
     assert not out.exists()
+
+
+# --- --force over an earlier consolidation --------------------------------------------
+
+def _reselect(demo, seed: int, stacks_used: int) -> None:
+    """Write another selection under the same names (as rerunning Select 2D does).
+
+    It takes particles from the first ``stacks_used`` source stacks only, so some
+    of the earlier consolidation's stacks have no counterpart in the new one. Its
+    passthrough carries ``blob/*`` too, so it points at pixels like the main .cs.
+    """
+    full = read_cs(demo.extracted_cs)
+    names = np.unique(full["blob/path"])[:stacks_used]
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(np.isin(full["blob/path"], names))
+    pick = rng.permutation(rows)[:len(rows) // 2]
+    write_cs(demo.selected_cs, full[pick])
+    write_cs(demo.passthrough_cs, full[pick])
+
+
+def _truth(demo) -> dict[int, bytes]:
+    """uid -> the pixels of that particle in the extract stacks, read independently."""
+    return independent.particles_by_uid(demo.extracted_cs, demo.project_dir)
+
+
+def assert_cs_files_honest(out: Path, project: Path, truth: dict[int, bytes],
+                           selections: list[set[int]]) -> int:
+    """Every .cs under a final name in OUT holds one whole selection and its exact pixels.
+
+    Returns the number of such files.
+    """
+    found = 0
+    for p in sorted(out.glob("*.cs")):
+        rows = independent.read_cs(p)
+        uids = {int(u) for u in rows["uid"]}
+        assert uids in selections, f"{p.name}: holds no selection it was made from"
+        for r in rows if "blob/path" in rows.dtype.names else ():
+            img = independent.read_particle(independent.blob_file(project, r["blob/path"]),
+                                            int(r["blob/idx"]))
+            assert img.tobytes() == truth[int(r["uid"])], \
+                f"{p.name}: uid {int(r['uid'])} reads another particle's pixels"
+        found += 1
+    return found
+
+
+def assert_only_own_outputs(out: Path, doc: dict) -> None:
+    """OUT holds the manifest and exactly the outputs of the run that wrote it."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    own = {s["path"] for s in manifest["stacks"]} | {Path(doc["cs"]).name}
+    if doc["passthrough"]:
+        own.add(Path(doc["passthrough"]).name)
+    present = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()}
+    assert present == own | {MANIFEST}
+    assert manifest["stale"] == []
+
+
+def test_force_rerun_killed_anywhere_never_serves_wrong_pixels(demo, tmp_path):
+    out = demo.project_dir / "J8"
+    args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir),
+            "--out", str(out), "--passthrough", str(demo.passthrough_cs), "--threads", "1",
+            "--quiet", "--force"]
+    truth = _truth(demo)
+    sel_a = {int(u) for u in read_cs(demo.selected_cs)["uid"]}
+    first = consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                        passthrough=demo.passthrough_cs)
+    template = tmp_path / "template"
+    shutil.copytree(out, template)
+    _reselect(demo, seed=1, stacks_used=8)
+    sel_b = {int(u) for u in read_cs(demo.selected_cs)["uid"]}
+    new_total = len(np.unique(read_cs(demo.selected_cs)["blob/path"]))
+    rng = np.random.default_rng(2026)
+    # Steps of a full run: a removal per .cs name (old and new), a copy per new stack,
+    # then a removal per old stack the new run does not reuse.
+    steps = 4 + new_total + (first.stacks - new_total) + 2
+    mid_stacks = after_cs = before_any = 0
+    for trial in range(20):
+        shutil.rmtree(out)
+        shutil.copytree(template, out)
+        inodes = {p.name: p.stat().st_ino for p in (out / "stacks").iterdir()}
+        kill_after = int(rng.integers(0, steps))
+        proc = start_slow(args, delay=0.05)
+        seen = 0
+        while seen <= kill_after:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line.strip() in ("copy", "unlink")
+        time.sleep(float(rng.uniform(0, 0.05)))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, proc.stderr.read()
+        now = {p.name: p.stat().st_ino for p in (out / "stacks").iterdir()
+               if not p.name.startswith(".")}
+        rewritten = sum(1 for n, ino in now.items() if inodes.get(n) != ino)
+        mid_stacks += 0 < rewritten < new_total
+        before_any += rewritten == 0
+        # The property: whatever the kill point, each .cs reads back its own pixels.
+        n_cs = assert_cs_files_honest(out, demo.project_dir, truth, [sel_a, sel_b])
+        after_cs += rewritten == new_total and n_cs > 0
+        # A rerun of the same command completes, bit-exact, with only its own outputs.
+        res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                          passthrough=demo.passthrough_cs, force=True)
+        assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+        assert_same_particles(res.passthrough, demo.project_dir, demo.passthrough_cs,
+                              demo.project_dir)
+        assert_only_own_outputs(out, res.to_dict())
+    # The kills really landed mid-work: some with a part of the stacks rewritten.
+    print(f"kills: {mid_stacks} mid-stacks, {before_any} before any, {after_cs} after the .cs")
+    assert mid_stacks >= 5, (mid_stacks, before_any, after_cs)
+
+
+def test_force_rerun_that_fails_leaves_no_wrong_cs(demo, monkeypatch):
+    out = demo.project_dir / "J8"
+    truth = _truth(demo)
+    sel_a = {int(u) for u in read_cs(demo.selected_cs)["uid"]}
+    consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                passthrough=demo.passthrough_cs)
+    _reselect(demo, seed=3, stacks_used=8)
+    sel_b = {int(u) for u in read_cs(demo.selected_cs)["uid"]}
+    real = consolidate_mod._write_stack
+    calls = {"n": 0}
+
+    def failing(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise DiskFullError("injected: no space left on the device while writing")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(consolidate_mod, "_write_stack", failing)
+    with pytest.raises(DiskFullError):
+        consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                    passthrough=demo.passthrough_cs, force=True, threads=1)
+    assert calls["n"] == 4
+    assert_cs_files_honest(out, demo.project_dir, truth, [sel_a, sel_b])
+    monkeypatch.setattr(consolidate_mod, "_write_stack", real)
+    res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                      passthrough=demo.passthrough_cs, force=True)
+    assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+    assert_only_own_outputs(out, res.to_dict())
+
+
+def test_completed_force_run_leaves_only_its_own_outputs(demo, tmp_path):
+    out = demo.project_dir / "J8"
+    consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                passthrough=demo.passthrough_cs)
+    _reselect(demo, seed=4, stacks_used=5)
+    other_pt = tmp_path / "J9_passthrough.cs"  # a passthrough under another name
+    other_pt.write_bytes(demo.passthrough_cs.read_bytes())
+    res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir,
+                      passthrough=other_pt, force=True)
+    assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+    assert_only_own_outputs(out, res.to_dict())
