@@ -68,8 +68,8 @@ class ParticleSet:
     allow_outside_project
         Accept ``blob/path`` values that lie outside both the project directory and
         the directory of ``source``. By default such a value (``/etc/passwd``,
-        ``../../x.mrc``) raises :class:`PathEscapeError` as soon as the stacks are
-        needed. The check is lexical (:func:`os.path.normpath`, no symlinks
+        ``../../x.mrc``) raises :class:`PathEscapeError` here, before any stack
+        is opened. The check is lexical (:func:`os.path.normpath`, no symlinks
         followed: a project may symlink job directories to other disks) and
         made once per distinct stack.
 
@@ -77,6 +77,8 @@ class ParticleSet:
     ------
     FieldError
         ``data`` lacks ``blob/path`` or ``blob/idx``.
+    PathEscapeError
+        A ``blob/path`` leads outside the project (see ``allow_outside_project``).
     """
 
     def __init__(self, data: np.ndarray, project_dir: str | os.PathLike,
@@ -96,6 +98,8 @@ class ParticleSet:
         self._stack_paths: list[Path] | None = None
         self._stack_names: list[str] | None = None
         self._headers: list[StackHeader] | None = None
+        if not allow_outside_project:
+            self._check_inside_project()
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
@@ -176,8 +180,6 @@ class ParticleSet:
         if self._stack_names is None:
             self._factorise()
             root = os.fspath(self.project_dir)
-            if not self.allow_outside_project:
-                self._check_inside_project()
             self._stack_names = [os.path.join(root, b) for b in self._blob_paths]
         return self._stack_names
 
@@ -189,6 +191,7 @@ class ParticleSet:
         return [os.path.normpath(os.path.abspath(r)) for r in roots]
 
     def _check_inside_project(self) -> None:
+        self._factorise()
         roots = self._allowed_roots()
         prefixes = tuple(r.rstrip("/") + "/" for r in roots)
         for k, blob in enumerate(self._blob_paths):
