@@ -1,5 +1,6 @@
 """Real-world .cs inputs: wide headers, non-UTF-8 stack names, paths outside the
-project, where a missing stack was looked for."""
+project, where a missing stack was looked for, passthrough fields, and edited
+DataFrames that no longer fit their dtype."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import independent
 from conftest import _stacktools_command, assert_one_line_error
 from stacktools.consolidate import consolidate
 from stacktools.csdataset import CsDataset
 from stacktools.csfile import read_cs, write_cs
-from stacktools.errors import CsFormatError, MissingStackError, PathEscapeError
+from stacktools.errors import CsFormatError, FieldError, MissingStackError, PathEscapeError
 from stacktools.particles import ParticleSet
 from stacktools.size import size_particles
+from stacktools.tabular import from_pandas
 from stacktools.verify import verify
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -247,3 +251,40 @@ def test_stack_beside_cs_is_suggested(demo, run_cli, tmp_path) -> None:
                           f"--project-dir {dep}")
     res = run_cli("size", dep / "particles.cs", "-p", dep, "--json", check=True)
     assert json.loads(res.stdout)["particles"] == demo.selected
+
+
+# ---- 6. from_pandas with an explicit dtype never truncates ------------------------
+
+def test_from_pandas_refuses_to_truncate(demo) -> None:
+    ds = CsDataset.load(demo.selected_cs)
+    df = ds.to_pandas()
+    width = ds.dtype.fields["blob/path"][0].itemsize
+    longer = "J5/extract/" + "x" * width + ".mrc"
+    df.loc[df.index[4], "blob/path"] = longer
+    with pytest.raises(FieldError, match=rf"row 4: field 'blob/path' is {len(longer)} bytes long, "
+                                         rf"the dtype's S{width}"):
+        CsDataset.from_pandas(df, dtype=ds.dtype)
+    inferred = CsDataset.from_pandas(df)  # no dtype: the field is sized from the data
+    assert inferred["blob/path"][4] == longer.encode()
+
+
+@given(st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=8), st.integers(1, 16))
+def test_from_pandas_width_property(values, width) -> None:
+    import pandas as pd
+    df = pd.DataFrame({"uid": np.arange(len(values), dtype="<u8"), "name": values})
+    dtype = np.dtype([("uid", "<u8"), ("name", f"S{width}")])
+    encoded = [v.encode() for v in values]
+    # NumPy byte strings cannot hold trailing NULs; leave those to the inferred path.
+    assume(all(not e.endswith(b"\0") for e in encoded))
+    if max(len(e) for e in encoded) > width:
+        with pytest.raises(FieldError, match="'name'"):
+            from_pandas(df, dtype)
+    else:
+        out = from_pandas(df, dtype)
+        assert out.dtype == dtype and out["name"].tolist() == encoded
+
+
+def test_from_pandas_keeps_bytes_columns(demo) -> None:
+    ds = CsDataset.load(demo.selected_cs)
+    back = CsDataset.from_pandas(ds.to_pandas(decode=False), dtype=ds.dtype)
+    assert back.data.tobytes() == ds.data.tobytes()
