@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 import independent
 from conftest import _stacktools_command, assert_one_line_error
 from stacktools.consolidate import consolidate
-from stacktools.csdataset import CsDataset
+from stacktools.csdataset import CsDataset, find_passthrough
 from stacktools.csfile import read_cs, write_cs
-from stacktools.errors import CsFormatError, FieldError, MissingStackError, PathEscapeError
+from stacktools.errors import CsFormatError, ExpressionError, FieldError, MissingStackError, PathEscapeError
 from stacktools.particles import ParticleSet
 from stacktools.size import size_particles
 from stacktools.tabular import from_pandas
@@ -288,3 +288,44 @@ def test_from_pandas_keeps_bytes_columns(demo) -> None:
     ds = CsDataset.load(demo.selected_cs)
     back = CsDataset.from_pandas(ds.to_pandas(decode=False), dtype=ds.dtype)
     assert back.data.tobytes() == ds.data.tobytes()
+
+
+# ---- 5. fields that live in the passthrough ----------------------------------------
+
+def test_filter_names_the_passthrough_that_has_the_field(demo, run_cli, tmp_path) -> None:
+    cond = "ctf/df1_A < 15000"
+    with pytest.raises(ExpressionError, match=r"J7_passthrough_particles_selected\.cs has it: "
+                                              r"add --passthrough"):
+        CsDataset.load(demo.selected_cs).query(cond)
+    out = tmp_path / "f.cs"
+    res = run_cli("cs", "filter", demo.selected_cs, "--where", cond, "-o", out)
+    assert res.returncode == 2
+    assert_one_line_error(res, "ctf/df1_A", str(demo.passthrough_cs), "--passthrough")
+    assert not out.exists()
+    run_cli("cs", "filter", demo.selected_cs, "--where", cond, "-o", out,
+            "--passthrough", demo.passthrough_cs, check=True)
+    main, pt = independent.read_cs(demo.selected_cs), independent.read_cs(demo.passthrough_cs)
+    low = set(pt["uid"][pt["ctf/df1_A"] < 15000].tolist())
+    want = main[np.isin(main["uid"], list(low))]
+    got = independent.read_cs(out)
+    assert 0 < len(got) < len(main)
+    assert got.dtype == main.dtype and got.tobytes() == want.tobytes()
+
+
+def test_unknown_field_without_passthrough_keeps_plain_message(demo) -> None:
+    with pytest.raises(ExpressionError, match="no field 'ctf/nope'") as exc:
+        CsDataset.load(demo.selected_cs).query("ctf/nope < 1")
+    assert "--passthrough" not in str(exc.value)
+
+
+@pytest.mark.parametrize("main, passthrough", [
+    ("J7_particles_selected.cs", "J7_passthrough_particles_selected.cs"),
+    ("J24_005_particles.cs", "J24_passthrough_particles.cs"),
+    ("cryosparc_P12_J24_001_particles.cs", "cryosparc_P12_J24_passthrough_particles.cs"),
+])
+def test_find_passthrough_follows_cryosparc_names(tmp_path, main, passthrough) -> None:
+    write_cs(tmp_path / main, np.zeros(2, [("uid", "<u8"), ("blob/idx", "<u4")]))
+    assert find_passthrough(tmp_path / main, ["ctf/df1_A"]) is None
+    write_cs(tmp_path / passthrough, np.zeros(2, [("uid", "<u8"), ("ctf/df1_A", "<f4")]))
+    assert find_passthrough(tmp_path / main, ["ctf/df1_A"]) == tmp_path / passthrough
+    assert find_passthrough(tmp_path / main, ["ctf/other"]) is None
