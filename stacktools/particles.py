@@ -68,17 +68,16 @@ class ParticleSet:
     allow_outside_project
         Accept ``blob/path`` values that lie outside both the project directory and
         the directory of ``source``. By default such a value (``/etc/passwd``,
-        ``../../x.mrc``) raises :class:`PathEscapeError` here, before any stack
-        is opened. The check is lexical (:func:`os.path.normpath`, no symlinks
-        followed: a project may symlink job directories to other disks) and
+        ``../../x.mrc``) raises :class:`PathEscapeError` the first time the
+        stacks are named (:meth:`open` does that at once), before any is
+        opened. The check is lexical (:func:`os.path.normpath`, no symlinks
+        followed: a project may symlink job directories to other disks) and is
         made once per distinct stack.
 
     Raises
     ------
     FieldError
         ``data`` lacks ``blob/path`` or ``blob/idx``.
-    PathEscapeError
-        A ``blob/path`` leads outside the project (see ``allow_outside_project``).
     """
 
     def __init__(self, data: np.ndarray, project_dir: str | os.PathLike,
@@ -98,8 +97,6 @@ class ParticleSet:
         self._stack_paths: list[Path] | None = None
         self._stack_names: list[str] | None = None
         self._headers: list[StackHeader] | None = None
-        if not allow_outside_project:
-            self._check_inside_project()
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
@@ -128,6 +125,8 @@ class ParticleSet:
         ------
         CsFormatError, FieldError
             The ``.cs`` is unreadable or not a particle dataset.
+        PathEscapeError
+            A ``blob/path`` leads outside the project (see ``allow_outside_project``).
         """
         data = csfile.read_cs(cs_path)
         if passthrough is not None:
@@ -135,7 +134,9 @@ class ParticleSet:
             data = join(data, csfile.read_cs(passthrough))
         if project_dir is None:
             project_dir = Path(cs_path).resolve().parent.parent
-        return cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project)
+        pset = cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project)
+        pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
+        return pset
 
     def __len__(self) -> int:
         return len(self.data)
@@ -180,6 +181,8 @@ class ParticleSet:
         if self._stack_names is None:
             self._factorise()
             root = os.fspath(self.project_dir)
+            if not self.allow_outside_project:
+                self._check_inside_project()
             self._stack_names = [os.path.join(root, b) for b in self._blob_paths]
         return self._stack_names
 
@@ -191,7 +194,6 @@ class ParticleSet:
         return [os.path.normpath(os.path.abspath(r)) for r in roots]
 
     def _check_inside_project(self) -> None:
-        self._factorise()
         roots = self._allowed_roots()
         prefixes = tuple(r.rstrip("/") + "/" for r in roots)
         for k, blob in enumerate(self._blob_paths):
