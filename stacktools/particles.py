@@ -197,6 +197,8 @@ class ParticleSet:
         roots = self._allowed_roots()
         prefixes = tuple(r.rstrip("/") + "/" for r in roots)
         for k, blob in enumerate(self._blob_paths):
+            if ".." not in blob and not blob.startswith("/"):
+                continue  # relative without "..": cannot leave the project (the usual case)
             full = os.path.normpath(os.path.join(roots[0], blob))
             if full not in roots and not full.startswith(prefixes):
                 row = self._first_row(k)
