@@ -7,4 +7,4 @@ import typer
 ALLOW_OUTSIDE_PROJECT = typer.Option(
     False, "--allow-outside-project",
     help="Accept blob/path values that are absolute or lead outside the project directory "
-         "(imports that really point elsewhere). [default: off: such a path is an error]")
+         "(imports that really point elsewhere). Default: off, such a path is an error.")
