@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from .options import ALLOW_OUTSIDE_PROJECT
 from .output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
@@ -44,9 +45,11 @@ def _wait_msg(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path]):
+def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path],
+              allow_outside_project: bool = False):
     from stacktools.particles import ParticleSet
-    return ParticleSet.open(particles, project_dir, passthrough)
+    return ParticleSet.open(particles, project_dir, passthrough,
+                            allow_outside_project=allow_outside_project)
 
 
 def _entry_rows(entries) -> list[tuple[str, str]]:
@@ -100,10 +103,11 @@ def plan_cmd(
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Show what `cache sync` would copy, expire and evict, and whether it fits; copy nothing."""
     cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
-    pset = _open_set(particles, project_dir, passthrough)
+    pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
     plan = cache.plan(pset, partial=partial, consolidation=True)
     if as_json:
         emit_json(plan.to_dict())
@@ -125,6 +129,7 @@ def sync_cmd(
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Make every stack of a set present and valid in the SSD cache; print source → cached.
 
@@ -137,7 +142,7 @@ def sync_cmd(
 
     from .output import byte_progress
 
-    pset = _open_set(particles, project_dir, passthrough)
+    pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
     if not use_cache_for(pset.project_dir, use_cache):
         paths = {named_path(p): named_path(p) for p in pset.stack_paths}
         result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
@@ -269,7 +274,8 @@ def evict_cmd(
         raise typer.BadParameter("give either PARTICLES.cs or --mb")
     cache = _cache(ssd_path, None, None, None, None, config)
     if particles is not None:
-        d = cache.evict(paths=_open_set(particles, project_dir, None).stack_paths)
+        # Eviction only matches cache entries by name; it reads no source stack.
+        d = cache.evict(paths=_open_set(particles, project_dir, None, True).stack_paths)
     else:
         d = cache.evict(nbytes=int(mb * 1_000_000))
     emit_json(d) if as_json else _print_removed(d, "cache evict")

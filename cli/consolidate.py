@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from .options import ALLOW_OUTSIDE_PROJECT
 from .output import byte_progress, console, emit_json, fmt_bytes, kv_table, table
 
 
@@ -48,6 +49,7 @@ def consolidate(
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would be written; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Write stacks holding only the selected particles, plus a .cs that points at them.
 
@@ -60,7 +62,7 @@ def consolidate(
         raise typer.BadParameter("--particles-per-stack needs --layout packed")
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
-                              dtype=dtype.value, mrcs=mrcs)
+                              dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project)
     total = sum(s.nbytes for s in plan.stacks)
     quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
     with byte_progress("consolidating", total, quiet) as advance:
@@ -106,6 +108,7 @@ def verify(
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Check every particle and field of a consolidated set against its source set.
 
@@ -118,11 +121,13 @@ def verify(
     quiet = quiet or as_json or not sys.stderr.isatty()
     if not quiet:
         from stacktools.particles import ParticleSet
-        pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent)
+        pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent,
+                           source=new_cs, allow_outside_project=allow_outside_project)
         total = sum(h.particle_bytes * len(g.rows)
                     for h, g in zip(pnew.stack_headers(), pnew.groups()))
     with byte_progress("verifying", total, quiet) as advance:
-        result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance)
+        result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance,
+                     allow_outside_project=allow_outside_project)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -215,11 +215,7 @@ def filter_(
     with _steps("filter", 3, quiet) as step:
         ds = _load(cs)
         step()
-        if passthrough is not None:
-            full = ds.join(_load(passthrough))
-            kept = ds.intersect(full[full.mask(where)])
-        else:
-            kept = ds.query(where)
+        kept = ds.query(where, _load(passthrough) if passthrough is not None else None)
         step()
         kept.save(output, overwrite=force)
         step()

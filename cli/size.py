@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .options import ALLOW_OUTSIDE_PROJECT
 from .output import console, emit_json, fmt_bytes, kv_table, table
 
 
@@ -23,6 +24,7 @@ def size(
     header_length: int = typer.Option(1024, "--header-length", min=0, help="Header bytes per particle in the formula."),
     per_stack: bool = typer.Option(False, "--per-stack", help="Also list every stack."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Report how big a particle dataset is.
 
@@ -47,7 +49,8 @@ def size(
     from stacktools.particles import ParticleSet
     from stacktools.size import size_particles
 
-    pset = ParticleSet.open(particles, project_dir, passthrough)
+    pset = ParticleSet.open(particles, project_dir, passthrough,
+                            allow_outside_project=allow_outside_project)
     report = size_particles(pset, nsymbt=nsymbt, header_length=header_length)
     if as_json:
         emit_json(report.to_dict(per_stack=per_stack))

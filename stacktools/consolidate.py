@@ -251,7 +251,7 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     for s, real in zip(headers, headers_real):
-        h.update(f"{real}|{s.file_size}|{s.mtime_ns}\n".encode())
+        h.update(os.fsencode(f"{real}|{s.file_size}|{s.mtime_ns}\n"))
     h.update(json.dumps(options, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -259,7 +259,7 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
 def _new_dataset(data: np.ndarray, out_paths: list[str], stack_of_row: np.ndarray,
                  idx_of_row: np.ndarray) -> np.ndarray:
     """Copy ``data`` with rewritten ``blob/path`` and ``blob/idx`` (field order kept)."""
-    encoded = [p.encode() for p in out_paths]
+    encoded = [os.fsencode(p) for p in out_paths]
     old = data.dtype.fields["blob/path"][0]
     width = max([old.itemsize // (4 if old.kind == "U" else 1)] + [len(e) for e in encoded])
     kind = "U" if old.kind == "U" else "S"
@@ -281,7 +281,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        project_dir: str | os.PathLike | None = None,
                        passthrough: str | os.PathLike | None = None,
                        layout: str = "per-stack", particles_per_stack: int | None = None,
-                       dtype: str = "keep", mrcs: bool = False) -> Plan:
+                       dtype: str = "keep", mrcs: bool = False,
+                       allow_outside_project: bool = False) -> Plan:
     """Validate the inputs and decide every output, without writing anything.
 
     Parameters are those of :func:`consolidate`. Raises the specific
@@ -297,7 +298,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     if per < 1:
         raise ValueError("particles_per_stack must be at least 1")
     cs_path = Path(particles)
-    pset = ParticleSet.open(cs_path, project_dir)
+    pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
     headers = pset.check()
     _check_boxes(pset, headers)
     outdir = Path(out)
@@ -584,7 +585,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
                 threads: int = DEFAULT_THREADS, dtype: str = "keep", mrcs: bool = False,
                 verify: bool = False, dry_run: bool = False, fsync: bool = False,
                 force: bool = False, chunk_bytes: int = CHUNK_BYTES,
-                progress: Progress | None = None) -> ConsolidateResult:
+                progress: Progress | None = None,
+                allow_outside_project: bool = False) -> ConsolidateResult:
     """Write stacks holding only the selected particles, and a ``.cs`` pointing at them.
 
     Parameters
@@ -624,6 +626,9 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
         Size of each copy buffer; memory use is a few of these per thread.
     progress
         Called with the number of bytes written as the work proceeds.
+    allow_outside_project
+        Accept ``blob/path`` values outside the project directory; see
+        :class:`~stacktools.particles.ParticleSet`.
 
     Returns
     -------
@@ -638,7 +643,7 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     """
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout, particles_per_stack=particles_per_stack,
-                              dtype=dtype, mrcs=mrcs)
+                              dtype=dtype, mrcs=mrcs, allow_outside_project=allow_outside_project)
     return run_plan(plan, threads=threads, verify=verify, dry_run=dry_run, fsync=fsync,
                     force=force, chunk_bytes=chunk_bytes, progress=progress)
 

@@ -15,13 +15,20 @@ Every operation returns a new ``CsDataset``; none modifies its input.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import dataset as _ds
-from .errors import FieldError
+from .errors import CsFormatError, ExpressionError, FieldError
+
+# CryoSPARC names a job's outputs J<n>[_<iteration>]_<rest>.cs and the passthrough
+# beside them J<n>_passthrough_<rest>.cs (J7_particles_selected.cs and
+# J7_passthrough_particles_selected.cs; J24_005_particles.cs and
+# J24_passthrough_particles.cs).
+_JOB_FILE_RE = re.compile(r"^(?P<job>.*?J\d+)(?:_\d+)?_(?P<rest>.+)\.cs$")
 
 
 class CsDataset:
@@ -185,13 +192,52 @@ class CsDataset:
     # ---- queries -------------------------------------------------------------------
 
     def mask(self, expression: str) -> np.ndarray:
-        """Boolean mask of the rows matching ``expression`` (see :mod:`stacktools.expr`)."""
-        from .expr import evaluate
+        """Boolean mask of the rows matching ``expression`` (see :mod:`stacktools.expr`).
+
+        Raises
+        ------
+        ExpressionError
+            The expression is malformed or names a field the dataset lacks; when
+            the CryoSPARC passthrough file beside :attr:`source` has that field,
+            the message names it.
+        """
+        from .expr import evaluate, fields_used
+        missing = [f for f in fields_used(expression) if f not in self.data.dtype.names]
+        if missing and self.source is not None:
+            pt = find_passthrough(self.source, missing)
+            if pt is not None:
+                raise ExpressionError(
+                    f"{self.where}: no field {missing[0]!r} in expression {expression!r}; "
+                    f"the passthrough file {pt} has it: add --passthrough {pt} "
+                    "(passthrough= in the API)")
         return evaluate(expression, self.data, self.where)
 
-    def query(self, expression: str) -> "CsDataset":
-        """The rows matching ``expression``, e.g. ``"ctf/df1_A < 20000 and ctf/type == 'patchctf'"``."""
-        return self[self.mask(expression)]
+    def query(self, expression: str,
+              passthrough: "CsDataset | np.ndarray | None" = None) -> "CsDataset":
+        """The rows matching ``expression``, e.g. ``"ctf/df1_A < 20000 and ctf/type == 'patchctf'"``.
+
+        Parameters
+        ----------
+        expression
+            The condition (see :mod:`stacktools.expr`).
+        passthrough
+            A passthrough dataset whose fields the condition may also use, joined
+            on ``uid``. The result keeps only this dataset's fields, in its row
+            order; rows the passthrough lacks are dropped.
+
+        Returns
+        -------
+        CsDataset
+
+        Raises
+        ------
+        ExpressionError, FieldError
+            See :meth:`mask` and :meth:`join`.
+        """
+        if passthrough is None:
+            return self[self.mask(expression)]
+        full = self.join(passthrough)
+        return self.intersect(full[full.mask(expression)])
 
     # ---- set algebra by uid --------------------------------------------------------
 
@@ -261,10 +307,45 @@ def _unwrap(other) -> tuple[np.ndarray, str]:
     raise TypeError(f"expected a CsDataset or a structured array, got {type(other).__name__}")
 
 
+def find_passthrough(path: str | os.PathLike, fields: Sequence[str]) -> Path | None:
+    """The CryoSPARC passthrough file beside ``path`` that has all of ``fields``, if any.
+
+    Parameters
+    ----------
+    path
+        A job's output ``.cs``, e.g. ``J7/J7_particles_selected.cs``.
+    fields
+        Field names the passthrough must hold.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``J7/J7_passthrough_particles_selected.cs`` (or another
+        ``J7_passthrough_*.cs`` beside it) when it exists and has the fields; only
+        its header is read.
+    """
+    from .csfile import read_cs
+    p = Path(path)
+    m = _JOB_FILE_RE.match(p.name)
+    if m is None or "_passthrough_" in p.name:
+        return None
+    exact = p.with_name(f"{m['job']}_passthrough_{m['rest']}.cs")
+    for cand in [exact] + sorted(set(p.parent.glob(f"{m['job']}_passthrough_*.cs")) - {exact}):
+        if not cand.is_file():
+            continue
+        try:
+            names = read_cs(cand, mmap=True).dtype.names
+        except CsFormatError:
+            continue
+        if all(f in names for f in fields):
+            return cand
+    return None
+
+
 def load_cs(path: str | os.PathLike, *, passthrough: str | os.PathLike | None = None,
             mmap: bool = False) -> CsDataset:
     """Read a ``.cs`` file as a :class:`CsDataset`; see :meth:`CsDataset.load`."""
     return CsDataset.load(path, passthrough=passthrough, mmap=mmap)
 
 
-__all__: Sequence[str] = ["CsDataset", "load_cs"]
+__all__: Sequence[str] = ["CsDataset", "find_passthrough", "load_cs"]

@@ -21,6 +21,10 @@ from .errors import CsFormatError, OutputError
 
 NUMPY_MAGIC = b"\x93NUMPY"
 CSDAT_MAGIC = b"\x95CSDAT"
+# Jobs with many classes write thousands of fields (alignments_class_N/*), far past
+# np.load's 10,000-byte default. The limit bounds the header's literal_eval; pickles
+# stay refused by allow_pickle=False.
+MAX_HEADER_BYTES = 1 << 24
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -54,12 +58,19 @@ def read_cs(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     -------
     numpy.ndarray
         One-dimensional structured array with the file's exact dtype.
+
+    Raises
+    ------
+    CsFormatError
+        The file is missing, neither format, truncated, holds objects (pickles are
+        never loaded) or has a header over :data:`MAX_HEADER_BYTES`.
     """
     fmt = detect_format(path)
     if fmt == "csdat":
         return _read_csdat(path)
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False,
+                      max_header_size=MAX_HEADER_BYTES)
     except (ValueError, EOFError, OSError) as err:
         raise CsFormatError(f"{path}: corrupt or truncated .cs file ({err})") from err
     if arr.dtype.names is None or arr.ndim != 1:

@@ -23,8 +23,12 @@ BLOB_FIELDS = ("blob/path", "blob/idx")
 
 
 def strip_import_marker(path: bytes | str) -> str:
-    """Return a ``blob/path`` value as text, without CryoSPARC's leading ``>``."""
-    text = path.decode() if isinstance(path, bytes) else str(path)
+    """Return a ``blob/path`` value as text, without CryoSPARC's leading ``>``.
+
+    Bytes are decoded as the OS decodes file names (:func:`os.fsdecode`): bytes that
+    are not UTF-8 become surrogate escapes, so the text still names the same file.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
     return text[1:] if text.startswith(">") else text
 
 
@@ -59,11 +63,26 @@ class ParticleSet:
     project_dir
         Directory that relative ``blob/path`` values are resolved against.
     source
-        Where ``data`` came from, for messages.
+        Where ``data`` came from (the ``.cs`` file), for messages; its directory is
+        also a place stacks may live (see ``allow_outside_project``).
+    allow_outside_project
+        Accept ``blob/path`` values that lie outside both the project directory and
+        the directory of ``source``. By default such a value (``/etc/passwd``,
+        ``../../x.mrc``) raises :class:`PathEscapeError` the first time the
+        stacks are named (:meth:`open` does that at once), before any is
+        opened. The check is lexical (:func:`os.path.normpath`, no symlinks
+        followed: a project may symlink job directories to other disks) and is
+        made once per distinct stack.
+
+    Raises
+    ------
+    FieldError
+        ``data`` lacks ``blob/path`` or ``blob/idx``.
     """
 
     def __init__(self, data: np.ndarray, project_dir: str | os.PathLike,
-                 source: str | os.PathLike | None = None):
+                 source: str | os.PathLike | None = None, *,
+                 allow_outside_project: bool = False):
         missing = [f for f in BLOB_FIELDS if f not in (data.dtype.names or ())]
         where = source or "dataset"
         if missing:
@@ -72,6 +91,7 @@ class ParticleSet:
         self.data = data
         self.project_dir = Path(project_dir)
         self.source = str(source) if source is not None else None
+        self.allow_outside_project = allow_outside_project
         self._codes: np.ndarray | None = None
         self._blob_paths: list[str] | None = None
         self._stack_paths: list[Path] | None = None
@@ -80,7 +100,8 @@ class ParticleSet:
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
-             passthrough: str | os.PathLike | None = None) -> "ParticleSet":
+             passthrough: str | os.PathLike | None = None, *,
+             allow_outside_project: bool = False) -> "ParticleSet":
         """Load a particle set from a ``.cs`` file.
 
         Parameters
@@ -93,6 +114,19 @@ class ParticleSet:
         passthrough
             Optional passthrough ``.cs``; its fields are inner-joined on ``uid``
             (fields of ``cs_path`` win on clashes).
+        allow_outside_project
+            See :class:`ParticleSet`.
+
+        Returns
+        -------
+        ParticleSet
+
+        Raises
+        ------
+        CsFormatError, FieldError
+            The ``.cs`` is unreadable or not a particle dataset.
+        PathEscapeError
+            A ``blob/path`` leads outside the project (see ``allow_outside_project``).
         """
         data = csfile.read_cs(cs_path)
         if passthrough is not None:
@@ -100,7 +134,9 @@ class ParticleSet:
             data = join(data, csfile.read_cs(passthrough))
         if project_dir is None:
             project_dir = Path(cs_path).resolve().parent.parent
-        return cls(data, project_dir, source=cs_path)
+        pset = cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project)
+        pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
+        return pset
 
     def __len__(self) -> int:
         return len(self.data)
@@ -145,8 +181,46 @@ class ParticleSet:
         if self._stack_names is None:
             self._factorise()
             root = os.fspath(self.project_dir)
+            if not self.allow_outside_project:
+                self._check_inside_project()
             self._stack_names = [os.path.join(root, b) for b in self._blob_paths]
         return self._stack_names
+
+    def _allowed_roots(self) -> list[str]:
+        roots = [os.fspath(self.project_dir)]
+        if self.source is not None:
+            # Stacks beside their .cs (consolidate's output outside the project).
+            roots.append(os.path.dirname(os.path.abspath(self.source)))
+        return [os.path.normpath(os.path.abspath(r)) for r in roots]
+
+    def _check_inside_project(self) -> None:
+        roots = self._allowed_roots()
+        prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+        for k, blob in enumerate(self._blob_paths):
+            if ".." not in blob and not blob.startswith("/"):
+                continue  # relative without "..": cannot leave the project (the usual case)
+            full = os.path.normpath(os.path.join(roots[0], blob))
+            if full not in roots and not full.startswith(prefixes):
+                row = self._first_row(k)
+                raise PathEscapeError(
+                    f"{self._where(row)}: blob/path {blob!r} is outside the project directory "
+                    f"{roots[0]} (it names {full}); pass --allow-outside-project "
+                    "(allow_outside_project=True) if the stacks really live there")
+
+    def _first_row(self, code: int) -> int:
+        return int(np.flatnonzero(self.stack_codes == code)[0])
+
+    def _missing_message(self, code: int) -> str:
+        """Where a missing stack was looked for, and how to look elsewhere."""
+        name, blob = self._stack_path_names()[code], self._blob_paths[code]
+        proj = os.path.abspath(self.project_dir)
+        msg = (f"{name}: stack not found (blob/path {blob!r} of {self._where(self._first_row(code))}, "
+               f"resolved against the project directory {proj}; set it with --project-dir")
+        if self.source is not None and not os.path.isabs(blob):
+            beside = os.path.dirname(os.path.abspath(self.source))
+            if beside != proj and os.path.exists(os.path.join(beside, blob)):
+                msg += f"; the stack exists beside the .cs: use --project-dir {beside}"
+        return msg + ")"
 
     def groups(self) -> list[StackGroup]:
         """Rows grouped by stack, in :attr:`stack_paths` order."""
@@ -174,9 +248,7 @@ class ParticleSet:
                 missing = next((k for k, p in enumerate(names) if not os.path.exists(p)), None)
                 if missing is None:
                     raise
-                row = int(np.flatnonzero(self.stack_codes == missing)[0])
-                raise MissingStackError(f"{names[missing]}: stack not found (blob/path of "
-                                        f"{self._where(row)})") from err
+                raise MissingStackError(self._missing_message(missing)) from err
         return self._headers
 
     def headers(self, threads: int = 4) -> dict[Path, StackHeader]:
@@ -244,19 +316,9 @@ class ParticleSet:
 
 
 def open_particles(cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
-                   passthrough: str | os.PathLike | None = None) -> ParticleSet:
+                   passthrough: str | os.PathLike | None = None, *,
+                   allow_outside_project: bool = False) -> ParticleSet:
     """Load a particle set; see :meth:`ParticleSet.open`."""
-    return ParticleSet.open(cs_path, project_dir, passthrough)
+    return ParticleSet.open(cs_path, project_dir, passthrough,
+                            allow_outside_project=allow_outside_project)
 
-
-def check_inside(root: Path, path: Path) -> Path:
-    """Return ``path`` resolved, or raise :class:`PathEscapeError` if it leaves ``root``.
-
-    ``..`` components, absolute paths and symlinked directories are all caught,
-    because the check is made on fully resolved paths.
-    """
-    root_r = root.resolve()
-    full = (root_r / path).resolve() if not path.is_absolute() else path.resolve()
-    if full != root_r and root_r not in full.parents:
-        raise PathEscapeError(f"{path}: resolves to {full}, outside {root_r}")
-    return full

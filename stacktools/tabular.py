@@ -69,6 +69,18 @@ def from_pandas(df, dtype: np.dtype | None = None) -> np.ndarray:
         types are kept exactly and every field must be present. Without it, types
         are inferred: integers stay integers (``uid`` becomes ``<u8``), floats keep
         their width, and text becomes fixed-width bytes as wide as the longest value.
+
+    Returns
+    -------
+    numpy.ndarray
+        One-dimensional structured array.
+
+    Raises
+    ------
+    FieldError
+        A field of ``dtype`` is missing, element columns are incomplete, or a text
+        value is longer (in UTF-8 bytes) than its field in ``dtype``: an explicit
+        dtype is never silently truncated. Pass a wider dtype, or none to infer one.
     """
     columns = [str(c) for c in df.columns]
     groups: dict[str, list[tuple[int, str]]] = {}
@@ -116,8 +128,9 @@ def _column_values(df, cols: list[tuple[int, str]], t: np.dtype | None, name: st
             raise FieldError(f"DataFrame element columns of {name!r} are not [0]..[{len(cols) - 1}]")
         v = np.stack([df[c].to_numpy() for _, c in cols], axis=1)
     if t is not None:
-        if t.base.kind == "S" and v.dtype.kind in "OU":
-            v = np.char.encode(v.astype(str), "utf-8") if len(v) else v.astype(t.base)
+        if t.base.kind == "S":
+            v = _encode_text(v, t.base)
+            _check_width(v, t.base.itemsize, name)
         if t.shape and v.shape[1:] != t.shape:
             raise FieldError(f"DataFrame field {name!r} has {v.shape[1:]} values per row, "
                              f"the dtype {t.shape}")
@@ -126,6 +139,26 @@ def _column_values(df, cols: list[tuple[int, str]], t: np.dtype | None, name: st
         if kinds <= {bytes}:
             v = v.astype(bytes)
     return v
+
+
+def _encode_text(v: np.ndarray, t: np.dtype) -> np.ndarray:
+    """Text or ``bytes`` values as a byte-string array (UTF-8), as wide as they need."""
+    if not len(v) or v.dtype.kind == "S":
+        return v if len(v) else v.astype(t)
+    if v.dtype.kind == "O" and all(isinstance(x, bytes) for x in v.ravel()):
+        return v.astype(bytes)
+    return np.char.encode(v.astype(str), "utf-8")
+
+
+def _check_width(v: np.ndarray, width: int, name: str) -> None:
+    """Refuse values that a ``S{width}`` field would truncate (a broken ``blob/path``)."""
+    if v.dtype.kind != "S" or v.dtype.itemsize <= width:
+        return
+    lengths = np.char.str_len(v).reshape(len(v), -1).max(axis=1)
+    row = int(np.flatnonzero(lengths > width)[0])
+    raise FieldError(f"DataFrame row {row}: field {name!r} is {int(lengths[row])} bytes long, "
+                     f"the dtype's S{width} would truncate it; widen that field in the dtype "
+                     "or omit dtype to size it from the data")
 
 
 def write_csv(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = False) -> Path:

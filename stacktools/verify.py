@@ -127,7 +127,8 @@ def _raw_rows(a: np.ndarray) -> np.ndarray:
 def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
            project_dir: str | os.PathLike | None = None, threads: int = 4,
            chunk_bytes: int = VERIFY_CHUNK_BYTES,
-           progress: Callable[[int], None] | None = None) -> VerifyResult:
+           progress: Callable[[int], None] | None = None,
+           allow_outside_project: bool = False) -> VerifyResult:
     """Check every particle and field of a consolidated set against the original.
 
     Parameters
@@ -145,6 +146,9 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
         Bytes read per side at a time, per thread.
     progress
         Called with the number of bytes of the new stacks checked.
+    allow_outside_project
+        Accept ``blob/path`` values outside the project directory; see
+        :class:`~stacktools.particles.ParticleSet`.
 
     Returns
     -------
@@ -153,8 +157,10 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     """
     if project_dir is None:
         project_dir = Path(against).resolve().parent.parent
-    new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs)
-    old = ParticleSet(csfile.read_cs(against), project_dir, source=against)
+    new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs,
+                      allow_outside_project=allow_outside_project)
+    old = ParticleSet(csfile.read_cs(against), project_dir, source=against,
+                      allow_outside_project=allow_outside_project)
     new_list = new.check()
     old_list = old.check()
     problems: list[str] = []

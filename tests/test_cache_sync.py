@@ -197,7 +197,8 @@ def test_dotdot_paths_cannot_write_outside(ssd, demo, tmp_path):
     data = data.astype([(n, f"S{len(rel) + 8}") if n == "blob/path" else (n, data.dtype.fields[n][0])
                         for n in data.dtype.names])
     data["blob/path"] = b"J5/../" + rel
-    evil = ParticleSet(data, demo.project_dir)
+    # The cache must hold even when the particle model is told to allow such paths.
+    evil = ParticleSet(data, demo.project_dir, allow_outside_project=True)
     before = {p for p in tmp_path.rglob("*")}
     cache = _cache(ssd)
     res = cache.ensure(evil)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from stacktools.csfile import read_cs, write_cs
 from stacktools.errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
                                MissingStackError, PathEscapeError, TruncatedStackError)
-from stacktools.particles import ParticleSet, check_inside, resolve_blob_path
+from stacktools.particles import ParticleSet, resolve_blob_path
 
 
 def test_import_marker_stripped_and_resolved(real_data: Path, tmp_path: Path) -> None:
@@ -88,15 +89,25 @@ def test_truncated_stack_in_set(demo) -> None:
         ps.validate()
 
 
-def test_check_inside(tmp_path: Path) -> None:
+def test_blob_path_outside_project_is_refused_lexically(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
+    # A symlinked job directory is the project's own business: allowed.
     (root / "link").symlink_to(tmp_path / "outside")
-    assert check_inside(root, Path("a/b.mrc")) == (root / "a" / "b.mrc").resolve()
-    for bad in ["../x.mrc", "a/../../x.mrc", "/etc/passwd", "link/x.mrc"]:
-        with pytest.raises(PathEscapeError):
-            check_inside(root, Path(bad))
+    good = [b"a/b.mrc", b"link/x.mrc", b"a/../a/b.mrc", os.fsencode(root / "a" / "abs.mrc")]
+    for blob in good:
+        data = np.zeros(1, [("blob/path", "S200"), ("blob/idx", "<u4")])
+        data["blob/path"] = blob
+        ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths
+    for bad in [b"../x.mrc", b"a/../../x.mrc", b"/etc/passwd", b">../../etc/passwd",
+                os.fsencode(tmp_path / "outside" / "x.mrc")]:
+        data = np.zeros(3, [("blob/path", "S200"), ("blob/idx", "<u4")])
+        data["blob/path"] = [b"a/b.mrc", b"a/b.mrc", bad]
+        with pytest.raises(PathEscapeError, match=r"x\.cs row 2: blob/path .*outside the project"):
+            ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths
+        allowed = ParticleSet(data, root, source=root / "a" / "x.cs", allow_outside_project=True)
+        assert len(allowed.stack_paths) == 2
 
 
 def test_resolve_absolute_blob_path(tmp_path: Path) -> None:
