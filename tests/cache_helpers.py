@@ -45,10 +45,12 @@ def cli_json(*args: str) -> dict:
 
 
 def ledger_copies(ssd: Path) -> list[str]:
+    """Keys of the ledger's ``copy`` lines (one per copy renamed into place)."""
     p = ssd / "stacktools-cache" / "ledger.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line)["key"] for line in p.read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [r["key"] for r in recs if r.get("op", "copy") == "copy"]
 
 
 def final_files(ssd: Path) -> list[Path]:
