@@ -646,8 +646,11 @@ class Cache:
         entry is gone.
         """
         lock = self._lock(key)
-        if not lock.acquire(blocking=False):
-            return False
+        try:
+            if not lock.acquire(blocking=False):
+                return False
+        except CacheForeignPathError:
+            return False  # a symlink planted at its lock file: leave the entry alone
         try:
             if ino is None:
                 row = self.index.get_many([key]).get(key)
