@@ -15,7 +15,6 @@ import pytest
 
 from stacktools.cache import Cache
 from stacktools.cache.locks import key_hash
-from stacktools.errors import CacheForeignPathError
 
 from cache_helpers import final_files, project, run_cli, subset_cs
 from independent import read_particle
@@ -78,6 +77,7 @@ def test_a_symlink_at_any_own_path_is_never_followed(proj, tmp_path, outside, pl
     root = cache.root
     before = _snapshot(outside)
     key = os.path.realpath(pset.stack_paths[0])
+    os.unlink(cache.cached_path(os.path.realpath(pset.stack_paths[1])))  # the sync copies again
     if place in ("files", "locks", "pins", "manifests"):
         target = root / place
         os.rename(target, tmp_path / f"real-{place}")
@@ -103,6 +103,7 @@ def test_a_symlink_at_any_own_path_is_never_followed(proj, tmp_path, outside, pl
 
 
 def test_api_refuses_a_symlinked_manifests_dir(proj, tmp_path, outside):
+    from stacktools.errors import CacheForeignPathError
     ssd = tmp_path / "ssd"
     Cache(ssd, reserve_mb=0)
     root = ssd / "stacktools-cache"
