@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -164,8 +165,9 @@ class PinFile:
         """Rewrite the content (call with the space lock held)."""
         head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
                            "reserved": self.reserved}).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, head + self.blob, 0)
+        data = head + self.blob
+        os.pwrite(self.fd, data, 0)  # then cut: the file is never empty once written
+        os.ftruncate(self.fd, len(data))
 
     def close(self) -> None:
         """Drop the pin: unlink the file, then release its lock."""
@@ -220,7 +222,7 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
                 continue
             # Lockable: its owner is gone (the kernel dropped the lock). Not a stale
             # lock, just a leftover record: remove it if it is one of ours.
-            if _is_pin_record(fd):
+            if _is_pin_record(name, fd):
                 _unlink_if_same(p, fd)
         except OSError as err:
             if err.errno not in (errno.ENOENT,):
@@ -239,9 +241,17 @@ def _unlink_if_same(path: str | os.PathLike, fd: int) -> None:
             pass
 
 
-def _is_pin_record(fd: int) -> bool:
-    """Whether the open file starts with a pin file's JSON head (one the cache wrote)."""
+_PIN_NAME = re.compile(r"^.+-[0-9]+-[0-9a-f]{8}\.pin$")
+
+
+def _is_pin_record(name: str, fd: int) -> bool:
+    """Whether a pin file is one the cache wrote: its name, and a pin's JSON head (or
+    nothing yet, if its process died between creating and writing it)."""
+    if not _PIN_NAME.match(name):
+        return False
     head = os.pread(fd, 4096, 0).partition(b"\n")[0]
+    if not head:
+        return True
     try:
         data = json.loads(head)
     except ValueError:
