@@ -248,10 +248,10 @@ class Index:
 
     def read_ledger(self) -> Iterator[dict]:
         """The ledger's records, in order (a torn last line is skipped)."""
-        for rec, _ in self._ledger_lines(0):
+        for rec, _ in self.ledger_lines(0):
             yield rec
 
-    def _ledger_lines(self, offset: int) -> Iterator[tuple[dict, int]]:
+    def ledger_lines(self, offset: int) -> Iterator[tuple[dict, int]]:
         """``(record, offset of its line's end)`` from ``offset`` on."""
         try:
             fd = open_own(self.ledger_path, os.O_RDONLY)

@@ -154,7 +154,7 @@ class Cache:
         try:
             # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
             ssd.mkdir(parents=True, exist_ok=True)
-            upkeep.make_root(root, shared=getattr(self.config, "shared", False))
+            upkeep.make_root(root, shared=self.config.shared)
             for sub in upkeep.OWN_DIRS:
                 p = root / sub
                 if not os.path.lexists(p):
@@ -294,7 +294,7 @@ class Cache:
         except FileNotFoundError:
             return
         recs, stop, end = [], None, offset
-        for rec, pos in self.index._ledger_lines(offset):
+        for rec, pos in self.index.ledger_lines(offset):
             if rec.get("op", "copy") == "copy":
                 state = self.index.claim_state(rec)
                 if state == "final":
