@@ -233,6 +233,10 @@ def status_cmd(
         for p, n in sorted(st["bytes_per_project"].items()):
             t.add_row(p, fmt_bytes(n))
         out.print(t)
+    for item in st.get("foreign_paths", []):
+        out.print(f"not the cache's: {item['path']}: {item['what']}")
+    for w in st.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
 
 
 @app.command("clean")

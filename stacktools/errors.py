@@ -88,6 +88,10 @@ class CacheFullError(CacheError):
     """A set does not fit on the SSD even after evicting everything evictable."""
 
 
+class CacheForeignPathError(CacheError):
+    """A path the cache owns is a symlink or a file it did not make; it is left alone."""
+
+
 class PlacementError(StacktoolsError):
     """Sets cannot be placed on nodes as asked (no nodes, a bad queue order, ...)."""
 

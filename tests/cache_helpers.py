@@ -45,10 +45,12 @@ def cli_json(*args: str) -> dict:
 
 
 def ledger_copies(ssd: Path) -> list[str]:
+    """Keys of the ledger's ``copy`` lines (one per copy renamed into place)."""
     p = ssd / "stacktools-cache" / "ledger.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line)["key"] for line in p.read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [r["key"] for r in recs if r.get("op", "copy") == "copy"]
 
 
 def final_files(ssd: Path) -> list[Path]:
@@ -75,17 +77,29 @@ def no_lock_held(ssd: Path) -> bool:
     return True
 
 
-# A syncing process slowed down (small chunks, a short sleep per chunk) so that a
-# SIGKILL lands mid-copy. Prints one JSON line per finished sync.
+def same_stack(src, dst) -> None:
+    """Assert that ``dst`` holds ``src``'s bytes, read with the independent reader only."""
+    from independent import header, read_particle
+    assert os.path.getsize(dst) == os.path.getsize(src), f"{dst}: size differs from {src}"
+    h = header(src)
+    assert header(dst) == h, f"{dst}: MRC header differs from {src}"
+    for i in range(h["nz"]):
+        assert read_particle(dst, i).tobytes() == read_particle(src, i).tobytes(), \
+            f"{dst}: particle {i} differs from {src}"
+
+
+# A syncing process slowed down (small chunks, a sleep per chunk: argv[4] seconds,
+# default 3 ms) so that a SIGKILL lands mid-copy. Prints one JSON line per finished sync.
 SLOW_WORKER = r"""
 import json, sys, time
 import stacktools.cache.copy as cp
 cp.CHUNK = 16 * 1024
 from stacktools.cache import Cache
 paths = json.loads(sys.argv[2])
+delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.003
 cache = Cache(sys.argv[1], reserve_mb=0, threads=int(sys.argv[3]))
 print("ready", flush=True)
-res = cache.ensure(paths, progress=lambda n: time.sleep(0.003))
+res = cache.ensure(paths, progress=lambda n: time.sleep(delay))
 print(json.dumps({"copied": res.copied, "copies": res.copies}), flush=True)
 """
 

@@ -266,10 +266,16 @@ def test_crashed_copy_temps_are_swept(ssd, pset):
     src = os.path.realpath(pset.stack_paths[0])
     dest = Path(cache.cached_path(src))
     dest.parent.mkdir(parents=True)
+    # A crashed copy's temporary: named in the ledger before it was made.
     tmp = dest.parent / f".{dest.name}.abc123.stacktools-tmp"
+    cache.index.append_ledger({"op": "tmp", "t": 0, "key": src, "tmp": tmp.name})
     tmp.write_bytes(b"half")
+    # A file that merely looks like a temporary: not the cache's, so it stays.
+    foreign = dest.parent / f".{dest.name}.abcdefgh.stacktools-tmp"
+    foreign.write_bytes(b"mine")
     cache.ensure(pset)
     assert not tmp.exists()
+    assert foreign.read_bytes() == b"mine"
 
 
 def test_lru_eviction_skips_pinned_entries(ssd, demo):

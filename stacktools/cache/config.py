@@ -54,7 +54,9 @@ class CacheConfig:
     ``ssd_path`` is the SSD directory (the cache lives in ``ssd_path/stacktools-cache``);
     ``quota_mb`` the most the cache may hold (``None``: no quota); ``reserve_mb`` the
     least free space to leave on the device; ``lifetime_days`` how long an entry
-    lives after its last access; ``threads`` the number of copy threads;
+    lives after its last access; ``threads`` the number of copy threads; ``shared``
+    whether a new cache root is made for all users (world-writable, sticky) rather
+    than private to its user (config file only);
     ``sources`` says where each value came from (``flag``, ``file``, ``env``, ``default``).
     """
 
@@ -63,6 +65,7 @@ class CacheConfig:
     reserve_mb: float = DEFAULT_RESERVE_MB
     lifetime_days: float = DEFAULT_LIFETIME_DAYS
     threads: int = DEFAULT_THREADS
+    shared: bool = False
     sources: Mapping[str, str] | None = None
 
     @property
@@ -118,7 +121,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     table = data.get("cache", {})
     if not isinstance(table, dict):
         raise CacheConfigError(f"{p}: [cache] must be a table")
-    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads"}
+    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads", "shared"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise CacheConfigError(f"{p}: unknown [cache] setting {unknown[0]!r}")
@@ -195,7 +198,10 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
     if "ssd_path" not in values:
         raise CacheConfigError(f"no SSD path: give --ssd-path, set ssd_path in {cfg_path}, "
                                f"or set ${ENV_SSD}")
-    return CacheConfig(sources=sources, **values)
+    shared = file_vals.get("shared", False)
+    if not isinstance(shared, bool):
+        raise CacheConfigError(f"{cfg_path} [cache] shared: {shared!r} must be true or false")
+    return CacheConfig(sources=sources, shared=shared, **values)
 
 
 def _project_file(project_dir: str | os.PathLike) -> Path:

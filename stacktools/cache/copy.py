@@ -1,100 +1,169 @@
 """Copy one file into the cache: temporary name, size check, fsync, atomic rename.
 
 Nothing partial ever appears under a final name: data goes to
-``.<name>.<random>.stacktools-tmp`` in the destination directory, which a later
-run sweeps if this one crashes.
+``.<name>.<random>.stacktools-tmp`` in the destination directory (the name cut to
+fit NAME_MAX), created with ``O_EXCL`` so that it is never a file someone else put
+there. ``claim`` records the temporary in the ledger before it is created and the
+finished copy before it is renamed, so that whatever instant a kill lands, every
+file this made is provably the cache's (see :mod:`stacktools.cache.index`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import FILE_MODE, TMP_SUFFIX, tmp_name_for
-from ..errors import CacheError, CacheFullError
+from ..atomic import TMP_SUFFIX
+from ..errors import CacheError, CacheForeignPathError, CacheFullError
+from .safefs import fit_name, is_disk_full, open_own
 
 CHUNK = 8 << 20
-READ_ONLY = FILE_MODE & 0o444
+
+Claim = Callable[[str, "int | None"], None]
 
 
 class SourceChanged(CacheError):
     """The source changed while it was being copied."""
 
 
+def tmp_name(final_name: str) -> str:
+    """A fresh temporary name beside ``final_name`` that fits NAME_MAX whatever its length."""
+    return fit_name(f".{final_name}", f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+
+
+def copy_mode(src_st: os.stat_result, fd_out: int) -> int:
+    """Permission bits for a copy: the source's, minus write (and minus set-id bits).
+
+    The group bits are kept only if the copy could be given the source's group, so
+    that no one reads the copy who could not read the source.
+    """
+    mode = stat.S_IMODE(src_st.st_mode) & 0o555
+    if os.fstat(fd_out).st_gid != src_st.st_gid:
+        try:
+            os.fchown(fd_out, -1, src_st.st_gid)
+        except OSError:
+            mode &= ~0o050
+    return mode
+
+
+def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], None] | None) -> int:
+    """Copy ``size`` bytes from ``fd_in`` to ``fd_out``: the one place a copy's bytes move.
+
+    Returns the number of bytes copied (less than ``size`` if the source was short).
+    """
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(fd_in, fd_out, min(CHUNK, size - done))
+        except OSError as err:
+            if err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                n = os.sendfile(fd_out, fd_in, done, min(CHUNK, size - done))
+            else:
+                raise
+        if n == 0:
+            break
+        done += n
+        if progress is not None:
+            progress(n)
+    return done
+
+
+def _create_tmp(dest: Path, claim: Claim | None) -> tuple[str, int]:
+    """Claim and create a fresh temporary beside ``dest``; returns (name, descriptor)."""
+    for _ in range(8):
+        name = tmp_name(dest.name)
+        if claim is not None:
+            claim(name, None)
+        try:
+            return name, open_own(dest.parent / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue  # someone else's file has this name: never touch it, pick another
+    raise CacheError(f"{dest.parent}: cannot create a temporary file (names taken)")
+
+
 def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
-              progress: Callable[[int], None] | None = None) -> int:
+              progress: Callable[[int], None] | None = None, *,
+              claim: Claim | None = None, owned_ino: int | None = None) -> int:
     """Copy ``src`` to ``dest`` atomically and return the new file's inode.
 
-    Parameters
-    ----------
-    src
-        Source file.
-    dest
-        Final path in the cache (its directory must exist).
-    size, mtime_ns
-        The source's figures from the plan; the copy must match them, and gets
-        ``mtime_ns`` as its own mtime so that a later check is one ``stat``.
-    progress
-        Called with the number of bytes written after each chunk.
+    Args:
+        src: Source file.
+        dest: Final path in the cache (its directory must exist).
+        size: The source's size from the plan; the copy must match it.
+        mtime_ns: The source's mtime from the plan; the copy gets it as its own, so
+            that a later check is one ``stat``.
+        progress: Called with the number of bytes written after each chunk.
+        claim: Called as ``claim(tmp_name, None)`` before the temporary is created
+            and ``claim(tmp_name, inode)`` before it is renamed to ``dest`` (the
+            ledger lines that keep the copy the cache's).
+        owned_ino: Inode of the cache's own file now at ``dest``, if any: only that
+            file may be replaced.
 
-    Raises :class:`CacheFullError` on ``ENOSPC``/``EDQUOT`` and :class:`SourceChanged`
-    if the source's size or mtime differs from the plan's; the temporary file is
-    removed on every failure.
+    Returns:
+        The inode of the copy.
+
+    Raises:
+        CacheFullError: ``ENOSPC``/``EDQUOT``.
+        SourceChanged: The source's size or mtime differs from the plan's.
+        CacheForeignPathError: ``dest`` holds a file the cache does not own (it is
+            left alone).
+
+    The temporary file is removed on every failure.
     """
-    try:
-        fd_out, tmp = tempfile.mkstemp(prefix=tmp_name_for(dest), suffix=TMP_SUFFIX, dir=dest.parent)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CacheFullError(f"SSD full: cannot create a file in {dest.parent}: "
-                                 f"{os.strerror(err.errno)}") from err
-        raise
+    tmp = None
+    fd_out = -1
     ok = False
     try:
+        name, fd_out = _create_tmp(dest, claim)
+        tmp = dest.parent / name
+        tmp_ino = os.fstat(fd_out).st_ino
         with open(src, "rb", buffering=0) as fin:
             st = os.fstat(fin.fileno())
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
                 raise SourceChanged(f"{src}: changed since it was planned")
-            done = 0
-            while done < size:
-                try:
-                    n = os.copy_file_range(fin.fileno(), fd_out, min(CHUNK, size - done))
-                except OSError as err:
-                    if err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                        n = os.sendfile(fd_out, fin.fileno(), done, min(CHUNK, size - done))
-                    else:
-                        raise
-                if n == 0:
-                    break
-                done += n
-                if progress is not None:
-                    progress(n)
+            copy_bytes(fin.fileno(), fd_out, size, progress)
             st2 = os.fstat(fin.fileno())
         if st2.st_size != size or st2.st_mtime_ns != mtime_ns:
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
-        os.fchmod(fd_out, READ_ONLY)
+        os.fchmod(fd_out, copy_mode(st2, fd_out))
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
         os.fdatasync(fd_out)  # data and size; a lost mtime only makes the entry invalid
-        ino = os.fstat(fd_out).st_ino
         os.close(fd_out)
         fd_out = -1
+        _check_replaceable(dest, owned_ino)
+        if claim is not None:
+            claim(name, tmp_ino)
         os.replace(tmp, dest)
         ok = True
-        return ino
+        return tmp_ino
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(err):
             raise CacheFullError(f"SSD full while copying {src} to {dest.parent}: "
                                  f"{os.strerror(err.errno)}") from err
         raise
     finally:
         if fd_out >= 0:
             os.close(fd_out)
-        if not ok:
+        if not ok and tmp is not None:
             try:
-                os.unlink(tmp)
+                if os.lstat(tmp).st_ino == tmp_ino:
+                    os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+
+def _check_replaceable(dest: Path, owned_ino: int | None) -> None:
+    """Refuse to rename over anything at ``dest`` but the cache's own file."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(st.st_mode) and st.st_ino == owned_ino):
+        raise CacheForeignPathError(f"{dest}: holds a file the cache did not make; "
+                                    "left alone (remove it to let the cache copy there)")

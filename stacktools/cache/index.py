@@ -5,12 +5,27 @@ across processes with crash-safe transactions and no server or extra dependency;
 mode lets readers proceed while a writer commits. The index is a record, not the
 truth: the filesystem is. If the database is missing or corrupt it is rebuilt from
 the directory, and ownership is re-established from the append-only ledger
-(``ledger.jsonl``), which gets one line for every file the cache copies. A file is
-the cache's own only if the ledger names its path with the same inode and size.
+(``ledger.jsonl``). A file is the cache's own only if the ledger names its path with
+the same inode and size.
+
+Each copy writes two ledger lines, both before the file reaches its final name, so
+that a kill at any instant leaves nothing the cache made without an owner:
+
+* ``{"op": "tmp", "key", "tmp"}`` before the temporary file is created (with
+  ``O_EXCL``): a temporary of that name is then provably the cache's;
+* ``{"op": "copy", "key", "tmp", "ino", "size", "mtime_ns", ...}`` after the data
+  is on disk and before the rename, so the renamed file is the cache's.
+
+A full disk is not corruption: only a database that SQLite reports as corrupt (or
+of another schema) is set aside and rebuilt; a full one raises
+:class:`~stacktools.errors.DiskFullError`, and the maintenance commands then work
+from the ledger and the filesystem (:meth:`Index.ledger_rows`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
@@ -18,6 +33,10 @@ import stat
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from ..atomic import TMP_SUFFIX
+from ..errors import CacheError, CacheForeignPathError, DiskFullError
+from .safefs import is_disk_full, open_own, same_file
 
 SCHEMA_VERSION = 1
 
@@ -47,6 +66,37 @@ CREATE INDEX IF NOT EXISTS set_members_key ON set_members (key);
 COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project")
 
 
+class _Corrupt(Exception):
+    """The database is damaged or of another schema: set it aside and rebuild."""
+
+
+def _sqlite_failure(err: sqlite3.Error, db_path: Path) -> BaseException:
+    """What an SQLite error means for the cache: corrupt, full, busy or something else.
+
+    Returns a :class:`_Corrupt` (set aside and rebuild), a
+    :class:`~stacktools.errors.DiskFullError`, the error itself (busy/locked: the
+    caller's timeout already ran out), or a :class:`~stacktools.errors.CacheError`.
+    """
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(err)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text or (
+            code == sqlite3.SQLITE_IOERR and _device_full(db_path)):
+        return DiskFullError(f"{db_path}: SSD full: cannot write the cache index ({text})")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text \
+            or "not a database" in text:
+        return _Corrupt(text)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+        return err
+    return CacheError(f"{db_path}: cannot use the cache index: {text}")
+
+
+def _device_full(path: Path) -> bool:
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
 class Index:
     """Connection to ``root/index.db``; rebuilt from ``files_dir`` when missing or corrupt.
 
@@ -68,6 +118,16 @@ class Index:
 
     # -- connection -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        # SQLite follows symlinks: refuse a planted link at any of its three names.
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.db_path) + suffix)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheForeignPathError(f"{p}: is a symlink or not a regular file; the cache "
+                                            "does not follow it and leaves it alone")
         con = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None,
                               check_same_thread=False)
         con.execute("PRAGMA busy_timeout=60000")
@@ -82,25 +142,44 @@ class Index:
         return self._con
 
     def _open(self) -> sqlite3.Connection:
-        fresh = not self.db_path.exists()
+        fresh = not os.path.lexists(self.db_path)
         try:
-            con = self._connect()
+            con, fresh = self._attempt(lambda: self._init_schema(fresh))
+        except _Corrupt:
+            self._set_aside()
+            con, fresh = self._attempt(lambda: self._init_schema(True))
+        if fresh:
+            try:
+                self._attempt(lambda: self._rebuild(con))
+            except BaseException:
+                con.close()
+                raise
+        return con
+
+    def _init_schema(self, fresh: bool) -> tuple[sqlite3.Connection, bool]:
+        con = self._connect()
+        try:
             con.executescript(_SCHEMA)
             row = con.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 fresh = True
             elif row[0] != str(SCHEMA_VERSION):
-                raise sqlite3.DatabaseError("schema version mismatch")
-        except sqlite3.DatabaseError:
-            self._set_aside()
-            con = self._connect()
-            con.executescript(_SCHEMA)
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            fresh = True
-        if fresh:
-            self._rebuild(con)
-        return con
+                raise _Corrupt("schema version mismatch")
+        except BaseException:
+            con.close()
+            raise
+        return con, fresh
+
+    def _attempt(self, fn):
+        """Run ``fn()``, turning an SQLite error into what it means (see :func:`_sqlite_failure`)."""
+        try:
+            return fn()
+        except sqlite3.Error as err:
+            why = _sqlite_failure(err, self.db_path)
+            if why is err:
+                raise
+            raise why from err
 
     def _set_aside(self) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -115,62 +194,196 @@ class Index:
             self._con = None
 
     def run(self, fn):
-        """Run ``fn(con)``; on a corrupt database, rebuild once and retry."""
+        """Run ``fn(con)``; on a corrupt database, rebuild once and retry.
+
+        Raises:
+            DiskFullError: The SSD is full (the database is left as it is).
+            CacheError: SQLite failed for another reason than corruption.
+        """
         try:
-            return fn(self.con)
-        except sqlite3.DatabaseError as err:
-            if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
-                raise
+            return self._attempt(lambda: fn(self.con))
+        except _Corrupt:
+            self._rollback()
             self.close()
             self._set_aside()
             self._con = self._open()
-            return fn(self._con)
+            return self._attempt(lambda: fn(self._con))
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._con is not None and self._con.in_transaction:
+            try:
+                self._con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def set_meta(self, k: str, v: str) -> None:
+        """Store one setting in the ``meta`` table."""
+        self.run(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v)))
 
     # -- ledger ---------------------------------------------------------------------
     def append_ledger(self, record: dict) -> None:
-        """Append one line; a single ``write`` under ``O_APPEND`` keeps lines whole."""
+        """Append one line; a single ``write`` under ``O_APPEND`` keeps lines whole.
+
+        The write holds a shared ``flock`` on the ledger, so that a compaction (which
+        holds it exclusively while it rewrites the file) never loses a line.
+
+        Raises:
+            CacheForeignPathError: ``ledger.jsonl`` is a symlink or not a file.
+            OSError: The write failed (``ENOSPC`` on a full SSD).
+        """
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        while True:
+            fd = open_own(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if same_file(self.ledger_path, fd):
+                    if os.write(fd, line) != len(line):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.ledger_path))
+                    return
+            finally:
+                os.close(fd)  # a compaction replaced the file meanwhile: append to the new one
 
     def read_ledger(self) -> Iterator[dict]:
+        """The ledger's records, in order (a torn last line is skipped)."""
+        for rec, _ in self.ledger_lines(0):
+            yield rec
+
+    def ledger_lines(self, offset: int) -> Iterator[tuple[dict, int]]:
+        """``(record, offset of its line's end)`` from ``offset`` on."""
         try:
-            fh = open(self.ledger_path, "rb")
+            fd = open_own(self.ledger_path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        with fh:
+        with os.fdopen(fd, "rb") as fh:
+            fh.seek(offset)
+            pos = offset
             for line in fh:
+                pos += len(line)
+                if not line.endswith(b"\n"):
+                    return  # a torn last line from a crash
                 try:
                     rec = json.loads(line)
                 except ValueError:
-                    continue  # a torn last line from a crash
+                    continue
                 if isinstance(rec, dict) and "key" in rec:
-                    yield rec
+                    yield rec, pos
 
-    # -- rebuild --------------------------------------------------------------------
-    def _rebuild(self, con: sqlite3.Connection) -> None:
-        """Re-create rows from the files present whose inode and size the ledger records."""
-        claims: dict[str, dict] = {}
-        for rec in self.read_ledger():
-            if rec.get("op", "copy") == "copy":
-                claims[rec["key"]] = rec
-        rows = []
-        now = time.time()
-        base = str(self.files_dir)
-        for key, rec in claims.items():
-            path = base + key
+    def tmp_path(self, rec: dict) -> str:
+        """Where the temporary file a ledger record names lives."""
+        return os.path.dirname(str(self.files_dir) + rec["key"]) + "/" + rec["tmp"]
+
+    def claim_state(self, rec: dict) -> str:
+        """What a ``copy`` record's file is now: ``"final"`` (renamed into place, ours),
+        ``"tmp"`` (still under its temporary name) or ``"gone"``."""
+        ino = rec.get("ino")
+        for where, path in (("final", str(self.files_dir) + rec["key"]),
+                            ("tmp", self.tmp_path(rec) if rec.get("tmp") else None)):
+            if path is None:
+                continue
             try:
                 st = os.lstat(path)
             except OSError:
                 continue
-            if (stat.S_ISREG(st.st_mode) and st.st_ino == rec.get("ino")
-                    and st.st_size == rec.get("size")):
-                rows.append((key, st.st_size, rec.get("mtime_ns", st.st_mtime_ns), st.st_ino,
-                             rec.get("t", now), max(st.st_atime, rec.get("t", now)),
-                             rec.get("owner", ""), rec.get("project", "")))
+            if stat.S_ISREG(st.st_mode) and st.st_ino == ino and st.st_size == rec.get("size"):
+                return where
+        return "gone"
+
+    def owner_ino(self, key: str) -> int | None:
+        """Inode of the cache's own file at ``key``'s location (index, else ledger), if any."""
+        row = self.get_many([key]).get(key)
+        if row is not None:
+            return row["ino"]
+        for rec in self.read_ledger():
+            if rec["key"] == key and rec.get("op", "copy") == "copy" and self.claim_state(rec) == "final":
+                return rec["ino"]
+        return None
+
+    def ledger_rows(self) -> list[dict]:
+        """Index rows for the files the ledger proves are the cache's, from the filesystem.
+
+        Used to rebuild the index, and instead of it when it cannot be written.
+        """
+        rows: dict[str, dict] = {}
+        now = time.time()
+        for rec in self.read_ledger():
+            if rec.get("op", "copy") != "copy" or self.claim_state(rec) != "final":
+                continue
+            t = rec.get("t", now)
+            rows[rec["key"]] = {"key": rec["key"], "size": rec["size"],
+                                "mtime_ns": rec.get("mtime_ns", 0), "ino": rec["ino"],
+                                "created": t, "last_access": t, "owner": rec.get("owner", ""),
+                                "project": rec.get("project", "")}
+        for r in rows.values():
+            try:
+                r["last_access"] = max(r["last_access"], os.lstat(str(self.files_dir) + r["key"]).st_atime)
+            except OSError:
+                pass
+        return list(rows.values())
+
+    def compact_ledger(self, min_bytes: int = 4 << 20) -> None:
+        """Rewrite the ledger with only the records still in force, once it has grown large.
+
+        Kept: ``copy`` records whose file is in place (in the index or not yet) or
+        still a temporary, and ``tmp`` records whose temporary still exists. The
+        ledger is held exclusively meanwhile, so no append is lost. On a full SSD
+        nothing is rewritten.
+        """
+        try:
+            fd = open_own(self.ledger_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            rows = self.all()
+            if min_bytes and (size < min_bytes or size < 4 * 300 * max(1, len(rows))):
+                return  # min_bytes=0 compacts unconditionally
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            indexed = {(r["key"], r["ino"]) for r in rows}
+            live: dict[tuple, dict] = {}  # the last record in force per file, in order
+            for rec in self.read_ledger():
+                if rec.get("op", "copy") == "copy":
+                    state = self.claim_state(rec)
+                    if state != "gone":
+                        live.pop((state, rec["key"]), None)
+                        live[(state, rec["key"])] = rec
+                elif rec.get("op") == "tmp" and os.path.lexists(self.tmp_path(rec)):
+                    live[("tmp", rec["key"], rec["tmp"])] = rec
+            first = [r for r in live.values() if (r["key"], r.get("ino")) in indexed]
+            rest = [r for r in live.values() if (r["key"], r.get("ino")) not in indexed]
+            lines = [(json.dumps(r, separators=(",", ":")) + "\n").encode() for r in first + rest]
+            absorbed = sum(len(x) for x in lines[:len(first)])
+            tmp = self.ledger_path.with_name(f".{self.ledger_path.name}.{os.getpid()}{TMP_SUFFIX}")
+            try:
+                out = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return  # a foreign file (or a crashed compaction's) has the name: leave it
+            try:
+                try:
+                    os.write(out, b"".join(lines))
+                    os.fsync(out)
+                finally:
+                    os.close(out)
+                os.replace(tmp, self.ledger_path)
+            except OSError as err:
+                os.unlink(tmp)
+                if is_disk_full(err):
+                    return
+                raise
+            try:
+                self.set_meta("ledger_offset", str(absorbed))
+            except DiskFullError:
+                pass
+        finally:
+            os.close(fd)
+
+    # -- rebuild --------------------------------------------------------------------
+    def _rebuild(self, con: sqlite3.Connection) -> None:
+        """Re-create rows from the files present whose inode and size the ledger records."""
+        rows = [tuple(r[k] for k in COLUMNS) for r in self.ledger_rows()]
+        now = time.time()
         con.execute("BEGIN IMMEDIATE")
         con.execute("DELETE FROM entries")
         con.executemany(f"INSERT OR REPLACE INTO entries VALUES ({','.join('?' * len(COLUMNS))})", rows)

@@ -23,11 +23,15 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable
+
+from ..errors import CacheForeignPathError
+from .safefs import open_own, same_file
 
 WaitCallback = Callable[[str], None]
 
@@ -54,11 +58,16 @@ class FileLock:
 
     def _holder(self) -> str:
         try:
-            with open(self.path, "r") as fh:
-                text = fh.read(200).strip()
-            return f" (held by {text})" if text else ""
+            fd = open_own(self.path, os.O_RDONLY)
+        except (OSError, CacheForeignPathError):
+            return ""
+        try:
+            text = os.read(fd, 200).decode(errors="replace").strip()
         except OSError:
             return ""
+        finally:
+            os.close(fd)
+        return f" (held by {text})" if text else ""
 
     def acquire(self, shared: bool = False, blocking: bool = True,
                 on_wait: WaitCallback | None = None, note: str | None = None) -> bool:
@@ -66,12 +75,13 @@ class FileLock:
 
         ``on_wait`` is called once with a message before blocking; ``note`` is
         written into the lock file while held exclusively, so that waiters can say
-        what they wait on.
+        what they wait on. A symlink or a non-regular file at ``path`` raises
+        :class:`~stacktools.errors.CacheForeignPathError` and is left alone.
         """
         op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         told = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 try:
                     fcntl.flock(fd, op | fcntl.LOCK_NB)
@@ -85,10 +95,7 @@ class FileLock:
                     fcntl.flock(fd, op)
                 # The file may have been unlinked (by an evictor holding it) while we
                 # waited: then our lock is on a dead inode, so take it again.
-                try:
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
+                same = same_file(self.path, fd)
                 if not same:
                     os.close(fd)
                     continue
@@ -116,10 +123,7 @@ class FileLock:
             return
         try:
             if unlink:
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                _unlink_if_same(self.path, self.fd)
             else:
                 try:
                     os.ftruncate(self.fd, 0)
@@ -153,7 +157,7 @@ class PinFile:
         self.reserved: dict[str, int] = {}
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
         self.path = pins_dir / name
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.fd = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.write()
 
@@ -161,17 +165,15 @@ class PinFile:
         """Rewrite the content (call with the space lock held)."""
         head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
                            "reserved": self.reserved}).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, head + self.blob, 0)
+        data = head + self.blob
+        os.pwrite(self.fd, data, 0)  # then cut: the file is never empty once written
+        os.ftruncate(self.fd, len(data))
 
     def close(self) -> None:
         """Drop the pin: unlink the file, then release its lock."""
         if self.fd is None:
             return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        _unlink_if_same(self.path, self.fd)
         os.close(self.fd)
         self.fd = None
 
@@ -198,9 +200,9 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
             continue
         p = pins_dir / name
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
+            fd = open_own(p, os.O_RDONLY)
+        except (FileNotFoundError, CacheForeignPathError):
+            continue  # gone, or a symlink / non-file someone put here: left alone
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -219,14 +221,39 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
                     reserved[k] = max(reserved.get(k, 0), int(v))
                 continue
             # Lockable: its owner is gone (the kernel dropped the lock). Not a stale
-            # lock, just a leftover record: remove it.
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            # lock, just a leftover record: remove it if it is one of ours.
+            if _is_pin_record(name, fd):
+                _unlink_if_same(p, fd)
         except OSError as err:
             if err.errno not in (errno.ENOENT,):
                 raise
         finally:
             os.close(fd)
     return in_use, reserved
+
+
+def _unlink_if_same(path: str | os.PathLike, fd: int) -> None:
+    """Unlink ``path`` only while it is the file open as ``fd`` (never a swapped-in link)."""
+    if same_file(path, fd):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+_PIN_NAME = re.compile(r"^.+-[0-9]+-[0-9a-f]{8}\.pin$")
+
+
+def _is_pin_record(name: str, fd: int) -> bool:
+    """Whether a pin file is one the cache wrote: its name, and a pin's JSON head (or
+    nothing yet, if its process died between creating and writing it)."""
+    if not _PIN_NAME.match(name):
+        return False
+    head = os.pread(fd, 4096, 0).partition(b"\n")[0]
+    if not head:
+        return True
+    try:
+        data = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and {"pid", "host", "reserved"} <= set(data)

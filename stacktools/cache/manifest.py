@@ -24,7 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
+
+from ..errors import CacheForeignPathError
+from .safefs import check_own_dir, open_own
 
 SETTLE_NS = 2_000_000_000
 FORMAT = 1
@@ -71,11 +75,15 @@ class Manifests:
             return False
         data = json.dumps({"format": FORMAT, "dir": cache_dir, "stamp": _stamp(now),
                            "entries": entries}, separators=(",", ":")).encode()
-        self.dir.mkdir(exist_ok=True)
         final = self._path(cache_dir)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            check_own_dir(self.dir)  # never write through a symlinked manifests/
+            fd = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except (OSError, CacheForeignPathError):
+            return False
+        try:
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, final)
         except OSError:
@@ -89,11 +97,17 @@ class Manifests:
     def clear(self) -> None:
         """Drop every manifest (they are only a cache of stats)."""
         try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
+            check_own_dir(self.dir)  # a symlinked manifests/ is left alone
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, CacheForeignPathError):
             return
-        for name in names:
-            try:
-                os.unlink(self.dir / name)
-            except OSError:
-                pass
+        try:
+            for name in os.listdir(fd):
+                try:
+                    if name.endswith((".json", ".tmp")) and stat.S_ISREG(
+                            os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)

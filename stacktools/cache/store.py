@@ -7,8 +7,9 @@ Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
     pins/<host>-<pid>-<rand>.pin   live processes' pins and reservations (flock)
     space.lock                     serialises making room and reserving space
     index.db                       SQLite record of owned entries (WAL)
-    ledger.jsonl                   one line per copy made: ownership that survives
-                                   the loss of the index, and a log of copies
+    ledger.jsonl                   two lines per copy, both before its rename:
+                                   ownership that survives a kill and the loss
+                                   of the index, and a log of copies
     manifests/                     per-directory record of stat results (a cache)
 
 An entry is keyed by the resolved absolute source path and is valid when the
@@ -35,13 +36,16 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..atomic import TMP_SUFFIX, fsync_dir
-from ..errors import CacheConfigError, CacheError, CacheFullError, MissingStackError, PathEscapeError
+from ..errors import (CacheConfigError, CacheError, CacheForeignPathError, CacheFullError, DiskFullError,
+                      MissingStackError, PathEscapeError)
 from .config import CacheConfig, resolve_config
 from .copy import SourceChanged, copy_into
 from .index import Index
 from .manifest import Manifests
 from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from .safefs import check_own_dir
+from . import upkeep
 
 CACHE_DIRNAME = "stacktools-cache"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
@@ -150,14 +154,13 @@ class Cache:
         try:
             # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
             ssd.mkdir(parents=True, exist_ok=True)
-            root.mkdir(exist_ok=True)
-            if root.is_symlink() or not root.is_dir():
-                raise CacheError(f"{root}: must be a real directory, not a symlink")
-            for sub in ("files", "locks", "pins"):
+            upkeep.make_root(root, shared=self.config.shared)
+            for sub in upkeep.OWN_DIRS:
                 p = root / sub
-                p.mkdir(exist_ok=True)
-                if p.is_symlink():
-                    raise CacheError(f"{p}: must be a real directory, not a symlink")
+                if not os.path.lexists(p):
+                    with contextlib.suppress(FileExistsError):
+                        p.mkdir()
+                check_own_dir(p)
         except OSError as err:
             raise CacheConfigError(f"{ssd}: cannot create the cache there: {err.strerror}") from err
         self.root = Path(os.path.realpath(root))
@@ -277,52 +280,50 @@ class Cache:
         return v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize
 
     def _absorb_ledger(self) -> None:
-        """Record copies whose process died between its rename and its index write."""
-        con = self.index.con
-        row = con.execute("SELECT v FROM meta WHERE k='ledger_offset'").fetchone()
+        """Record copies whose process died between its rename and its index write.
+
+        The offset kept in the index stops at the first copy still under its
+        temporary name (in progress, or left by a kill until swept), so that its
+        rename, if it comes, is absorbed by a later call.
+        """
+        row = self.index.run(lambda c: c.execute("SELECT v FROM meta WHERE k='ledger_offset'").fetchone())
         offset = int(row[0]) if row else 0
         try:
-            size = os.path.getsize(self.index.ledger_path)
+            if os.lstat(self.index.ledger_path).st_size <= offset:
+                return
         except FileNotFoundError:
             return
-        if size <= offset:
-            return
-        import json
-        with open(self.index.ledger_path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        recs = []
-        for line in data[:end].splitlines():
-            try:
-                recs.append(json.loads(line))
-            except ValueError:
-                pass
-        have = self.index.get_many(r["key"] for r in recs if "key" in r)
-        new = []
+        recs, stop, end = [], None, offset
+        for rec, pos in self.index.ledger_lines(offset):
+            if rec.get("op", "copy") == "copy":
+                state = self.index.claim_state(rec)
+                if state == "final":
+                    recs.append(rec)
+                elif state == "tmp" and stop is None:
+                    stop = end
+            end = pos
+        have = self.index.get_many(r["key"] for r in recs)
+        new = {}
         for r in recs:
-            k = r.get("key")
-            if not k or (k in have and have[k]["ino"] == r.get("ino")):
-                continue
-            try:
-                st = os.lstat(self.cached_path(k))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_ino == r.get("ino") and st.st_size == r.get("size"):
-                new.append({"key": k, "size": st.st_size, "mtime_ns": r.get("mtime_ns", st.st_mtime_ns),
-                            "ino": st.st_ino, "created": r.get("t", time.time()),
-                            "last_access": r.get("t", time.time()), "owner": r.get("owner", ""),
-                            "project": r.get("project", "")})
+            k = r["key"]
+            if k not in have or have[k]["ino"] != r["ino"]:
+                t = r.get("t", time.time())
+                new[k] = {"key": k, "size": r["size"], "mtime_ns": r.get("mtime_ns", 0),
+                          "ino": r["ino"], "created": t, "last_access": t,
+                          "owner": r.get("owner", ""), "project": r.get("project", "")}
         if new:
-            self.index.record(new)
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(offset + end),))
+            self.index.record(list(new.values()))
+        self.index.set_meta("ledger_offset", str(end if stop is None else stop))
 
     def _inventory_locked(self) -> Inventory:
         """Snapshot with the space lock held exclusively; drops rows whose files are gone."""
         in_use, reserved = live_pins(self.pins_dir)
-        self._absorb_ledger()
-        self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
-        rows = self.index.all()
+        try:
+            self._absorb_ledger()
+            self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
+            rows = self.index.all()
+        except DiskFullError:
+            rows = self.index.ledger_rows()  # the index cannot be written: the ledger tells
         gone = []
         entries = []
         inodes = self._inodes = {}
@@ -338,7 +339,7 @@ class Cache:
             entries.append(Entry(r["key"], r["size"], r["mtime_ns"], r["last_access"],
                                  in_use=r["key"] in in_use, owned=True, project=r["project"]))
             inodes[r["key"]] = r["ino"]
-        self.index.remove(gone)
+        self._forget(gone)
         have = {e.key for e in entries}
         free, total = self._statvfs()
         return Inventory(entries=entries, quota_bytes=self.config.quota_bytes,
@@ -566,11 +567,17 @@ class Cache:
                 if s.key not in pin.reserved:
                     self._make_room_for(s, pin, on_wait)
                 dest = Path(self.cached_path(s.key))
+                now = time.time()
+                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
+                       "created": now, "last_access": now, "owner": owner, "project": project}
+                claim = upkeep.ledger_claim(self.index, rec)
+                owned_ino = self.index.owner_ino(s.key) if os.path.lexists(dest) else None
                 for attempt in range(3):
                     try:
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         self._check_dest_dir(str(dest.parent))
-                        ino = copy_into(s.key, dest, s.size, s.mtime_ns, progress)
+                        ino = copy_into(s.key, dest, s.size, s.mtime_ns, progress,
+                                        claim=claim, owned_ino=owned_ino)
                         break
                     except FileNotFoundError:
                         # Directory removed by hand under us: make it again.
@@ -584,11 +591,7 @@ class Cache:
                             raise CacheFullError(f"SSD full while caching {s.path}: "
                                                  f"{os.strerror(err.errno)}") from err
                         raise
-                now = time.time()
-                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": ino,
-                       "created": now, "last_access": now, "owner": owner, "project": project}
-                self.index.append_ledger({"op": "copy", "t": now, **{k: rec[k] for k in (
-                    "key", "size", "mtime_ns", "ino", "owner", "project")}})
+                rec["ino"] = ino
                 with mutex:
                     records.append(rec)
                     dirs.add(str(dest.parent))
@@ -613,7 +616,9 @@ class Cache:
             for d in dirs:
                 fsync_dir(Path(d))
             if records:
-                self.index.record(records)
+                # On a full SSD the ledger already holds these: the next inventory absorbs them.
+                with contextlib.suppress(DiskFullError):
+                    self.index.record(records)
 
     def _make_room_for(self, s: SourceFile, pin: PinFile, on_wait: WaitCallback | None) -> None:
         """Reserve room for one stack that was not reserved up front."""
@@ -641,8 +646,11 @@ class Cache:
         entry is gone.
         """
         lock = self._lock(key)
-        if not lock.acquire(blocking=False):
-            return False
+        try:
+            if not lock.acquire(blocking=False):
+                return False
+        except CacheForeignPathError:
+            return False  # a symlink planted at its lock file: leave the entry alone
         try:
             if ino is None:
                 row = self.index.get_many([key]).get(key)
@@ -662,7 +670,7 @@ class Cache:
                 os.unlink(p)
                 self._prune_dirs(os.path.dirname(p))
             if gone is None:
-                self.index.remove([key])
+                self._forget([key])
             else:
                 gone.append(key)
             return True
@@ -679,35 +687,9 @@ class Cache:
             d = os.path.dirname(d)
 
     def _sweep_temps(self, dirs: Iterable[str] | None = None) -> int:
-        """Remove temporary files of crashed copies (those whose entry lock is free)."""
-        n = 0
-        if dirs is None:
-            dirs = [dp for dp, _, _ in os.walk(self._files)]
-        for d in dirs:
-            if os.path.realpath(d) != d:
-                continue  # never follow a symlinked directory out of the cache
-            try:
-                names = os.listdir(d)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
-                    continue
-                final = name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[0]
-                key = d[len(self._files):] + "/" + final
-                lock = self._lock(key)
-                if not lock.acquire(blocking=False):
-                    continue
-                try:
-                    p = os.path.join(d, name)
-                    if stat.S_ISREG(os.lstat(p).st_mode):
-                        os.unlink(p)
-                        n += 1
-                except FileNotFoundError:
-                    pass
-                finally:
-                    lock.release()
-        return n
+        """Remove temporary files of crashed copies: only those the ledger proves are
+        the cache's, and whose entry lock is free (see :func:`upkeep.sweep_temps`)."""
+        return upkeep.sweep_temps(self, None if dirs is None else set(dirs))
 
     def _remove_where(self, pick: Callable[[Entry], bool]) -> dict:
         lock = self.space_lock()
@@ -728,39 +710,22 @@ class Cache:
                     removed += 1
                     nbytes += e.size
             finally:
-                self.index.remove(gone)
-            self._compact_ledger()
+                self._forget(gone)
+            self.index.compact_ledger()
             return {"removed": removed, "bytes_removed": nbytes, "skipped_in_use": skipped,
                     "temps_swept": temps}
         finally:
             lock.release()
 
-    def _compact_ledger(self, min_bytes: int = 4 << 20) -> None:
-        """Rewrite the ledger with only the current entries once it has grown large.
+    def _forget(self, keys: list[str]) -> None:
+        """Drop index rows of removed entries; on a full SSD leave them (the next
+        inventory drops rows whose files are gone)."""
+        with contextlib.suppress(DiskFullError):
+            self.index.remove(keys)
 
-        Called with the space lock held. A copy appended while the new file is being
-        written is still recorded in the index, so it stays owned.
-        """
-        import json
-        led = self.index.ledger_path
-        try:
-            size = os.path.getsize(led)
-        except FileNotFoundError:
-            return
-        rows = self.index.all()
-        if min_bytes and (size < min_bytes or size < 4 * 300 * max(1, len(rows))):
-            return  # min_bytes=0 compacts unconditionally
-        tmp = led.with_name(f".{led.name}.{os.getpid()}{TMP_SUFFIX}")
-        with open(tmp, "wb") as fh:
-            for r in rows:
-                fh.write((json.dumps({"op": "copy", "t": r["created"], **{k: r[k] for k in (
-                    "key", "size", "mtime_ns", "ino", "owner", "project")}},
-                    separators=(",", ":")) + "\n").encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-            end = fh.tell()
-        os.replace(tmp, led)
-        self.index.con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(end),))
+    def _compact_ledger(self, min_bytes: int = 4 << 20) -> None:
+        """Rewrite the ledger once it has grown large (see :meth:`Index.compact_ledger`)."""
+        self.index.compact_ledger(min_bytes)
 
     def clean(self) -> dict:
         """Expire entries past their lifetime (not in use) and sweep crashed copies' temps."""
@@ -773,9 +738,12 @@ class Cache:
         out = self._remove_where(lambda e: True)
         self._manifests.clear()
         for name in os.listdir(self.locks_dir):
+            if not name.endswith(".lock"):
+                continue
             lk = FileLock(self.locks_dir / name)
-            if name.endswith(".lock") and lk.acquire(blocking=False):
-                lk.release(unlink=True)
+            with contextlib.suppress(CacheForeignPathError, FileNotFoundError):
+                if lk.acquire(blocking=False):
+                    lk.release(unlink=True)
         return out
 
     def evict(self, keys: Iterable[str] | None = None, nbytes: int | None = None,
@@ -850,7 +818,8 @@ class Cache:
         for e in inv.entries:
             per_project[e.project or "(unknown)"] = per_project.get(e.project or "(unknown)", 0) + e.size
         by_access = sorted(inv.entries, key=lambda e: e.last_access)
-        foreign = self._foreign_bytes()
+        foreign, foreign_paths = upkeep.scan_foreign(
+            self, {self.cached_path(e.key) for e in inv.entries})
         return {
             "root": str(self.root), "ssd_path": str(self.config.ssd_path),
             "entries": len(inv.entries), "bytes": inv.owned_bytes,
@@ -860,6 +829,8 @@ class Cache:
             "free_bytes": inv.free_bytes, "device_bytes": inv.total_bytes,
             "reserved_bytes": sum(inv.reserved.values()),
             "foreign_bytes_in_cache_dir": foreign,
+            "foreign_paths": foreign_paths,
+            "warnings": upkeep.root_warnings(self.root),
             "lifetime_days": self.config.lifetime_days, "threads": self.config.threads,
             "expired": sum(inv.taken_at - e.last_access > inv.lifetime_s for e in inv.entries),
             "oldest": _entry_brief(by_access[0]) if by_access else None,
@@ -867,19 +838,6 @@ class Cache:
             "bytes_per_project": per_project,
             "config_sources": dict(self.config.sources or {}),
         }
-
-    def _foreign_bytes(self) -> int:
-        owned = {self.cached_path(r["key"]) for r in self.index.all()}
-        n = 0
-        for dp, _, names in os.walk(self._files):
-            for name in names:
-                p = os.path.join(dp, name)
-                if p not in owned:
-                    try:
-                        n += os.lstat(p).st_size
-                    except OSError:
-                        pass
-        return n
 
 
 def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:

@@ -1,0 +1,110 @@
+"""Every file the cache made stays its own, whatever instant a kill -9 lands.
+
+After each kill, ``clear`` must leave none of the cache's files (copies or
+temporaries), and a foreign file put at an entry's location beforehand survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cache_helpers import PY, SLOW_WORKER, final_files, project, run_cli
+
+# Kills itself with SIGKILL at one exact point of the first copy.
+POINT_WORKER = r"""
+import json, os, signal, sys
+import stacktools.cache.copy as cp
+from stacktools.cache import Cache
+where = sys.argv[3]
+real_open, real_replace = getattr(cp, "open_own", None), os.replace
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def open_own(path, *a, **kw):
+    fd = real_open(path, *a, **kw)
+    if where == "after_create" and str(path).endswith(".stacktools-tmp"):
+        die()
+    return fd
+def replace(a, b):
+    if where == "before_rename" and str(a).endswith(".stacktools-tmp"):
+        die()
+    real_replace(a, b)
+    if where == "after_rename" and str(a).endswith(".stacktools-tmp"):
+        die()
+cp.open_own, os.replace = open_own, replace
+Cache(sys.argv[1], reserve_mb=0, threads=1).ensure(json.loads(sys.argv[2]))
+"""
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    return project(tmp_path_factory.mktemp("own") / "P1", micrographs=12, per=(40, 80), box=48)
+
+
+def _plant_foreign(ssd: Path, key: str) -> Path:
+    """A file of someone else's at an entry's location, before the cache copies there."""
+    dest = Path(str(ssd / "stacktools-cache" / "files") + key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(b"a user's own file, not a copy")
+    return dest
+
+
+def _cache_files(ssd: Path) -> list[Path]:
+    base = ssd / "stacktools-cache" / "files"
+    return sorted(p for p in base.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _clear_and_check(ssd: Path, foreign: Path) -> None:
+    run_cli("cache", "clear", "--yes", "--ssd-path", ssd)
+    assert _cache_files(ssd) == [foreign], "clear left a file the cache made"
+    assert foreign.read_bytes() == b"a user's own file, not a copy"
+
+
+@pytest.mark.parametrize("where", ["after_create", "before_rename", "after_rename"])
+def test_kill_at_each_point_of_a_copy_leaves_nothing_unowned(proj, tmp_path, where):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths[:3]]
+    foreign = _plant_foreign(ssd, os.path.realpath(pset.stack_paths[5]))
+    p = subprocess.run([PY, "-c", POINT_WORKER, str(ssd), json.dumps(paths), where],
+                       capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr  # the kill landed where it was meant to
+    left = [f for f in _cache_files(ssd) if f != foreign]
+    if where == "after_rename":
+        assert [f.name for f in left] == [Path(paths[0]).name]  # renamed, never recorded
+    else:
+        assert len(left) == 1 and left[0].name.endswith(".stacktools-tmp")
+    _clear_and_check(ssd, foreign)
+
+
+def test_sigkill_at_random_points_then_clear_leaves_nothing(proj, tmp_path):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths]
+    rng = random.Random(3)
+    foreign = _plant_foreign(ssd, os.path.realpath(paths[-1]))
+    mid_work = 0
+    for i in range(8):
+        sub = rng.sample(paths[:-1], 10)
+        p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(sub), str(rng.choice([1, 2]))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 0.7))
+        p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate()
+        finished = b"copied" in out
+        made_files = [f for f in _cache_files(ssd) if f != foreign]
+        # Mid-work: killed before it finished, with some of its files on the SSD.
+        mid_work += (not finished) and bool(made_files)
+        _clear_and_check(ssd, foreign)
+    assert mid_work >= 4, f"only {mid_work} of 8 kills landed mid-work"
+    assert final_files(ssd) == [foreign]
