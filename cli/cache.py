@@ -24,8 +24,8 @@ def _ssd_opts():
         "ssd_path": typer.Option(None, "--ssd-path", help=_SSD_HELP),
         "quota_mb": typer.Option(None, "--quota-mb", min=0, help="Most the cache may hold, MB [default: no quota]."),
         "reserve_mb": typer.Option(None, "--reserve-mb", min=0, help="Least free space to leave on the SSD, MB [default: 10000]."),
-        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS]."),
-        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS]."),
+        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS, $CRYOSPARC_SSD_CACHE_LIFETIME_DAYS]."),
+        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS, $CRYOSPARC_CACHE_NUM_THREADS]."),
         "config": typer.Option(None, "--config", help="TOML config file [default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
     }
 

@@ -31,12 +31,15 @@ from typing import Any, Mapping
 from ..errors import CacheConfigError
 
 ENV_SSD = "STACKTOOLS_SSD_PATH"
-ENV_SSD_FALLBACK = "CRYOSPARC_SSD_PATH"
 ENV_QUOTA = "STACKTOOLS_CACHE_QUOTA_MB"
 ENV_RESERVE = "STACKTOOLS_CACHE_RESERVE_MB"
 ENV_LIFETIME = "STACKTOOLS_CACHE_LIFETIME_DAYS"
 ENV_THREADS = "STACKTOOLS_CACHE_NUM_THREADS"
 ENV_CONFIG = "STACKTOOLS_CONFIG"
+# CryoSPARC's names for the same settings, read after ours so that a site's
+# existing config.sh works unchanged.
+ENV_FALLBACKS = {ENV_SSD: "CRYOSPARC_SSD_PATH", ENV_THREADS: "CRYOSPARC_CACHE_NUM_THREADS",
+                 ENV_LIFETIME: "CRYOSPARC_SSD_CACHE_LIFETIME_DAYS"}
 
 DEFAULT_LIFETIME_DAYS = 30.0
 DEFAULT_THREADS = 2
@@ -160,14 +163,12 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
     cfg_path = Path(config_file) if config_file is not None else default_config_file(env)
     file_vals = read_config_file(cfg_path)
     env_vals: dict[str, Any] = {}
-    if env.get(ENV_SSD):
-        env_vals["ssd_path"] = (env[ENV_SSD], ENV_SSD)
-    elif env.get(ENV_SSD_FALLBACK):
-        env_vals["ssd_path"] = (env[ENV_SSD_FALLBACK], ENV_SSD_FALLBACK)
-    for key, name in (("quota_mb", ENV_QUOTA), ("reserve_mb", ENV_RESERVE),
+    for key, ours in (("ssd_path", ENV_SSD), ("quota_mb", ENV_QUOTA), ("reserve_mb", ENV_RESERVE),
                       ("lifetime_days", ENV_LIFETIME), ("threads", ENV_THREADS)):
-        if env.get(name, "").strip():
-            env_vals[key] = (env[name], name)
+        for name in (ours, ENV_FALLBACKS.get(ours)):
+            if name and env.get(name, "").strip():
+                env_vals[key] = (env[name], name)
+                break
     flags = {"ssd_path": ssd_path, "quota_mb": quota_mb, "reserve_mb": reserve_mb,
              "lifetime_days": lifetime_days, "threads": threads}
 
