@@ -11,10 +11,11 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..atomic import FILE_MODE, TMP_SUFFIX, tmp_name_for
 from ..errors import CacheError, CacheFullError
+from .digest import digest_fd
 
 CHUNK = 8 << 20
 READ_ONLY = FILE_MODE & 0o444
@@ -24,9 +25,16 @@ class SourceChanged(CacheError):
     """The source changed while it was being copied."""
 
 
+class Copied(NamedTuple):
+    """A copy just renamed into place: its inode and content digest."""
+
+    ino: int
+    digest: str
+
+
 def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
-              progress: Callable[[int], None] | None = None) -> int:
-    """Copy ``src`` to ``dest`` atomically and return the new file's inode.
+              progress: Callable[[int], None] | None = None) -> Copied:
+    """Copy ``src`` to ``dest`` atomically; return the new file's inode and digest.
 
     Parameters
     ----------
@@ -39,6 +47,10 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
         ``mtime_ns`` as its own mtime so that a later check is one ``stat``.
     progress
         Called with the number of bytes written after each chunk.
+
+    The digest is taken by reading the temporary copy back (from the page cache,
+    just written) before it is renamed: the kernel copies the data without it
+    passing through user space, so there are no bytes to hash on the way.
 
     Raises :class:`CacheFullError` on ``ENOSPC``/``EDQUOT`` and :class:`SourceChanged`
     if the source's size or mtime differs from the plan's; the temporary file is
@@ -76,6 +88,7 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
+        digest = digest_fd(fd_out, size)
         os.fchmod(fd_out, READ_ONLY)
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
         os.fdatasync(fd_out)  # data and size; a lost mtime only makes the entry invalid
@@ -84,7 +97,7 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
         fd_out = -1
         os.replace(tmp, dest)
         ok = True
-        return ino
+        return Copied(ino, digest)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CacheFullError(f"SSD full while copying {src} to {dest.parent}: "

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     last_access REAL NOT NULL,
     owner TEXT NOT NULL,       -- host:pid that copied it
-    project TEXT NOT NULL DEFAULT ''
+    project TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT ''  -- content digest of the copy (see digest.py)
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 -- Access is recorded per set (one row per sync), and folded into entries.last_access
@@ -44,7 +45,13 @@ CREATE TABLE IF NOT EXISTS set_members (
 CREATE INDEX IF NOT EXISTS set_members_key ON set_members (key);
 """
 
-COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project")
+COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project", "digest")
+
+
+def _add_digest_column(con: sqlite3.Connection) -> None:
+    """Give an index made before digests were recorded its (empty) digest column."""
+    if "digest" not in {r[1] for r in con.execute("PRAGMA table_info(entries)")}:
+        con.execute("ALTER TABLE entries ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
 
 
 class Index:
@@ -86,6 +93,7 @@ class Index:
         try:
             con = self._connect()
             con.executescript(_SCHEMA)
+            _add_digest_column(con)
             row = con.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -170,7 +178,7 @@ class Index:
                     and st.st_size == rec.get("size")):
                 rows.append((key, st.st_size, rec.get("mtime_ns", st.st_mtime_ns), st.st_ino,
                              rec.get("t", now), max(st.st_atime, rec.get("t", now)),
-                             rec.get("owner", ""), rec.get("project", "")))
+                             rec.get("owner", ""), rec.get("project", ""), rec.get("digest", "")))
         con.execute("BEGIN IMMEDIATE")
         con.execute("DELETE FROM entries")
         con.executemany(f"INSERT OR REPLACE INTO entries VALUES ({','.join('?' * len(COLUMNS))})", rows)

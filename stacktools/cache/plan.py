@@ -154,6 +154,8 @@ class Plan:
     consolidated_bytes: int | None = None
     cache_bytes: int | None = None
     project: str = ""
+    # Whether copies were (and are to be) judged by content, not only size and mtime.
+    check_content: bool = False
     # Every stack of the set in order (what execute re-plans with).
     stacks: list[SourceFile] = field(default_factory=list, repr=False, compare=False)
     # Set by Cache.plan when the plan was made while the set was pinned.

@@ -9,14 +9,11 @@ Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
     index.db                       SQLite record of owned entries (WAL)
     ledger.jsonl                   one line per copy made: ownership that survives
                                    the loss of the index, and a log of copies
-    manifests/                     per-directory record of stat results (a cache)
 
 An entry is keyed by the resolved absolute source path and is valid when the
 file at its location (followed if a symlink) has the source's size and
 ``mtime_ns``; copies get the source's mtime, so a warm check is one ``stat`` of
-the source and at most one of the copy, with no database access per file. Copies
-in a directory unchanged since its manifest was recorded are not stat-ed at all
-(``manifests/``, see :mod:`stacktools.cache.manifest`).
+the source and one of the copy, with no database access per file.
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ from ..atomic import TMP_SUFFIX, fsync_dir
 from ..errors import CacheConfigError, CacheError, CacheFullError, MissingStackError, PathEscapeError
 from .config import CacheConfig, resolve_config
 from .copy import SourceChanged, copy_into
+from .digest import digest_file
 from .index import Index
-from .manifest import Manifests
 from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
 
@@ -166,7 +163,6 @@ class Cache:
         self.pins_dir = self.root / "pins"
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
-        self._manifests = Manifests(self.root)
         self._dest_dirs: set[str] = set()
         self._inodes: dict[str, int] = {}  # key -> recorded inode, from the last inventory
 
@@ -196,67 +192,28 @@ class Cache:
         """Stat each source once and key it by its resolved path (see :func:`stat_sources`)."""
         return stat_sources(paths)
 
-    def check(self, stacks: Sequence[SourceFile]) -> set[str]:
+    def check(self, stacks: Sequence[SourceFile], content: bool = False) -> set[str]:
         """Keys among ``stacks`` whose cached entry is present and valid.
 
-        One ``stat`` per stack (following a pre-populating symlink), relative to an
-        open descriptor of the entry's directory, and none at all for the files of
-        a directory unchanged since a manifest recorded them (see
-        :mod:`stacktools.cache.manifest`); no database access.
+        Args:
+            stacks: Stat-ed sources (see :meth:`sources`).
+            content: Also hash each source and compare it with the copy's recorded
+                digest (or, for a copy without one, with the copy itself), for
+                sources whose mtimes cannot be trusted.
+
+        Returns:
+            The valid keys. Without ``content``: one ``stat`` per copy (following a
+            pre-populating symlink), relative to an open descriptor of the entry's
+            directory, and no database access. Every copy is looked at, so one
+            edited in place (size or mtime changed) is never served.
         """
         with _no_gc():
-            return self._check(stacks)
-
-    def _check(self, stacks: Sequence[SourceFile]) -> set[str]:
-        valid = set()
-        add = valid.add
-        files = self._files
-        # Per directory: [fd, fstat before, manifest entries or None, newly stat-ed, time]
-        dirs: dict[str, list] = {}
-        stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
-        try:
-            for s in stacks:
-                d, _, name = s.key.rpartition("/")
-                ds = dirs.get(d)
-                if ds is None:
-                    ds = dirs[d] = self._dir_state(files + d)
-                if not ds:
-                    continue  # no such directory in the cache
-                known = ds[2]
-                if known is not None:
-                    e = known.get(name)
-                    if e is not None:
-                        if e[0] == s.size and e[1] == s.mtime_ns:
-                            add(s.key)
-                        continue
-                try:
-                    st = stat_(name, dir_fd=ds[0], follow_symlinks=False)
-                    if S_ISLNK(st.st_mode):
-                        st = stat_(name, dir_fd=ds[0])  # pre-populated: judge the target
-                    elif S_ISREG(st.st_mode):
-                        ds[3][name] = [st.st_size, st.st_mtime_ns]
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
-                    add(s.key)
-        finally:
-            for d, ds in dirs.items():
-                if not ds:
-                    continue
-                if ds[3]:
-                    merged = dict(ds[2] or {})
-                    merged.update(ds[3])
-                    self._manifests.save(files + d, ds[0], ds[1], ds[4], merged)
-                os.close(ds[0])
+            valid = check_copies(self._files, stacks, self._open_dest_dir)
+        if content and valid:
+            rows = self.index.get_many(valid)
+            valid = {k for k in valid if _content_matches(
+                k, self.cached_path(k), rows[k]["digest"] if k in rows else "")}
         return valid
-
-    def _dir_state(self, d: str) -> list:
-        fd = self._open_dest_dir(d)
-        if fd < 0:
-            return []
-        t = time.time_ns()
-        st = os.fstat(fd)
-        return [fd, st, self._manifests.load(d, st), {}, t]
 
     def _open_dest_dir(self, d: str) -> int:
         """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
@@ -312,7 +269,7 @@ class Cache:
                 new.append({"key": k, "size": st.st_size, "mtime_ns": r.get("mtime_ns", st.st_mtime_ns),
                             "ino": st.st_ino, "created": r.get("t", time.time()),
                             "last_access": r.get("t", time.time()), "owner": r.get("owner", ""),
-                            "project": r.get("project", "")})
+                            "project": r.get("project", ""), "digest": r.get("digest", "")})
         if new:
             self.index.record(new)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(offset + end),))
@@ -374,7 +331,7 @@ class Cache:
 
     # -- plan -----------------------------------------------------------------------
     def plan(self, pset, *, partial: bool = False, consolidation: bool = False,
-             pinned: bool = False) -> Plan:
+             pinned: bool = False, check_content: bool = False) -> Plan:
         """Plan caching a particle set (or a list of stack paths); copy nothing.
 
         Parameters
@@ -390,12 +347,15 @@ class Cache:
             Pin the set before checking it, so that :meth:`execute` can trust the
             check without stat-ing again; the pin is released by ``execute`` (or by
             ``plan.release()`` if the plan is dropped).
+        check_content
+            Hash the sources and count a copy valid only if its content matches
+            (see :meth:`check`); :meth:`execute` then checks the same way.
         """
         paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
         stacks = self.sources(paths)
         pin = self.pin([s.key for s in stacks]) if pinned else None
         try:
-            valid = self.check(stacks)
+            valid = self.check(stacks, content=check_content)
             if len(valid) == len(stacks) or len(valid) == len({s.key for s in stacks}):
                 # Warm: nothing to copy, so nothing to expire or evict either.
                 free, total = self._statvfs()
@@ -419,6 +379,7 @@ class Cache:
                 pin.close()
             raise
         plan._pin = pin
+        plan.check_content = check_content
         return _describe_set(plan, pset, consolidation)
 
     # -- execute --------------------------------------------------------------------
@@ -463,7 +424,7 @@ class Cache:
                 try:
                     if fresh_pin:
                         stacks = self.sources([s.path or s.key for s in stacks])
-                        valid = self.check(stacks)
+                        valid = self.check(stacks, content=plan.check_content)
                     else:
                         valid = {s.key for s in plan.cached}
                     if plan.to_copy or plan.waiting or fresh_pin:
@@ -472,7 +433,7 @@ class Cache:
                         if new.decisions() != plan.decisions():
                             new.stacks = stacks
                             new.cache_bytes, new.consolidated_bytes = plan.cache_bytes, plan.consolidated_bytes
-                            new.project = plan.project
+                            new.project, new.check_content = plan.project, plan.check_content
                             plan, result.replanned, result.plan = new, True, new
                     if not plan.fits:
                         raise CacheFullError(full_message(plan))
@@ -490,7 +451,7 @@ class Cache:
                 finally:
                     lock.release()
                 todo = plan.to_copy + plan.waiting
-            self._copy_all(todo, pin, result, progress, on_wait, project, threads)
+            self._copy_all(todo, pin, result, progress, on_wait, project, threads, plan.check_content)
             files = self._files
             result.paths = {s.path: files + s.key for s in stacks}
             for s in plan.from_source:
@@ -521,7 +482,7 @@ class Cache:
 
     def ensure(self, pset, *, partial: bool = False, hold: bool = False,
                progress: Progress | None = None, on_wait: WaitCallback | None = None,
-               threads: int | None = None) -> SyncResult:
+               threads: int | None = None, check_content: bool = False) -> SyncResult:
         """Make every stack of ``pset`` present and valid in the cache: plan, then execute.
 
         Parameters
@@ -534,16 +495,18 @@ class Cache:
             Keep the entries pinned after returning; use the result as a context manager.
         progress, on_wait, threads
             See :meth:`execute`.
+        check_content
+            Hash the sources before serving copies (see :meth:`check`).
 
         Raises :class:`~stacktools.errors.CacheFullError` (copying nothing) when the set
         cannot fit even after evicting everything evictable.
         """
-        plan = self.plan(pset, partial=partial, pinned=True)
+        plan = self.plan(pset, partial=partial, pinned=True, check_content=check_content)
         return self.execute(plan, hold=hold, progress=progress, on_wait=on_wait, threads=threads)
 
     def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
                   progress: Progress | None, on_wait: WaitCallback | None, project: str,
-                  threads: int | None) -> None:
+                  threads: int | None, content: bool = False) -> None:
         if not todo:
             return
         mutex = threading.Lock()
@@ -552,7 +515,7 @@ class Cache:
         owner = f"{socket.gethostname()}:{os.getpid()}"
 
         def one(s: SourceFile) -> None:
-            lock = self._lock(s.key, f"{s.path} (being copied by another process)")
+            lock = self._lock(s.key, "stacks being copied by another process")
             waited = [False]
 
             def told(msg: str) -> None:
@@ -561,7 +524,7 @@ class Cache:
                     on_wait(msg)
             lock.acquire(on_wait=told)
             try:
-                if self.check([s]):
+                if self.check([s], content=content):
                     return  # another process copied it while we waited
                 if s.key not in pin.reserved:
                     self._make_room_for(s, pin, on_wait)
@@ -570,7 +533,7 @@ class Cache:
                     try:
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         self._check_dest_dir(str(dest.parent))
-                        ino = copy_into(s.key, dest, s.size, s.mtime_ns, progress)
+                        made = copy_into(s.key, dest, s.size, s.mtime_ns, progress)
                         break
                     except FileNotFoundError:
                         # Directory removed by hand under us: make it again.
@@ -585,10 +548,11 @@ class Cache:
                                                  f"{os.strerror(err.errno)}") from err
                         raise
                 now = time.time()
-                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": ino,
-                       "created": now, "last_access": now, "owner": owner, "project": project}
+                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": made.ino,
+                       "created": now, "last_access": now, "owner": owner, "project": project,
+                       "digest": made.digest}
                 self.index.append_ledger({"op": "copy", "t": now, **{k: rec[k] for k in (
-                    "key", "size", "mtime_ns", "ino", "owner", "project")}})
+                    "key", "size", "mtime_ns", "ino", "owner", "project", "digest")}})
                 with mutex:
                     records.append(rec)
                     dirs.add(str(dest.parent))
@@ -754,7 +718,7 @@ class Cache:
         with open(tmp, "wb") as fh:
             for r in rows:
                 fh.write((json.dumps({"op": "copy", "t": r["created"], **{k: r[k] for k in (
-                    "key", "size", "mtime_ns", "ino", "owner", "project")}},
+                    "key", "size", "mtime_ns", "ino", "owner", "project", "digest")}},
                     separators=(",", ":")) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
@@ -771,7 +735,6 @@ class Cache:
     def clear(self) -> dict:
         """Remove every entry the cache owns that is not in use. Foreign files stay."""
         out = self._remove_where(lambda e: True)
-        self._manifests.clear()
         for name in os.listdir(self.locks_dir):
             lk = FileLock(self.locks_dir / name)
             if name.endswith(".lock") and lk.acquire(blocking=False):
@@ -807,36 +770,25 @@ class Cache:
         return self._remove_where(pick)
 
     def verify(self, fix: bool = False, content: bool = False) -> dict:
-        """Re-check owned entries against their sources.
+        """Re-check owned entries against their sources and their recorded digests.
 
-        Parameters
-        ----------
-        fix
-            Remove entries whose source changed or vanished, or whose copy is damaged.
-        content
-            Also compare bytes (reads both files), not only size and mtime.
+        Args:
+            fix: Remove entries whose source changed or vanished, or whose copy is damaged.
+            content: Also read each source and compare it with the copy's recorded
+                digest (without it only the copies are read).
+
+        Returns:
+            ``{"checked", "ok", "problems": [{"source", "cached", "problem", "removed"}]}``.
         """
-        import filecmp
         inv = self.inventory()
+        digests = {k: r["digest"] for k, r in self.index.get_many(e.key for e in inv.entries).items()}
         problems = []
         for e in inv.entries:
             cp = self.cached_path(e.key)
-            why = None
             try:
-                st = os.stat(e.key)
-                if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
-                    why = "source changed"
+                why = _entry_problem(e, cp, digests.get(e.key, ""), content)
             except FileNotFoundError:
-                why = "source missing"
-            if why is None:
-                try:
-                    cst = os.stat(cp)
-                except FileNotFoundError:
-                    continue  # deleted meanwhile: nothing to check
-                if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
-                    why = "copy damaged (size or mtime)"
-                elif content and not filecmp.cmp(e.key, cp, shallow=False):
-                    why = "copy differs from source"
+                continue  # copy deleted meanwhile: nothing to check
             if why:
                 removed = fix and not e.in_use and self._remove_entry(e.key)
                 problems.append({"source": e.key, "cached": cp, "problem": why, "removed": bool(removed)})
@@ -880,6 +832,79 @@ class Cache:
                     except OSError:
                         pass
         return n
+
+
+def check_copies(files: str, stacks: Sequence[SourceFile],
+                 open_dir: Callable[[str], int]) -> set[str]:
+    """Keys of ``stacks`` whose copy under ``files`` has the source's size and mtime.
+
+    Args:
+        files: The cache's ``files`` directory (no trailing slash).
+        stacks: Stat-ed sources (see :func:`stat_sources`).
+        open_dir: Returns a descriptor of an entry directory, or -1 if it is missing.
+
+    Returns:
+        The valid keys. Reads only: nothing is created or written.
+    """
+    valid = set()
+    add = valid.add
+    dirs: dict[str, int] = {}
+    stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
+    try:
+        for s in stacks:
+            d, _, name = s.key.rpartition("/")
+            fd = dirs.get(d)
+            if fd is None:
+                fd = dirs[d] = open_dir(files + d)
+            if fd < 0:
+                continue  # no such directory in the cache
+            try:
+                st = stat_(name, dir_fd=fd, follow_symlinks=False)
+                if S_ISLNK(st.st_mode):
+                    st = stat_(name, dir_fd=fd)  # pre-populated: judge the target
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
+                add(s.key)
+    finally:
+        for fd in dirs.values():
+            if fd >= 0:
+                os.close(fd)
+    return valid
+
+
+def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | None:
+    """Why an owned entry is not a faithful copy of its source, or ``None``.
+
+    The copy is read and compared with its recorded digest, so a copy damaged in
+    place is found even if its size and mtime were restored; with ``content`` the
+    source is read too. Raises ``FileNotFoundError`` if the copy is gone.
+    """
+    try:
+        st = os.stat(e.key)
+    except FileNotFoundError:
+        return "source missing"
+    if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+        return "source changed"
+    cst = os.stat(copy)
+    if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
+        return "copy damaged (size or mtime)"
+    if digest:
+        if digest_file(copy) != digest:
+            return "copy damaged (content differs from its digest)"
+        if content and digest_file(e.key) != digest:
+            return "source changed (content differs, same size and mtime)"
+    elif content and digest_file(copy) != digest_file(e.key):
+        return "copy differs from source"
+    return None
+
+
+def _content_matches(key: str, copy: str, digest: str) -> bool:
+    """Whether the source ``key`` has the content recorded for (or found in) its copy."""
+    try:
+        return digest_file(key) == (digest or digest_file(copy))
+    except FileNotFoundError:
+        return False
 
 
 def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
