@@ -15,7 +15,6 @@ from .output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
 
-_SHOW_PATHS = 20
 _SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPARC_SSD_PATH]."
 
 
@@ -39,9 +38,35 @@ def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config):
                  threads=threads, config_file=config)
 
 
-def _wait_msg(msg: str) -> None:
-    sys.stderr.write(f"stacktools: {msg}\n")
-    sys.stderr.flush()
+def _wait_printer(quiet: bool):
+    """An ``on_wait`` that prints each distinct wait (lock and holder) once; silent if quiet."""
+    if quiet:
+        return None
+    seen: set[str] = set()
+
+    def say(msg: str) -> None:
+        if msg not in seen:
+            seen.add(msg)
+            sys.stderr.write(f"stacktools: {msg}\n")
+            sys.stderr.flush()
+    return say
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to about ``width`` characters by dropping the middle of its directory.
+
+    The file name is always kept whole (it is what tells stacks apart), even when it
+    alone is wider than ``width``.
+    """
+    if len(text) <= width:
+        return text
+    head, sep, name = text.rpartition("/")
+    room = width - 1 - len(sep + name)
+    return (head[:room] if room > 0 else "") + "…" + sep + name
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{fmt_bytes(int(nbytes / seconds))}/s" if seconds > 0 and nbytes else "-"
 
 
 def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path]):
@@ -123,10 +148,13 @@ def sync_cmd(
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    check_content: bool = typer.Option(False, "--check-content", help="Hash each source and serve a copy only if "
+                                       "its content matches (for sources whose mtimes cannot be trusted) [default: off]."),
+    list_paths: bool = typer.Option(False, "--list", help="Also print every source → cached pair [default: summary only]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors [default: off]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with every source → cached pair)."),
 ) -> None:
-    """Make every stack of a set present and valid in the SSD cache; print source → cached.
+    """Make every stack of a set present and valid in the SSD cache; print a summary.
 
     With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts it),
     and its exit status is returned.
@@ -135,20 +163,26 @@ def sync_cmd(
     from stacktools.cache.store import SyncResult, full_message, named_path, write_cached_cs
     from stacktools.errors import CacheFullError
 
+    import shutil
+    import time
+
     from .output import byte_progress
 
+    started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough)
     if not use_cache_for(pset.project_dir, use_cache):
         paths = {named_path(p): named_path(p) for p in pset.stack_paths}
         result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
     else:
         cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
-        plan = cache.plan(pset, partial=partial, pinned=True)
+        plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
         if not plan.fits:
             plan.release()
             raise CacheFullError(full_message(plan))
         with byte_progress("caching", plan.bytes_to_copy, quiet or not sys.stderr.isatty()) as advance:
-            result = cache.execute(plan, hold=bool(command), progress=advance, on_wait=_wait_msg)
+            result = cache.execute(plan, hold=bool(command), progress=advance,
+                                   on_wait=_wait_printer(quiet))
+    elapsed = time.monotonic() - started
     if write_cs is not None:
         write_cached_cs(pset, result.paths, write_cs)
     if as_json:
@@ -156,7 +190,7 @@ def sync_cmd(
         if write_cs is not None:
             d["cs"] = str(write_cs)
         emit_json(d)
-    elif not quiet or not command:
+    elif not quiet:
         rows = [("copied", f"{result.copied:,} files, {fmt_bytes(result.bytes_copied)}"),
                 ("already cached", f"{result.reused:,} files, {fmt_bytes(result.bytes_reused)}"),
                 ("expired", f"{result.expired:,} entries, {fmt_bytes(result.bytes_expired)}"),
@@ -165,13 +199,14 @@ def sync_cmd(
             rows.append(("read from the source", f"{len(result.from_source):,} files"))
         if not result.use_cache:
             rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
+        rows.append(("time", f"{elapsed:.1f} s, {_rate(result.bytes_copied, elapsed)} copied"))
         out = console(stderr=bool(command))
         out.print(kv_table(rows, title=f"cache sync {particles}"))
-        shown = list(result.paths.items())[:_SHOW_PATHS]
-        for src, dst in shown:
-            out.print(f"{src} → {dst}", soft_wrap=True, markup=False, highlight=False)
-        if len(result.paths) > len(shown):
-            out.print(f"… and {len(result.paths) - len(shown):,} more (--json lists them all)")
+        if list_paths:
+            side = max(20, (shutil.get_terminal_size((160, 24)).columns - 3) // 2)
+            for src, dst in result.paths.items():
+                out.print(f"{shorten_middle(src, side)} → {shorten_middle(dst, side)}",
+                          soft_wrap=True, markup=False, highlight=False)
     if command:
         import subprocess
         try:
@@ -278,11 +313,12 @@ def evict_cmd(
 @app.command("verify")
 def verify_cmd(
     fix: bool = typer.Option(False, "--fix", help="Remove entries whose source changed or vanished, or whose copy is damaged."),
-    content: bool = typer.Option(False, "--content", help="Compare bytes too (reads everything)."),
+    content: bool = typer.Option(False, "--content", help="Also read the sources and compare them with the "
+                                 "copies' digests [default: off: only the copies are read]."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Re-check every entry against its source (size and mtime; --content for bytes)."""
+    """Re-check every entry: source size and mtime, copy against its recorded digest."""
     d = _simple("verify", ssd_path, None, None, None, None, config, fix=fix, content=content)
     if as_json:
         emit_json(d)
