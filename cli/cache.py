@@ -156,7 +156,8 @@ def sync_cmd(
 ) -> None:
     """Make every stack of a set present and valid in the SSD cache; print a summary.
 
-    With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts it),
+    With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts or
+    replaces it, for as long as the command lives, even if this process is killed),
     and its exit status is returned.
     """
     from stacktools.cache import use_cache_for
@@ -197,6 +198,9 @@ def sync_cmd(
                 ("evicted", f"{result.evicted:,} entries, {fmt_bytes(result.bytes_evicted)}")]
         if result.from_source:
             rows.append(("read from the source", f"{len(result.from_source):,} files"))
+        kept = result.plan.kept_for_running_jobs if result.plan is not None else []
+        if kept:
+            rows.append(("source changed, old copy kept for a running job", f"{len(kept):,} files"))
         if not result.use_cache:
             rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
         rows.append(("time", f"{elapsed:.1f} s, {_rate(result.bytes_copied, elapsed)} copied"))
@@ -210,7 +214,9 @@ def sync_cmd(
     if command:
         import subprocess
         try:
-            rc = subprocess.call(command)
+            # The command inherits the locked pin: the set stays pinned while it runs,
+            # even if this wrapper is killed.
+            rc = subprocess.call(command, pass_fds=[result.pin_fd] if result.pin_fd is not None else [])
         finally:
             result.release()
         raise typer.Exit(rc)

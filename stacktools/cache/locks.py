@@ -141,7 +141,7 @@ class PinFile:
     """This process's record of the entries it uses and the bytes it has reserved.
 
     The file is locked exclusively for the life of the pin. Its content is one JSON
-    line ``{"pid", "host", "t", "reserved": {key: bytes}}`` followed by the pinned
+    line ``{"pid", "host", "t", "reserved": {key: bytes}, "job": bool}`` followed by the pinned
     keys, one per line. It is rewritten only while the writer holds the space lock
     (shared or exclusive), so readers that hold the space lock exclusively always
     see whole contents. ``blob`` is the encoded key list (also used to name the set).
@@ -151,6 +151,7 @@ class PinFile:
         self.keys: list[str] = list(keys)
         self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
         self.reserved: dict[str, int] = {}
+        self.job = False  # set once the entries are served to a running job
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
         self.path = pins_dir / name
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -160,7 +161,7 @@ class PinFile:
     def write(self) -> None:
         """Rewrite the content (call with the space lock held)."""
         head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
-                           "reserved": self.reserved}).encode() + b"\n"
+                           "reserved": self.reserved, "job": self.job}).encode() + b"\n"
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, head + self.blob, 0)
 
@@ -182,10 +183,13 @@ class PinFile:
             pass
 
 
-def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
+def live_pins(pins_dir: Path, skip: Path | None = None,
+              jobs: set[str] | None = None) -> tuple[set[str], dict[str, int]]:
     """Keys in use and bytes reserved by live processes; sweeps dead processes' pin files.
 
-    Call with the space lock held exclusively.
+    Call with the space lock held exclusively. The keys of pin file ``skip`` (the
+    caller's own) do not count as in use; its reservations do. ``jobs``, if given,
+    receives the keys of pins held for running jobs (``PinFile.job``).
     """
     in_use: set[str] = set()
     reserved: dict[str, int] = {}
@@ -213,8 +217,11 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
                     data = json.loads(head or b"{}")
                 except ValueError:
                     continue
-                if body:
-                    in_use.update(body.decode("utf-8", "surrogateescape").split("\n"))
+                if body and p != skip:
+                    keys = body.decode("utf-8", "surrogateescape").split("\n")
+                    in_use.update(keys)
+                    if jobs is not None and data.get("job"):
+                        jobs.update(keys)
                 for k, v in data.get("reserved", {}).items():
                     reserved[k] = max(reserved.get(k, 0), int(v))
                 continue

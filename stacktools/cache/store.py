@@ -72,6 +72,8 @@ class SyncResult:
     source. ``copied``/``bytes_copied`` count only copies this process made;
     ``reused`` counts stacks found valid (including ones another process copied
     while this one waited). ``copies`` lists the keys this process copied.
+    ``from_source`` includes stacks whose source changed while a running job
+    reads the old copy: that copy is never replaced under the job.
     When made with ``hold=True`` the entries stay pinned (never evicted) until
     :meth:`release` or the end of a ``with`` block.
     """
@@ -92,6 +94,16 @@ class SyncResult:
     use_cache: bool = True
     plan: Plan | None = None
     _pin: PinFile | None = field(default=None, repr=False)
+
+    @property
+    def pin_fd(self) -> int | None:
+        """The locked descriptor of the pin (``hold=True``), else ``None``.
+
+        The pin lasts while any process holds this descriptor open: pass it to the
+        job's process (``subprocess.run(..., pass_fds=[res.pin_fd])``) so that the
+        entries stay pinned for as long as the job runs, even if this process dies.
+        """
+        return None if self._pin is None else self._pin.fd
 
     def release(self) -> None:
         """Unpin the entries (they become evictable again)."""
@@ -274,9 +286,13 @@ class Cache:
             self.index.record(new)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('ledger_offset', ?)", (str(offset + end),))
 
-    def _inventory_locked(self) -> Inventory:
-        """Snapshot with the space lock held exclusively; drops rows whose files are gone."""
-        in_use, reserved = live_pins(self.pins_dir)
+    def _inventory_locked(self, own: PinFile | None = None) -> Inventory:
+        """Snapshot with the space lock held exclusively; drops rows whose files are gone.
+
+        Entries count as in use when another live process pins them (not ``own``).
+        """
+        jobs: set[str] = set()
+        in_use, reserved = live_pins(self.pins_dir, own.path if own is not None else None, jobs)
         self._absorb_ledger()
         self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
         rows = self.index.all()
@@ -293,7 +309,8 @@ class Cache:
                 gone.append(r["key"])  # replaced by hand: no longer ours
                 continue
             entries.append(Entry(r["key"], r["size"], r["mtime_ns"], r["last_access"],
-                                 in_use=r["key"] in in_use, owned=True, project=r["project"]))
+                                 in_use=r["key"] in in_use, owned=True, project=r["project"],
+                                 job=r["key"] in jobs))
             inodes[r["key"]] = r["ino"]
         self.index.remove(gone)
         have = {e.key for e in entries}
@@ -370,7 +387,7 @@ class Cache:
                 lock = self.space_lock()
                 lock.acquire()
                 try:
-                    inv = self._inventory_locked()
+                    inv = self._inventory_locked(pin)
                 finally:
                     lock.release()
                 plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
@@ -428,7 +445,7 @@ class Cache:
                     else:
                         valid = {s.key for s in plan.cached}
                     if plan.to_copy or plan.waiting or fresh_pin:
-                        inv = self._inventory_locked()
+                        inv = self._inventory_locked(pin)
                         new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
                         if new.decisions() != plan.decisions():
                             new.stacks = stacks
@@ -463,11 +480,11 @@ class Cache:
                 s.size for s in todo if s.key not in copied_keys)
             import hashlib
             self.index.touch_set(hashlib.sha1(pin.blob).hexdigest(), pin.keys, time.time())
-            if pin.reserved:
+            if pin.reserved or hold:
                 lock = self.space_lock()
                 lock.acquire(shared=True)
                 try:
-                    pin.reserved = {}
+                    pin.reserved, pin.job = {}, hold
                     pin.write()
                 finally:
                     lock.release()
@@ -584,7 +601,7 @@ class Cache:
         lock = self.space_lock()
         lock.acquire(on_wait=on_wait)
         try:
-            inv = self._inventory_locked()
+            inv = self._inventory_locked(pin)
             p = plan_stacks([s], inv, valid=())
             if not p.fits:
                 raise CacheFullError(full_message(p))
