@@ -25,6 +25,8 @@ def _ssd_opts():
         "reserve_mb": typer.Option(None, "--reserve-mb", min=0, help="Least free space to leave on the SSD, MB [default: 10000]."),
         "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS, $CRYOSPARC_SSD_CACHE_LIFETIME_DAYS]."),
         "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS, $CRYOSPARC_CACHE_NUM_THREADS]."),
+        "create": typer.Option(False, "--create", help="Create the SSD path if it is missing "
+                               "[default: off: a missing SSD path is an error, unless the config sets create_ssd_path]."),
         "config": typer.Option(None, "--config", help="TOML config file [default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
     }
 
@@ -32,10 +34,10 @@ def _ssd_opts():
 _O = _ssd_opts()
 
 
-def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config):
+def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create: bool = True):
     from stacktools.cache import Cache
     return Cache(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
-                 threads=threads, config_file=config)
+                 threads=threads, config_file=config, create=create)
 
 
 def _wait_printer(quiet: bool):
@@ -97,9 +99,12 @@ def _print_plan(plan, title: str) -> None:
         ("would evict (LRU)", f"{len(plan.evict):,} entries, {fmt_bytes(d['bytes_evicted'])}"),
         ("quota", "none" if plan.quota_bytes is None else fmt_bytes(plan.quota_bytes)),
         ("reserve", fmt_bytes(plan.reserve_bytes)),
-        ("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
-        ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}"),
     ]
+    if plan.fits:
+        rows += [("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
+                 ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}")]
+    else:  # it will not run: there is no "after"
+        rows += [("cache use now", fmt_bytes(d["used_bytes_before"])), ("free now", fmt_bytes(d["free_bytes_before"]))]
     if plan.consolidated_bytes is not None and plan.cache_bytes is not None:
         saved = plan.cache_bytes - plan.consolidated_bytes
         frac = saved / plan.cache_bytes if plan.cache_bytes else 0.0
@@ -124,16 +129,25 @@ def plan_cmd(
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    create: bool = _O["create"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show what `cache sync` would copy, expire and evict, and whether it fits; copy nothing."""
-    cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+    """Show what `cache sync` would copy, expire and evict, and whether it fits.
+
+    A check: it copies, creates and writes nothing. Exit status 0 if the set fits,
+    1 if it does not, 2 for an error (such as a missing SSD path).
+    """
+    from stacktools.cache import plan_without_writing, resolve_config
+    cfg = resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
+                         threads=threads, config_file=config)
     pset = _open_set(particles, project_dir, passthrough)
-    plan = cache.plan(pset, partial=partial, consolidation=True)
+    plan = plan_without_writing(pset, cfg, partial=partial, consolidation=True, create=create)
     if as_json:
         emit_json(plan.to_dict())
     else:
         _print_plan(plan, f"cache plan for {particles}")
+    if not plan.fits:
+        raise typer.Exit(1)
 
 
 @app.command("sync")
@@ -148,6 +162,7 @@ def sync_cmd(
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    create: bool = _O["create"],
     check_content: bool = typer.Option(False, "--check-content", help="Hash each source and serve a copy only if "
                                        "its content matches (for sources whose mtimes cannot be trusted) [default: off]."),
     list_paths: bool = typer.Option(False, "--list", help="Also print every source → cached pair [default: summary only]."),
@@ -175,7 +190,7 @@ def sync_cmd(
         paths = {named_path(p): named_path(p) for p in pset.stack_paths}
         result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
     else:
-        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create)
         plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
         if not plan.fits:
             plan.release()

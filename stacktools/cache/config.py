@@ -13,6 +13,7 @@ Config file (TOML), from ``--config``, ``$STACKTOOLS_CONFIG`` or
     reserve_mb = 10000
     lifetime_days = 30
     threads = 4
+    create_ssd_path = false   # true: a missing SSD path is created (a per-job $SLURM_TMPDIR/ssd)
 
 MB means 1,000,000 bytes throughout. A per-project default for whether jobs use the
 cache lives in
@@ -58,6 +59,8 @@ class CacheConfig:
     ``quota_mb`` the most the cache may hold (``None``: no quota); ``reserve_mb`` the
     least free space to leave on the device; ``lifetime_days`` how long an entry
     lives after its last access; ``threads`` the number of copy threads;
+    ``create_ssd_path`` whether a missing SSD path may be created (else it is an
+    error: a typo or an unmounted disk must not fill the root filesystem);
     ``sources`` says where each value came from (``flag``, ``file``, ``env``, ``default``).
     """
 
@@ -67,6 +70,7 @@ class CacheConfig:
     lifetime_days: float = DEFAULT_LIFETIME_DAYS
     threads: int = DEFAULT_THREADS
     sources: Mapping[str, str] | None = None
+    create_ssd_path: bool = False
 
     @property
     def quota_bytes(self) -> int | None:
@@ -121,10 +125,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     table = data.get("cache", {})
     if not isinstance(table, dict):
         raise CacheConfigError(f"{p}: [cache] must be a table")
-    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads"}
+    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads", "create_ssd_path"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise CacheConfigError(f"{p}: unknown [cache] setting {unknown[0]!r}")
+    if not isinstance(table.get("create_ssd_path", False), bool):
+        raise CacheConfigError(f"{p}: [cache] create_ssd_path must be true or false")
     return table
 
 
@@ -196,7 +202,7 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
     if "ssd_path" not in values:
         raise CacheConfigError(f"no SSD path: give --ssd-path, set ssd_path in {cfg_path}, "
                                f"or set ${ENV_SSD}")
-    return CacheConfig(sources=sources, **values)
+    return CacheConfig(sources=sources, create_ssd_path=file_vals.get("create_ssd_path", False), **values)
 
 
 def _project_file(project_dir: str | os.PathLike) -> Path:

@@ -183,13 +183,14 @@ class PinFile:
             pass
 
 
-def live_pins(pins_dir: Path, skip: Path | None = None,
-              jobs: set[str] | None = None) -> tuple[set[str], dict[str, int]]:
+def live_pins(pins_dir: Path, skip: Path | None = None, jobs: set[str] | None = None,
+              sweep: bool = True) -> tuple[set[str], dict[str, int]]:
     """Keys in use and bytes reserved by live processes; sweeps dead processes' pin files.
 
-    Call with the space lock held exclusively. The keys of pin file ``skip`` (the
-    caller's own) do not count as in use; its reservations do. ``jobs``, if given,
-    receives the keys of pins held for running jobs (``PinFile.job``).
+    Call with the space lock held exclusively (or with ``sweep=False``, which only
+    reads). The keys of pin file ``skip`` (the caller's own) do not count as in
+    use; its reservations do. ``jobs``, if given, receives the keys of pins held
+    for running jobs (``PinFile.job``).
     """
     in_use: set[str] = set()
     reserved: dict[str, int] = {}
@@ -227,6 +228,8 @@ def live_pins(pins_dir: Path, skip: Path | None = None,
                 continue
             # Lockable: its owner is gone (the kernel dropped the lock). Not a stale
             # lock, just a leftover record: remove it.
+            if not sweep:
+                continue
             try:
                 os.unlink(p)
             except FileNotFoundError:

@@ -216,8 +216,11 @@ class Plan:
             "bytes_evicted": sum(e.size for e in self.evict),
             "replace": [e.key for e in self.replace],
             "quota_bytes": self.quota_bytes, "reserve_bytes": self.reserve_bytes,
-            "free_bytes_before": self.free_bytes_before, "free_bytes_after": self.free_bytes_after,
-            "used_bytes_before": self.used_bytes_before, "used_bytes_after": self.used_bytes_after,
+            # A plan that will not run has no "after".
+            "free_bytes_before": self.free_bytes_before,
+            "free_bytes_after": self.free_bytes_after if self.fits else None,
+            "used_bytes_before": self.used_bytes_before,
+            "used_bytes_after": self.used_bytes_after if self.fits else None,
             "shortfall_bytes": self.shortfall_bytes,
             "held_in_use_bytes": self.held_in_use_bytes,
             "held_foreign_bytes": self.held_foreign_bytes,

@@ -133,7 +133,7 @@ class Cache:
     Parameters
     ----------
     ssd_path
-        SSD directory, created if missing; the cache lives in
+        SSD directory (see ``create``); the cache lives in
         ``ssd_path/stacktools-cache``. When
         ``None``, taken from the config file or ``$STACKTOOLS_SSD_PATH``
         (``$CRYOSPARC_SSD_PATH`` as a fallback).
@@ -143,18 +143,24 @@ class Cache:
         TOML config file to read instead of the default.
     config
         A ready :class:`CacheConfig` (the other settings are then ignored).
+    create
+        Create a missing SSD path. With ``False`` a missing path is a
+        :class:`~stacktools.errors.CacheConfigError` unless the config sets
+        ``create_ssd_path`` (the command line passes ``False`` unless ``--create``).
     """
 
     def __init__(self, ssd_path: str | os.PathLike | None = None, *, quota_mb: float | None = None,
                  reserve_mb: float | None = None, lifetime_days: float | None = None,
                  threads: int | None = None, config_file: str | os.PathLike | None = None,
-                 config: CacheConfig | None = None):
+                 config: CacheConfig | None = None, create: bool = True):
         self.config = config or resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb,
                                                lifetime_days=lifetime_days, threads=threads,
                                                config_file=config_file)
         ssd = self.config.ssd_path
         if ssd.exists() and not ssd.is_dir():
             raise CacheConfigError(f"{ssd}: SSD path is not a directory")
+        if not ssd.exists() and not (create or self.config.create_ssd_path):
+            raise CacheConfigError(missing_ssd_message(ssd))
         root = ssd / CACHE_DIRNAME
         try:
             # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
@@ -1047,6 +1053,11 @@ def named_path(p: str | os.PathLike) -> str:
 
 def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
     return [s.path or s.key for s in stacks]
+
+
+def missing_ssd_message(ssd: Path) -> str:
+    return (f"{ssd}: SSD path does not exist (a typo or an unmounted disk?); give --create "
+            "or set create_ssd_path = true in the config to create it")
 
 
 def full_message(plan: Plan) -> str:
