@@ -17,7 +17,7 @@ from conftest import _stacktools_command
 
 def _sync_args(demo, ssd, *extra):
     return ["cache", "sync", demo.extracted_cs, "-p", demo.project_dir, "--ssd-path", ssd,
-            "--reserve-mb", "0", *extra]
+            "--reserve-mb", "0", "--create", *extra]
 
 
 def test_default_output_is_a_summary_and_list_gives_every_pair(tmp_path, demo, run_cli):

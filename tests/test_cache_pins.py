@@ -43,6 +43,7 @@ def _alive(pid: int) -> bool:
 
 def test_pin_outlives_a_killed_wrapper_while_the_job_runs(tmp_path, demo):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     ready, stop = tmp_path / "job.pid", tmp_path / "job.stop"
     wrapper = subprocess.Popen(
         _stacktools_command() + ["cache", "sync", str(demo.extracted_cs), "-p", str(demo.project_dir),
