@@ -68,7 +68,7 @@ def shorten_middle(text: str, width: int) -> str:
 
 
 def _rate(nbytes: int, seconds: float) -> str:
-    return f"{fmt_bytes(int(nbytes / seconds))}/s" if seconds > 0 and nbytes else "-"
+    return f"{nbytes / seconds / 1e6:,.1f} MB/s" if seconds > 0 and nbytes else "nothing"
 
 
 def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path]):
