@@ -16,7 +16,6 @@ from .output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
 
-_SHOW_PATHS = 20
 _SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPARC_SSD_PATH]."
 
 
@@ -25,8 +24,10 @@ def _ssd_opts():
         "ssd_path": typer.Option(None, "--ssd-path", help=_SSD_HELP),
         "quota_mb": typer.Option(None, "--quota-mb", min=0, help="Most the cache may hold, MB [default: no quota]."),
         "reserve_mb": typer.Option(None, "--reserve-mb", min=0, help="Least free space to leave on the SSD, MB [default: 10000]."),
-        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS]."),
-        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS]."),
+        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS, $CRYOSPARC_SSD_CACHE_LIFETIME_DAYS]."),
+        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS, $CRYOSPARC_CACHE_NUM_THREADS]."),
+        "create": typer.Option(False, "--create", help="Create the SSD path if it is missing "
+                               "[default: off: a missing SSD path is an error, unless the config sets create_ssd_path]."),
         "config": typer.Option(None, "--config", help="TOML config file [default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
     }
 
@@ -34,15 +35,41 @@ def _ssd_opts():
 _O = _ssd_opts()
 
 
-def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config):
+def _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create: bool = True):
     from stacktools.cache import Cache
     return Cache(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
-                 threads=threads, config_file=config)
+                 threads=threads, config_file=config, create=create)
 
 
-def _wait_msg(msg: str) -> None:
-    sys.stderr.write(f"stacktools: {msg}\n")
-    sys.stderr.flush()
+def _wait_printer(quiet: bool):
+    """An ``on_wait`` that prints each distinct wait (lock and holder) once; silent if quiet."""
+    if quiet:
+        return None
+    seen: set[str] = set()
+
+    def say(msg: str) -> None:
+        if msg not in seen:
+            seen.add(msg)
+            sys.stderr.write(f"stacktools: {msg}\n")
+            sys.stderr.flush()
+    return say
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to about ``width`` characters by dropping the middle of its directory.
+
+    The file name is always kept whole (it is what tells stacks apart), even when it
+    alone is wider than ``width``.
+    """
+    if len(text) <= width:
+        return text
+    head, sep, name = text.rpartition("/")
+    room = width - 1 - len(sep + name)
+    return (head[:room] if room > 0 else "") + "…" + sep + name
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e6:,.1f} MB/s" if seconds > 0 and nbytes else "nothing"
 
 
 def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path],
@@ -75,9 +102,12 @@ def _print_plan(plan, title: str) -> None:
         ("would evict (LRU)", f"{len(plan.evict):,} entries, {fmt_bytes(d['bytes_evicted'])}"),
         ("quota", "none" if plan.quota_bytes is None else fmt_bytes(plan.quota_bytes)),
         ("reserve", fmt_bytes(plan.reserve_bytes)),
-        ("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
-        ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}"),
     ]
+    if plan.fits:
+        rows += [("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
+                 ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}")]
+    else:  # it will not run: there is no "after"
+        rows += [("cache use now", fmt_bytes(d["used_bytes_before"])), ("free now", fmt_bytes(d["free_bytes_before"]))]
     if plan.consolidated_bytes is not None and plan.cache_bytes is not None:
         saved = plan.cache_bytes - plan.consolidated_bytes
         frac = saved / plan.cache_bytes if plan.cache_bytes else 0.0
@@ -102,17 +132,26 @@ def plan_cmd(
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
+    create: bool = _O["create"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
-    """Show what `cache sync` would copy, expire and evict, and whether it fits; copy nothing."""
-    cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
+    """Show what `cache sync` would copy, expire and evict, and whether it fits.
+
+    A check: it copies, creates and writes nothing. Exit status 0 if the set fits,
+    1 if it does not, 2 for an error (such as a missing SSD path).
+    """
+    from stacktools.cache import plan_without_writing, resolve_config
+    cfg = resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
+                         threads=threads, config_file=config)
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
-    plan = cache.plan(pset, partial=partial, consolidation=True)
+    plan = plan_without_writing(pset, cfg, partial=partial, consolidation=True, create=create)
     if as_json:
         emit_json(plan.to_dict())
     else:
         _print_plan(plan, f"cache plan for {particles}")
+    if not plan.fits:
+        raise typer.Exit(1)
 
 
 @app.command("sync")
@@ -127,33 +166,44 @@ def sync_cmd(
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    create: bool = _O["create"],
+    check_content: bool = typer.Option(False, "--check-content", help="Hash each source and serve a copy only if "
+                                       "its content matches (for sources whose mtimes cannot be trusted) [default: off]."),
+    list_paths: bool = typer.Option(False, "--list", help="Also print every source → cached pair [default: summary only]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors [default: off]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with every source → cached pair)."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
-    """Make every stack of a set present and valid in the SSD cache; print source → cached.
+    """Make every stack of a set present and valid in the SSD cache; print a summary.
 
-    With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts it),
+    With `-- CMD ARGS` the command runs while the set is pinned (nothing evicts or
+    replaces it, for as long as the command lives, even if this process is killed),
     and its exit status is returned.
     """
     from stacktools.cache import use_cache_for
     from stacktools.cache.store import SyncResult, full_message, named_path, write_cached_cs
     from stacktools.errors import CacheFullError
 
+    import shutil
+    import time
+
     from .output import byte_progress
 
+    started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
     if not use_cache_for(pset.project_dir, use_cache):
         paths = {named_path(p): named_path(p) for p in pset.stack_paths}
         result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
     else:
-        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
-        plan = cache.plan(pset, partial=partial, pinned=True)
+        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create)
+        plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
         if not plan.fits:
             plan.release()
             raise CacheFullError(full_message(plan))
         with byte_progress("caching", plan.bytes_to_copy, quiet or not sys.stderr.isatty()) as advance:
-            result = cache.execute(plan, hold=bool(command), progress=advance, on_wait=_wait_msg)
+            result = cache.execute(plan, hold=bool(command), progress=advance,
+                                   on_wait=_wait_printer(quiet))
+    elapsed = time.monotonic() - started
     if write_cs is not None:
         write_cached_cs(pset, result.paths, write_cs)
     if as_json:
@@ -161,26 +211,32 @@ def sync_cmd(
         if write_cs is not None:
             d["cs"] = str(write_cs)
         emit_json(d)
-    elif not quiet or not command:
+    elif not quiet:
         rows = [("copied", f"{result.copied:,} files, {fmt_bytes(result.bytes_copied)}"),
                 ("already cached", f"{result.reused:,} files, {fmt_bytes(result.bytes_reused)}"),
                 ("expired", f"{result.expired:,} entries, {fmt_bytes(result.bytes_expired)}"),
                 ("evicted", f"{result.evicted:,} entries, {fmt_bytes(result.bytes_evicted)}")]
         if result.from_source:
             rows.append(("read from the source", f"{len(result.from_source):,} files"))
+        kept = result.plan.kept_for_running_jobs if result.plan is not None else []
+        if kept:
+            rows.append(("source changed, old copy kept for a running job", f"{len(kept):,} files"))
         if not result.use_cache:
             rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
+        rows.append(("time", f"{elapsed:.1f} s, {_rate(result.bytes_copied, elapsed)} copied"))
         out = console(stderr=bool(command))
         out.print(kv_table(rows, title=f"cache sync {particles}"))
-        shown = list(result.paths.items())[:_SHOW_PATHS]
-        for src, dst in shown:
-            out.print(f"{src} → {dst}", soft_wrap=True, markup=False, highlight=False)
-        if len(result.paths) > len(shown):
-            out.print(f"… and {len(result.paths) - len(shown):,} more (--json lists them all)")
+        if list_paths:
+            side = max(20, (shutil.get_terminal_size((160, 24)).columns - 3) // 2)
+            for src, dst in result.paths.items():
+                out.print(f"{shorten_middle(src, side)} → {shorten_middle(dst, side)}",
+                          soft_wrap=True, markup=False, highlight=False)
     if command:
         import subprocess
         try:
-            rc = subprocess.call(command)
+            # The command inherits the locked pin: the set stays pinned while it runs,
+            # even if this wrapper is killed.
+            rc = subprocess.call(command, pass_fds=[result.pin_fd] if result.pin_fd is not None else [])
         finally:
             result.release()
         raise typer.Exit(rc)
@@ -288,11 +344,12 @@ def evict_cmd(
 @app.command("verify")
 def verify_cmd(
     fix: bool = typer.Option(False, "--fix", help="Remove entries whose source changed or vanished, or whose copy is damaged."),
-    content: bool = typer.Option(False, "--content", help="Compare bytes too (reads everything)."),
+    content: bool = typer.Option(False, "--content", help="Also read the sources and compare them with the "
+                                 "copies' digests [default: off: only the copies are read]."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Re-check every entry against its source (size and mtime; --content for bytes)."""
+    """Re-check every entry: source size and mtime, copy against its recorded digest."""
     d = _simple("verify", ssd_path, None, None, None, None, config, fix=fix, content=content)
     if as_json:
         emit_json(d)

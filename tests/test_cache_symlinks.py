@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,8 @@ def test_a_symlink_at_any_own_path_is_never_followed(proj, tmp_path, outside, pl
     os.unlink(cache.cached_path(os.path.realpath(pset.stack_paths[1])))  # the sync copies again
     if place in ("files", "locks", "pins", "manifests"):
         target = root / place
-        os.rename(target, tmp_path / f"real-{place}")
+        if place != "manifests":  # an older version's name: the cache no longer makes it
+            os.rename(target, tmp_path / f"real-{place}")
         target.symlink_to(outside / "dir" if place != "files" else outside)
     elif place == "lock file":
         link = root / "locks" / f"{key_hash(key)}.lock"
@@ -102,15 +104,27 @@ def test_a_symlink_at_any_own_path_is_never_followed(proj, tmp_path, outside, pl
     assert res.copied > 0
 
 
-def test_api_refuses_a_symlinked_manifests_dir(proj, tmp_path, outside):
-    from stacktools.errors import CacheForeignPathError
+def test_an_old_manifests_dir_or_symlink_is_left_alone(proj, tmp_path, outside):
+    """Older versions kept ``manifests/``; the cache no longer makes, reads or follows it."""
+    made, pset = proj
     ssd = tmp_path / "ssd"
-    Cache(ssd, reserve_mb=0)
-    root = ssd / "stacktools-cache"
-    os.rename(root / "manifests", tmp_path / "m")
+    cache = Cache(ssd, reserve_mb=0)
+    root = cache.root
+    assert not os.path.lexists(root / "manifests")
+    (root / "manifests").mkdir()
+    (root / "manifests" / "abc.json").write_text("{}")
+    cache.ensure(pset)
+    status = run_cli("cache", "status", "--json", "--ssd-path", ssd, check=False)
+    assert status.returncode == 0, status.stderr
+    assert not [f for f in json.loads(status.stdout)["foreign_paths"] if "/manifests" in f["path"]]
+    assert (root / "manifests" / "abc.json").read_text() == "{}"
+    shutil.rmtree(root / "manifests")
     (root / "manifests").symlink_to(outside / "dir")
-    with pytest.raises(CacheForeignPathError, match="manifests"):
-        Cache(ssd, reserve_mb=0)
+    before = _snapshot(outside)
+    Cache(ssd, reserve_mb=0).ensure(pset)
+    _all_commands(proj, tmp_path, ssd)
+    assert _snapshot(outside) == before
+    assert os.path.islink(root / "manifests")
 
 
 def test_foreign_temporaries_stay_and_status_lists_them(proj, tmp_path):

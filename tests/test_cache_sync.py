@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -90,8 +91,10 @@ def test_does_not_fit_fails_before_copying(ssd, demo):
     assert p.stderr.count("\n") == 1 and "does not fit" in p.stderr and "MB" in p.stderr
     assert "Traceback" not in p.stderr
     assert final_files(ssd) == []
-    plan = cli_json("cache", "plan", demo.selected_cs, "--project-dir", demo.project_dir,
-                    "--ssd-path", ssd, "--reserve-mb", "0", "--quota-mb", str(total / 2e6))
+    r = run_cli("cache", "plan", demo.selected_cs, "--project-dir", demo.project_dir, "--ssd-path", ssd,
+                "--reserve-mb", "0", "--quota-mb", str(total / 2e6), "--json", check=False)
+    assert r.returncode == 1  # "does not fit", as `cache place` says it
+    plan = json.loads(r.stdout)
     assert plan["fits"] is False and plan["shortfall_bytes"] > 0
 
 
@@ -410,7 +413,7 @@ def test_missing_ssd_path_is_created_but_a_file_is_refused(tmp_path, demo):
     from stacktools.errors import CacheConfigError
     job_ssd = tmp_path / "scratch" / "user" / "job42"  # a per-job path, not made yet
     out = cli_json("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir,
-                   "--ssd-path", job_ssd, "--reserve-mb", 0, "--quiet")
+                   "--ssd-path", job_ssd, "--reserve-mb", 0, "--quiet", "--create")
     assert out["copied"] == len(ParticleSet.open(demo.selected_cs, demo.project_dir).stack_paths)
     assert (job_ssd / "stacktools-cache").is_dir()
     blocker = tmp_path / "plainfile"

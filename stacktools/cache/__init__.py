@@ -2,7 +2,8 @@
 
 Modules, one job each: :mod:`.config` (settings), :mod:`.locks` (flock locks and
 pins), :mod:`.index` (SQLite record and ledger), :mod:`.copy` (one atomic copy),
-:mod:`.plan` (pure planning against an inventory snapshot) and :mod:`.store`
+:mod:`.plan` (pure planning against an inventory snapshot), :mod:`.digest`
+(content digests of copies), :mod:`.peek` (a plan that writes nothing) and :mod:`.store`
 (the :class:`Cache` that ties them together).
 
     from stacktools.cache import Cache
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 from .config import CacheConfig, project_use_cache, resolve_config, set_project_use_cache, use_cache_for
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from .peek import peek_inventory, plan_without_writing
 from .store import Cache, SyncResult, full_message, plan_for_inventory, stat_sources, write_cached_cs
 
 __all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "Plan", "SourceFile", "SyncResult",
-           "full_message", "plan_for_inventory", "plan_stacks", "project_use_cache",
+           "full_message", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
+           "project_use_cache",
            "resolve_config", "set_project_use_cache", "stat_sources", "use_cache_for",
            "write_cached_cs"]

@@ -13,6 +13,7 @@ Config file (TOML), from ``--config``, ``$STACKTOOLS_CONFIG`` or
     reserve_mb = 10000
     lifetime_days = 30
     threads = 4
+    create_ssd_path = false   # true: a missing SSD path is created (a per-job $SLURM_TMPDIR/ssd)
 
 MB means 1,000,000 bytes throughout. A per-project default for whether jobs use the
 cache lives in
@@ -31,12 +32,15 @@ from typing import Any, Mapping
 from ..errors import CacheConfigError
 
 ENV_SSD = "STACKTOOLS_SSD_PATH"
-ENV_SSD_FALLBACK = "CRYOSPARC_SSD_PATH"
 ENV_QUOTA = "STACKTOOLS_CACHE_QUOTA_MB"
 ENV_RESERVE = "STACKTOOLS_CACHE_RESERVE_MB"
 ENV_LIFETIME = "STACKTOOLS_CACHE_LIFETIME_DAYS"
 ENV_THREADS = "STACKTOOLS_CACHE_NUM_THREADS"
 ENV_CONFIG = "STACKTOOLS_CONFIG"
+# CryoSPARC's names for the same settings, read after ours so that a site's
+# existing config.sh works unchanged.
+ENV_FALLBACKS = {ENV_SSD: "CRYOSPARC_SSD_PATH", ENV_THREADS: "CRYOSPARC_CACHE_NUM_THREADS",
+                 ENV_LIFETIME: "CRYOSPARC_SSD_CACHE_LIFETIME_DAYS"}
 
 DEFAULT_LIFETIME_DAYS = 30.0
 DEFAULT_THREADS = 2
@@ -56,7 +60,9 @@ class CacheConfig:
     least free space to leave on the device; ``lifetime_days`` how long an entry
     lives after its last access; ``threads`` the number of copy threads; ``shared``
     whether a new cache root is made for all users (world-writable, sticky) rather
-    than private to its user (config file only);
+    than private to its user (config file only); ``create_ssd_path`` whether a
+    missing SSD path may be created (else it is an error: a typo or an unmounted
+    disk must not fill the root filesystem; config file only);
     ``sources`` says where each value came from (``flag``, ``file``, ``env``, ``default``).
     """
 
@@ -67,6 +73,7 @@ class CacheConfig:
     threads: int = DEFAULT_THREADS
     shared: bool = False
     sources: Mapping[str, str] | None = None
+    create_ssd_path: bool = False
 
     @property
     def quota_bytes(self) -> int | None:
@@ -121,10 +128,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     table = data.get("cache", {})
     if not isinstance(table, dict):
         raise CacheConfigError(f"{p}: [cache] must be a table")
-    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads", "shared"}
+    known = {"ssd_path", "quota_mb", "reserve_mb", "lifetime_days", "threads", "shared",
+             "create_ssd_path"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise CacheConfigError(f"{p}: unknown [cache] setting {unknown[0]!r}")
+    if not isinstance(table.get("create_ssd_path", False), bool):
+        raise CacheConfigError(f"{p}: [cache] create_ssd_path must be true or false")
     return table
 
 
@@ -163,14 +173,12 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
     cfg_path = Path(config_file) if config_file is not None else default_config_file(env)
     file_vals = read_config_file(cfg_path)
     env_vals: dict[str, Any] = {}
-    if env.get(ENV_SSD):
-        env_vals["ssd_path"] = (env[ENV_SSD], ENV_SSD)
-    elif env.get(ENV_SSD_FALLBACK):
-        env_vals["ssd_path"] = (env[ENV_SSD_FALLBACK], ENV_SSD_FALLBACK)
-    for key, name in (("quota_mb", ENV_QUOTA), ("reserve_mb", ENV_RESERVE),
+    for key, ours in (("ssd_path", ENV_SSD), ("quota_mb", ENV_QUOTA), ("reserve_mb", ENV_RESERVE),
                       ("lifetime_days", ENV_LIFETIME), ("threads", ENV_THREADS)):
-        if env.get(name, "").strip():
-            env_vals[key] = (env[name], name)
+        for name in (ours, ENV_FALLBACKS.get(ours)):
+            if name and env.get(name, "").strip():
+                env_vals[key] = (env[name], name)
+                break
     flags = {"ssd_path": ssd_path, "quota_mb": quota_mb, "reserve_mb": reserve_mb,
              "lifetime_days": lifetime_days, "threads": threads}
 
@@ -201,7 +209,8 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
     shared = file_vals.get("shared", False)
     if not isinstance(shared, bool):
         raise CacheConfigError(f"{cfg_path} [cache] shared: {shared!r} must be true or false")
-    return CacheConfig(sources=sources, shared=shared, **values)
+    return CacheConfig(sources=sources, shared=shared,
+                       create_ssd_path=file_vals.get("create_ssd_path", False), **values)
 
 
 def _project_file(project_dir: str | os.PathLike) -> Path:

@@ -15,19 +15,27 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..atomic import TMP_SUFFIX
 from ..errors import CacheError, CacheForeignPathError, CacheFullError
+from .digest import digest_fd
 from .safefs import fit_name, is_disk_full, open_own
 
 CHUNK = 8 << 20
 
-Claim = Callable[[str, "int | None"], None]
+Claim = Callable[[str, "int | None", "str | None"], None]
 
 
 class SourceChanged(CacheError):
     """The source changed while it was being copied."""
+
+
+class Copied(NamedTuple):
+    """A copy just renamed into place: its inode and content digest."""
+
+    ino: int
+    digest: str
 
 
 def tmp_name(final_name: str) -> str:
@@ -77,9 +85,10 @@ def _create_tmp(dest: Path, claim: Claim | None) -> tuple[str, int]:
     for _ in range(8):
         name = tmp_name(dest.name)
         if claim is not None:
-            claim(name, None)
+            claim(name, None, None)
         try:
-            return name, open_own(dest.parent / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # read-write: the digest is taken by reading the copy back
+            return name, open_own(dest.parent / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue  # someone else's file has this name: never touch it, pick another
     raise CacheError(f"{dest.parent}: cannot create a temporary file (names taken)")
@@ -87,8 +96,8 @@ def _create_tmp(dest: Path, claim: Claim | None) -> tuple[str, int]:
 
 def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
               progress: Callable[[int], None] | None = None, *,
-              claim: Claim | None = None, owned_ino: int | None = None) -> int:
-    """Copy ``src`` to ``dest`` atomically and return the new file's inode.
+              claim: Claim | None = None, owned_ino: int | None = None) -> Copied:
+    """Copy ``src`` to ``dest`` atomically; return the new file's inode and digest.
 
     Args:
         src: Source file.
@@ -97,14 +106,19 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
         mtime_ns: The source's mtime from the plan; the copy gets it as its own, so
             that a later check is one ``stat``.
         progress: Called with the number of bytes written after each chunk.
-        claim: Called as ``claim(tmp_name, None)`` before the temporary is created
-            and ``claim(tmp_name, inode)`` before it is renamed to ``dest`` (the
-            ledger lines that keep the copy the cache's).
+        claim: Called as ``claim(tmp_name, None, None)`` before the temporary is
+            created and ``claim(tmp_name, inode, digest)`` before it is renamed to
+            ``dest`` (the ledger lines that keep the copy the cache's and record
+            its digest).
         owned_ino: Inode of the cache's own file now at ``dest``, if any: only that
             file may be replaced.
 
     Returns:
-        The inode of the copy.
+        :class:`Copied`: the copy's inode and its content digest. The digest is
+        taken by reading the temporary copy back (from the page cache, just
+        written) before it is synced and renamed: the kernel copies the data
+        without it passing through user space, so there are no bytes to hash on
+        the way.
 
     Raises:
         CacheFullError: ``ENOSPC``/``EDQUOT``.
@@ -131,6 +145,7 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
+        digest = digest_fd(fd_out, size)
         os.fchmod(fd_out, copy_mode(st2, fd_out))
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
         os.fdatasync(fd_out)  # data and size; a lost mtime only makes the entry invalid
@@ -138,10 +153,10 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
         fd_out = -1
         _check_replaceable(dest, owned_ino)
         if claim is not None:
-            claim(name, tmp_ino)
+            claim(name, tmp_ino, digest)
         os.replace(tmp, dest)
         ok = True
-        return tmp_ino
+        return Copied(tmp_ino, digest)
     except OSError as err:
         if is_disk_full(err):
             raise CacheFullError(f"SSD full while copying {src} to {dest.parent}: "

@@ -13,7 +13,7 @@ that a kill at any instant leaves nothing the cache made without an owner:
 
 * ``{"op": "tmp", "key", "tmp"}`` before the temporary file is created (with
   ``O_EXCL``): a temporary of that name is then provably the cache's;
-* ``{"op": "copy", "key", "tmp", "ino", "size", "mtime_ns", ...}`` after the data
+* ``{"op": "copy", "key", "tmp", "ino", "size", "mtime_ns", "digest", ...}`` after the data
   is on disk and before the rename, so the renamed file is the cache's.
 
 A full disk is not corruption: only a database that SQLite reports as corrupt (or
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     last_access REAL NOT NULL,
     owner TEXT NOT NULL,       -- host:pid that copied it
-    project TEXT NOT NULL DEFAULT ''
+    project TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT ''  -- content digest of the copy (see digest.py)
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 -- Access is recorded per set (one row per sync), and folded into entries.last_access
@@ -63,7 +64,13 @@ CREATE TABLE IF NOT EXISTS set_members (
 CREATE INDEX IF NOT EXISTS set_members_key ON set_members (key);
 """
 
-COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project")
+COLUMNS = ("key", "size", "mtime_ns", "ino", "created", "last_access", "owner", "project", "digest")
+
+
+def _add_digest_column(con: sqlite3.Connection) -> None:
+    """Give an index made before digests were recorded its (empty) digest column."""
+    if "digest" not in {r[1] for r in con.execute("PRAGMA table_info(entries)")}:
+        con.execute("ALTER TABLE entries ADD COLUMN digest TEXT NOT NULL DEFAULT ''")
 
 
 class _Corrupt(Exception):
@@ -160,6 +167,7 @@ class Index:
         con = self._connect()
         try:
             con.executescript(_SCHEMA)
+            _add_digest_column(con)
             row = con.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -315,7 +323,8 @@ class Index:
             rows[rec["key"]] = {"key": rec["key"], "size": rec["size"],
                                 "mtime_ns": rec.get("mtime_ns", 0), "ino": rec["ino"],
                                 "created": t, "last_access": t, "owner": rec.get("owner", ""),
-                                "project": rec.get("project", "")}
+                                "project": rec.get("project", ""),
+                                "digest": rec.get("digest", "")}
         for r in rows.values():
             try:
                 r["last_access"] = max(r["last_access"], os.lstat(str(self.files_dir) + r["key"]).st_atime)

@@ -145,7 +145,7 @@ class PinFile:
     """This process's record of the entries it uses and the bytes it has reserved.
 
     The file is locked exclusively for the life of the pin. Its content is one JSON
-    line ``{"pid", "host", "t", "reserved": {key: bytes}}`` followed by the pinned
+    line ``{"pid", "host", "t", "reserved": {key: bytes}, "job": bool}`` followed by the pinned
     keys, one per line. It is rewritten only while the writer holds the space lock
     (shared or exclusive), so readers that hold the space lock exclusively always
     see whole contents. ``blob`` is the encoded key list (also used to name the set).
@@ -155,6 +155,7 @@ class PinFile:
         self.keys: list[str] = list(keys)
         self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
         self.reserved: dict[str, int] = {}
+        self.job = False  # set once the entries are served to a running job
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
         self.path = pins_dir / name
         self.fd = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -164,7 +165,7 @@ class PinFile:
     def write(self) -> None:
         """Rewrite the content (call with the space lock held)."""
         head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
-                           "reserved": self.reserved}).encode() + b"\n"
+                           "reserved": self.reserved, "job": self.job}).encode() + b"\n"
         data = head + self.blob
         os.pwrite(self.fd, data, 0)  # then cut: the file is never empty once written
         os.ftruncate(self.fd, len(data))
@@ -184,10 +185,14 @@ class PinFile:
             pass
 
 
-def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
+def live_pins(pins_dir: Path, skip: Path | None = None, jobs: set[str] | None = None,
+              sweep: bool = True) -> tuple[set[str], dict[str, int]]:
     """Keys in use and bytes reserved by live processes; sweeps dead processes' pin files.
 
-    Call with the space lock held exclusively.
+    Call with the space lock held exclusively (or with ``sweep=False``, which only
+    reads). The keys of pin file ``skip`` (the caller's own) do not count as in
+    use; its reservations do. ``jobs``, if given, receives the keys of pins held
+    for running jobs (``PinFile.job``).
     """
     in_use: set[str] = set()
     reserved: dict[str, int] = {}
@@ -215,14 +220,17 @@ def live_pins(pins_dir: Path) -> tuple[set[str], dict[str, int]]:
                     data = json.loads(head or b"{}")
                 except ValueError:
                     continue
-                if body:
-                    in_use.update(body.decode("utf-8", "surrogateescape").split("\n"))
+                if body and p != skip:
+                    keys = body.decode("utf-8", "surrogateescape").split("\n")
+                    in_use.update(keys)
+                    if jobs is not None and data.get("job"):
+                        jobs.update(keys)
                 for k, v in data.get("reserved", {}).items():
                     reserved[k] = max(reserved.get(k, 0), int(v))
                 continue
             # Lockable: its owner is gone (the kernel dropped the lock). Not a stale
             # lock, just a leftover record: remove it if it is one of ours.
-            if _is_pin_record(name, fd):
+            if sweep and _is_pin_record(name, fd):
                 _unlink_if_same(p, fd)
         except OSError as err:
             if err.errno not in (errno.ENOENT,):

@@ -57,7 +57,8 @@ class Entry:
     ``key`` is the resolved source path; ``size`` and ``mtime_ns`` the source's
     figures at copy time; ``last_access`` a Unix time; ``in_use`` whether a live
     process pins it; ``owned`` whether the cache created it (only owned entries are
-    ever evicted); ``project`` the project that first cached it.
+    ever evicted); ``project`` the project that first cached it; ``job`` whether a
+    running job reads it (it is then never replaced, even if its source changed).
     """
 
     key: str
@@ -67,6 +68,7 @@ class Entry:
     in_use: bool = False
     owned: bool = True
     project: str = ""
+    job: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,6 +156,11 @@ class Plan:
     consolidated_bytes: int | None = None
     cache_bytes: int | None = None
     project: str = ""
+    # Stacks whose source changed while a running job pins the old copy (also in
+    # from_source: they are read from the source, the job's copy stays).
+    kept_for_running_jobs: list[SourceFile] = field(default_factory=list)
+    # Whether copies were (and are to be) judged by content, not only size and mtime.
+    check_content: bool = False
     # Every stack of the set in order (what execute re-plans with).
     stacks: list[SourceFile] = field(default_factory=list, repr=False, compare=False)
     # Set by Cache.plan when the plan was made while the set was pinned.
@@ -201,6 +208,7 @@ class Plan:
             "files_cached": len(self.cached), "bytes_cached": self.bytes_cached,
             "files_waiting": len(self.waiting),
             "files_from_source": len(self.from_source),
+            "kept_for_running_jobs": [s.path or s.key for s in self.kept_for_running_jobs],
             "bytes_from_source": sum(s.size for s in self.from_source),
             "expire": [e.to_dict() for e in self.expire],
             "evict": [e.to_dict() for e in self.evict],
@@ -208,8 +216,11 @@ class Plan:
             "bytes_evicted": sum(e.size for e in self.evict),
             "replace": [e.key for e in self.replace],
             "quota_bytes": self.quota_bytes, "reserve_bytes": self.reserve_bytes,
-            "free_bytes_before": self.free_bytes_before, "free_bytes_after": self.free_bytes_after,
-            "used_bytes_before": self.used_bytes_before, "used_bytes_after": self.used_bytes_after,
+            # A plan that will not run has no "after".
+            "free_bytes_before": self.free_bytes_before,
+            "free_bytes_after": self.free_bytes_after if self.fits else None,
+            "used_bytes_before": self.used_bytes_before,
+            "used_bytes_after": self.used_bytes_after if self.fits else None,
             "shortfall_bytes": self.shortfall_bytes,
             "held_in_use_bytes": self.held_in_use_bytes,
             "held_foreign_bytes": self.held_foreign_bytes,
@@ -259,7 +270,7 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
         valid_set = set(valid)
 
     seen: set[str] = set()
-    to_copy, cached, waiting = [], [], []
+    to_copy, cached, waiting, held = [], [], [], []
     for s in stacks:
         if s.key in seen:
             continue
@@ -268,6 +279,10 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
             cached.append(s)
         elif s.key in inventory.reserved:
             waiting.append(s)
+        elif (e := by_key.get(s.key)) is not None and e.owned and e.job:
+            # Its source changed, but a running job reads the old copy: never
+            # replace a file under it; this set reads the source instead.
+            held.append(s)
         else:
             to_copy.append(s)
 
@@ -308,7 +323,7 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
         return out
 
     need = sum(s.size for s in to_copy)
-    from_source: list[SourceFile] = []
+    from_source: list[SourceFile] = list(held)
     all_freeable = sum(e.size for e in expire) + sum(e.size for e in lru)
     replace = stale_of(to_copy)
     max_room = room(all_freeable + sum(e.size for e in replace))
@@ -353,4 +368,5 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 quota_bytes=quota, reserve_bytes=reserve, free_bytes_before=inventory.free_bytes,
                 used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),
                 held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial,
+                kept_for_running_jobs=held,
                 reserved_bytes=reserved_total, limited_by=limited_by)

@@ -9,15 +9,12 @@ Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
     index.db                       SQLite record of owned entries (WAL)
     ledger.jsonl                   two lines per copy, both before its rename:
                                    ownership that survives a kill and the loss
-                                   of the index, and a log of copies
-    manifests/                     per-directory record of stat results (a cache)
+                                   of the index, a log of copies and their digests
 
 An entry is keyed by the resolved absolute source path and is valid when the
 file at its location (followed if a symlink) has the source's size and
 ``mtime_ns``; copies get the source's mtime, so a warm check is one ``stat`` of
-the source and at most one of the copy, with no database access per file. Copies
-in a directory unchanged since its manifest was recorded are not stat-ed at all
-(``manifests/``, see :mod:`stacktools.cache.manifest`).
+the source and one of the copy, with no database access per file.
 """
 
 from __future__ import annotations
@@ -40,8 +37,8 @@ from ..errors import (CacheConfigError, CacheError, CacheForeignPathError, Cache
                       MissingStackError, PathEscapeError)
 from .config import CacheConfig, resolve_config
 from .copy import SourceChanged, copy_into
+from .digest import digest_file
 from .index import Index
-from .manifest import Manifests
 from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
 from .safefs import check_own_dir
@@ -79,6 +76,8 @@ class SyncResult:
     source. ``copied``/``bytes_copied`` count only copies this process made;
     ``reused`` counts stacks found valid (including ones another process copied
     while this one waited). ``copies`` lists the keys this process copied.
+    ``from_source`` includes stacks whose source changed while a running job
+    reads the old copy: that copy is never replaced under the job.
     When made with ``hold=True`` the entries stay pinned (never evicted) until
     :meth:`release` or the end of a ``with`` block.
     """
@@ -99,6 +98,16 @@ class SyncResult:
     use_cache: bool = True
     plan: Plan | None = None
     _pin: PinFile | None = field(default=None, repr=False)
+
+    @property
+    def pin_fd(self) -> int | None:
+        """The locked descriptor of the pin (``hold=True``), else ``None``.
+
+        The pin lasts while any process holds this descriptor open: pass it to the
+        job's process (``subprocess.run(..., pass_fds=[res.pin_fd])``) so that the
+        entries stay pinned for as long as the job runs, even if this process dies.
+        """
+        return None if self._pin is None else self._pin.fd
 
     def release(self) -> None:
         """Unpin the entries (they become evictable again)."""
@@ -128,7 +137,7 @@ class Cache:
     Parameters
     ----------
     ssd_path
-        SSD directory, created if missing; the cache lives in
+        SSD directory (see ``create``); the cache lives in
         ``ssd_path/stacktools-cache``. When
         ``None``, taken from the config file or ``$STACKTOOLS_SSD_PATH``
         (``$CRYOSPARC_SSD_PATH`` as a fallback).
@@ -138,18 +147,24 @@ class Cache:
         TOML config file to read instead of the default.
     config
         A ready :class:`CacheConfig` (the other settings are then ignored).
+    create
+        Create a missing SSD path. With ``False`` a missing path is a
+        :class:`~stacktools.errors.CacheConfigError` unless the config sets
+        ``create_ssd_path`` (the command line passes ``False`` unless ``--create``).
     """
 
     def __init__(self, ssd_path: str | os.PathLike | None = None, *, quota_mb: float | None = None,
                  reserve_mb: float | None = None, lifetime_days: float | None = None,
                  threads: int | None = None, config_file: str | os.PathLike | None = None,
-                 config: CacheConfig | None = None):
+                 config: CacheConfig | None = None, create: bool = True):
         self.config = config or resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb,
                                                lifetime_days=lifetime_days, threads=threads,
                                                config_file=config_file)
         ssd = self.config.ssd_path
         if ssd.exists() and not ssd.is_dir():
             raise CacheConfigError(f"{ssd}: SSD path is not a directory")
+        if not ssd.exists() and not (create or self.config.create_ssd_path):
+            raise CacheConfigError(missing_ssd_message(ssd))
         root = ssd / CACHE_DIRNAME
         try:
             # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
@@ -169,7 +184,6 @@ class Cache:
         self.pins_dir = self.root / "pins"
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
-        self._manifests = Manifests(self.root)
         self._dest_dirs: set[str] = set()
         self._inodes: dict[str, int] = {}  # key -> recorded inode, from the last inventory
 
@@ -199,67 +213,28 @@ class Cache:
         """Stat each source once and key it by its resolved path (see :func:`stat_sources`)."""
         return stat_sources(paths)
 
-    def check(self, stacks: Sequence[SourceFile]) -> set[str]:
+    def check(self, stacks: Sequence[SourceFile], content: bool = False) -> set[str]:
         """Keys among ``stacks`` whose cached entry is present and valid.
 
-        One ``stat`` per stack (following a pre-populating symlink), relative to an
-        open descriptor of the entry's directory, and none at all for the files of
-        a directory unchanged since a manifest recorded them (see
-        :mod:`stacktools.cache.manifest`); no database access.
+        Args:
+            stacks: Stat-ed sources (see :meth:`sources`).
+            content: Also hash each source and compare it with the copy's recorded
+                digest (or, for a copy without one, with the copy itself), for
+                sources whose mtimes cannot be trusted.
+
+        Returns:
+            The valid keys. Without ``content``: one ``stat`` per copy (following a
+            pre-populating symlink), relative to an open descriptor of the entry's
+            directory, and no database access. Every copy is looked at, so one
+            edited in place (size or mtime changed) is never served.
         """
         with _no_gc():
-            return self._check(stacks)
-
-    def _check(self, stacks: Sequence[SourceFile]) -> set[str]:
-        valid = set()
-        add = valid.add
-        files = self._files
-        # Per directory: [fd, fstat before, manifest entries or None, newly stat-ed, time]
-        dirs: dict[str, list] = {}
-        stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
-        try:
-            for s in stacks:
-                d, _, name = s.key.rpartition("/")
-                ds = dirs.get(d)
-                if ds is None:
-                    ds = dirs[d] = self._dir_state(files + d)
-                if not ds:
-                    continue  # no such directory in the cache
-                known = ds[2]
-                if known is not None:
-                    e = known.get(name)
-                    if e is not None:
-                        if e[0] == s.size and e[1] == s.mtime_ns:
-                            add(s.key)
-                        continue
-                try:
-                    st = stat_(name, dir_fd=ds[0], follow_symlinks=False)
-                    if S_ISLNK(st.st_mode):
-                        st = stat_(name, dir_fd=ds[0])  # pre-populated: judge the target
-                    elif S_ISREG(st.st_mode):
-                        ds[3][name] = [st.st_size, st.st_mtime_ns]
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
-                    add(s.key)
-        finally:
-            for d, ds in dirs.items():
-                if not ds:
-                    continue
-                if ds[3]:
-                    merged = dict(ds[2] or {})
-                    merged.update(ds[3])
-                    self._manifests.save(files + d, ds[0], ds[1], ds[4], merged)
-                os.close(ds[0])
+            valid = check_copies(self._files, stacks, self._open_dest_dir)
+        if content and valid:
+            rows = self.index.get_many(valid)
+            valid = {k for k in valid if _content_matches(
+                k, self.cached_path(k), rows[k]["digest"] if k in rows else "")}
         return valid
-
-    def _dir_state(self, d: str) -> list:
-        fd = self._open_dest_dir(d)
-        if fd < 0:
-            return []
-        t = time.time_ns()
-        st = os.fstat(fd)
-        return [fd, st, self._manifests.load(d, st), {}, t]
 
     def _open_dest_dir(self, d: str) -> int:
         """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
@@ -310,14 +285,19 @@ class Cache:
                 t = r.get("t", time.time())
                 new[k] = {"key": k, "size": r["size"], "mtime_ns": r.get("mtime_ns", 0),
                           "ino": r["ino"], "created": t, "last_access": t,
-                          "owner": r.get("owner", ""), "project": r.get("project", "")}
+                          "owner": r.get("owner", ""), "project": r.get("project", ""),
+                          "digest": r.get("digest", "")}
         if new:
             self.index.record(list(new.values()))
         self.index.set_meta("ledger_offset", str(end if stop is None else stop))
 
-    def _inventory_locked(self) -> Inventory:
-        """Snapshot with the space lock held exclusively; drops rows whose files are gone."""
-        in_use, reserved = live_pins(self.pins_dir)
+    def _inventory_locked(self, own: PinFile | None = None) -> Inventory:
+        """Snapshot with the space lock held exclusively; drops rows whose files are gone.
+
+        Entries count as in use when another live process pins them (not ``own``).
+        """
+        jobs: set[str] = set()
+        in_use, reserved = live_pins(self.pins_dir, own.path if own is not None else None, jobs)
         try:
             self._absorb_ledger()
             self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
@@ -337,7 +317,8 @@ class Cache:
                 gone.append(r["key"])  # replaced by hand: no longer ours
                 continue
             entries.append(Entry(r["key"], r["size"], r["mtime_ns"], r["last_access"],
-                                 in_use=r["key"] in in_use, owned=True, project=r["project"]))
+                                 in_use=r["key"] in in_use, owned=True, project=r["project"],
+                                 job=r["key"] in jobs))
             inodes[r["key"]] = r["ino"]
         self._forget(gone)
         have = {e.key for e in entries}
@@ -375,7 +356,7 @@ class Cache:
 
     # -- plan -----------------------------------------------------------------------
     def plan(self, pset, *, partial: bool = False, consolidation: bool = False,
-             pinned: bool = False) -> Plan:
+             pinned: bool = False, check_content: bool = False) -> Plan:
         """Plan caching a particle set (or a list of stack paths); copy nothing.
 
         Parameters
@@ -391,12 +372,15 @@ class Cache:
             Pin the set before checking it, so that :meth:`execute` can trust the
             check without stat-ing again; the pin is released by ``execute`` (or by
             ``plan.release()`` if the plan is dropped).
+        check_content
+            Hash the sources and count a copy valid only if its content matches
+            (see :meth:`check`); :meth:`execute` then checks the same way.
         """
         paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
         stacks = self.sources(paths)
         pin = self.pin([s.key for s in stacks]) if pinned else None
         try:
-            valid = self.check(stacks)
+            valid = self.check(stacks, content=check_content)
             if len(valid) == len(stacks) or len(valid) == len({s.key for s in stacks}):
                 # Warm: nothing to copy, so nothing to expire or evict either.
                 free, total = self._statvfs()
@@ -411,7 +395,7 @@ class Cache:
                 lock = self.space_lock()
                 lock.acquire()
                 try:
-                    inv = self._inventory_locked()
+                    inv = self._inventory_locked(pin)
                 finally:
                     lock.release()
                 plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
@@ -420,6 +404,7 @@ class Cache:
                 pin.close()
             raise
         plan._pin = pin
+        plan.check_content = check_content
         return _describe_set(plan, pset, consolidation)
 
     # -- execute --------------------------------------------------------------------
@@ -464,16 +449,16 @@ class Cache:
                 try:
                     if fresh_pin:
                         stacks = self.sources([s.path or s.key for s in stacks])
-                        valid = self.check(stacks)
+                        valid = self.check(stacks, content=plan.check_content)
                     else:
                         valid = {s.key for s in plan.cached}
                     if plan.to_copy or plan.waiting or fresh_pin:
-                        inv = self._inventory_locked()
+                        inv = self._inventory_locked(pin)
                         new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
                         if new.decisions() != plan.decisions():
                             new.stacks = stacks
                             new.cache_bytes, new.consolidated_bytes = plan.cache_bytes, plan.consolidated_bytes
-                            new.project = plan.project
+                            new.project, new.check_content = plan.project, plan.check_content
                             plan, result.replanned, result.plan = new, True, new
                     if not plan.fits:
                         raise CacheFullError(full_message(plan))
@@ -491,7 +476,7 @@ class Cache:
                 finally:
                     lock.release()
                 todo = plan.to_copy + plan.waiting
-            self._copy_all(todo, pin, result, progress, on_wait, project, threads)
+            self._copy_all(todo, pin, result, progress, on_wait, project, threads, plan.check_content)
             files = self._files
             result.paths = {s.path: files + s.key for s in stacks}
             for s in plan.from_source:
@@ -503,11 +488,11 @@ class Cache:
                 s.size for s in todo if s.key not in copied_keys)
             import hashlib
             self.index.touch_set(hashlib.sha1(pin.blob).hexdigest(), pin.keys, time.time())
-            if pin.reserved:
+            if pin.reserved or hold:
                 lock = self.space_lock()
                 lock.acquire(shared=True)
                 try:
-                    pin.reserved = {}
+                    pin.reserved, pin.job = {}, hold
                     pin.write()
                 finally:
                     lock.release()
@@ -522,7 +507,7 @@ class Cache:
 
     def ensure(self, pset, *, partial: bool = False, hold: bool = False,
                progress: Progress | None = None, on_wait: WaitCallback | None = None,
-               threads: int | None = None) -> SyncResult:
+               threads: int | None = None, check_content: bool = False) -> SyncResult:
         """Make every stack of ``pset`` present and valid in the cache: plan, then execute.
 
         Parameters
@@ -535,16 +520,18 @@ class Cache:
             Keep the entries pinned after returning; use the result as a context manager.
         progress, on_wait, threads
             See :meth:`execute`.
+        check_content
+            Hash the sources before serving copies (see :meth:`check`).
 
         Raises :class:`~stacktools.errors.CacheFullError` (copying nothing) when the set
         cannot fit even after evicting everything evictable.
         """
-        plan = self.plan(pset, partial=partial, pinned=True)
+        plan = self.plan(pset, partial=partial, pinned=True, check_content=check_content)
         return self.execute(plan, hold=hold, progress=progress, on_wait=on_wait, threads=threads)
 
     def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
                   progress: Progress | None, on_wait: WaitCallback | None, project: str,
-                  threads: int | None) -> None:
+                  threads: int | None, content: bool = False) -> None:
         if not todo:
             return
         mutex = threading.Lock()
@@ -553,7 +540,7 @@ class Cache:
         owner = f"{socket.gethostname()}:{os.getpid()}"
 
         def one(s: SourceFile) -> None:
-            lock = self._lock(s.key, f"{s.path} (being copied by another process)")
+            lock = self._lock(s.key, "stacks being copied by another process")
             waited = [False]
 
             def told(msg: str) -> None:
@@ -562,22 +549,23 @@ class Cache:
                     on_wait(msg)
             lock.acquire(on_wait=told)
             try:
-                if self.check([s]):
+                if self.check([s], content=content):
                     return  # another process copied it while we waited
                 if s.key not in pin.reserved:
                     self._make_room_for(s, pin, on_wait)
                 dest = Path(self.cached_path(s.key))
                 now = time.time()
                 rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
-                       "created": now, "last_access": now, "owner": owner, "project": project}
+                       "created": now, "last_access": now, "owner": owner, "project": project,
+                       "digest": ""}
                 claim = upkeep.ledger_claim(self.index, rec)
                 owned_ino = self.index.owner_ino(s.key) if os.path.lexists(dest) else None
                 for attempt in range(3):
                     try:
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         self._check_dest_dir(str(dest.parent))
-                        ino = copy_into(s.key, dest, s.size, s.mtime_ns, progress,
-                                        claim=claim, owned_ino=owned_ino)
+                        made = copy_into(s.key, dest, s.size, s.mtime_ns, progress,
+                                         claim=claim, owned_ino=owned_ino)
                         break
                     except FileNotFoundError:
                         # Directory removed by hand under us: make it again.
@@ -591,7 +579,8 @@ class Cache:
                             raise CacheFullError(f"SSD full while caching {s.path}: "
                                                  f"{os.strerror(err.errno)}") from err
                         raise
-                rec["ino"] = ino
+                rec["ino"] = made.ino
+                rec["digest"] = made.digest
                 with mutex:
                     records.append(rec)
                     dirs.add(str(dest.parent))
@@ -625,7 +614,7 @@ class Cache:
         lock = self.space_lock()
         lock.acquire(on_wait=on_wait)
         try:
-            inv = self._inventory_locked()
+            inv = self._inventory_locked(pin)
             p = plan_stacks([s], inv, valid=())
             if not p.fits:
                 raise CacheFullError(full_message(p))
@@ -736,7 +725,6 @@ class Cache:
     def clear(self) -> dict:
         """Remove every entry the cache owns that is not in use. Foreign files stay."""
         out = self._remove_where(lambda e: True)
-        self._manifests.clear()
         for name in os.listdir(self.locks_dir):
             if not name.endswith(".lock"):
                 continue
@@ -775,36 +763,25 @@ class Cache:
         return self._remove_where(pick)
 
     def verify(self, fix: bool = False, content: bool = False) -> dict:
-        """Re-check owned entries against their sources.
+        """Re-check owned entries against their sources and their recorded digests.
 
-        Parameters
-        ----------
-        fix
-            Remove entries whose source changed or vanished, or whose copy is damaged.
-        content
-            Also compare bytes (reads both files), not only size and mtime.
+        Args:
+            fix: Remove entries whose source changed or vanished, or whose copy is damaged.
+            content: Also read each source and compare it with the copy's recorded
+                digest (without it only the copies are read).
+
+        Returns:
+            ``{"checked", "ok", "problems": [{"source", "cached", "problem", "removed"}]}``.
         """
-        import filecmp
         inv = self.inventory()
+        digests = {k: r["digest"] for k, r in self.index.get_many(e.key for e in inv.entries).items()}
         problems = []
         for e in inv.entries:
             cp = self.cached_path(e.key)
-            why = None
             try:
-                st = os.stat(e.key)
-                if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
-                    why = "source changed"
+                why = _entry_problem(e, cp, digests.get(e.key, ""), content)
             except FileNotFoundError:
-                why = "source missing"
-            if why is None:
-                try:
-                    cst = os.stat(cp)
-                except FileNotFoundError:
-                    continue  # deleted meanwhile: nothing to check
-                if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
-                    why = "copy damaged (size or mtime)"
-                elif content and not filecmp.cmp(e.key, cp, shallow=False):
-                    why = "copy differs from source"
+                continue  # copy deleted meanwhile: nothing to check
             if why:
                 removed = fix and not e.in_use and self._remove_entry(e.key)
                 problems.append({"source": e.key, "cached": cp, "problem": why, "removed": bool(removed)})
@@ -838,6 +815,79 @@ class Cache:
             "bytes_per_project": per_project,
             "config_sources": dict(self.config.sources or {}),
         }
+
+
+def check_copies(files: str, stacks: Sequence[SourceFile],
+                 open_dir: Callable[[str], int]) -> set[str]:
+    """Keys of ``stacks`` whose copy under ``files`` has the source's size and mtime.
+
+    Args:
+        files: The cache's ``files`` directory (no trailing slash).
+        stacks: Stat-ed sources (see :func:`stat_sources`).
+        open_dir: Returns a descriptor of an entry directory, or -1 if it is missing.
+
+    Returns:
+        The valid keys. Reads only: nothing is created or written.
+    """
+    valid = set()
+    add = valid.add
+    dirs: dict[str, int] = {}
+    stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
+    try:
+        for s in stacks:
+            d, _, name = s.key.rpartition("/")
+            fd = dirs.get(d)
+            if fd is None:
+                fd = dirs[d] = open_dir(files + d)
+            if fd < 0:
+                continue  # no such directory in the cache
+            try:
+                st = stat_(name, dir_fd=fd, follow_symlinks=False)
+                if S_ISLNK(st.st_mode):
+                    st = stat_(name, dir_fd=fd)  # pre-populated: judge the target
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
+                add(s.key)
+    finally:
+        for fd in dirs.values():
+            if fd >= 0:
+                os.close(fd)
+    return valid
+
+
+def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | None:
+    """Why an owned entry is not a faithful copy of its source, or ``None``.
+
+    The copy is read and compared with its recorded digest, so a copy damaged in
+    place is found even if its size and mtime were restored; with ``content`` the
+    source is read too. Raises ``FileNotFoundError`` if the copy is gone.
+    """
+    try:
+        st = os.stat(e.key)
+    except FileNotFoundError:
+        return "source missing"
+    if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+        return "source changed"
+    cst = os.stat(copy)
+    if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
+        return "copy damaged (size or mtime)"
+    if digest:
+        if digest_file(copy) != digest:
+            return "copy damaged (content differs from its digest)"
+        if content and digest_file(e.key) != digest:
+            return "source changed (content differs, same size and mtime)"
+    elif content and digest_file(copy) != digest_file(e.key):
+        return "copy differs from source"
+    return None
+
+
+def _content_matches(key: str, copy: str, digest: str) -> bool:
+    """Whether the source ``key`` has the content recorded for (or found in) its copy."""
+    try:
+        return digest_file(key) == (digest or digest_file(copy))
+    except FileNotFoundError:
+        return False
 
 
 def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
@@ -963,6 +1013,11 @@ def named_path(p: str | os.PathLike) -> str:
 
 def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
     return [s.path or s.key for s in stacks]
+
+
+def missing_ssd_message(ssd: Path) -> str:
+    return (f"{ssd}: SSD path does not exist (a typo or an unmounted disk?); give --create "
+            "or set create_ssd_path = true in the config to create it")
 
 
 def full_message(plan: Plan) -> str:

@@ -22,10 +22,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .index import Index
     from .store import Cache
 
-OWN_DIRS = ("files", "locks", "pins", "manifests")
+OWN_DIRS = ("files", "locks", "pins")
 OWN_FILES = ("index.db", "index.db-wal", "index.db-shm", "ledger.jsonl", "space.lock")
+# Names older versions of the cache made and this one never creates, reads or
+# follows: a real directory there is left alone quietly (a symlink is listed).
+OLD_NAMES = ("manifests",)
 # Kinds of file each of the cache's own directories holds (by name ending).
-_DIR_HOLDS = {"locks": (".lock",), "pins": (".pin",), "manifests": (".json", ".tmp")}
+_DIR_HOLDS = {"locks": (".lock",), "pins": (".pin",)}
 MAX_LISTED = 50
 
 
@@ -44,19 +47,20 @@ def make_root(root: Path, shared: bool) -> None:
     check_own_dir(root)
 
 
-def ledger_claim(index: "Index", rec: dict) -> Callable[[str, "int | None"], None]:
+def ledger_claim(index: "Index", rec: dict) -> Callable[[str, "int | None", "str | None"], None]:
     """The ``claim`` callback of :func:`~stacktools.cache.copy.copy_into` for entry ``rec``.
 
     Writes the ``tmp`` line before the temporary exists and the ``copy`` line (with
-    its inode) before it is renamed into place.
+    its inode and content digest) before it is renamed into place.
     """
-    def claim(tmp: str, ino: int | None) -> None:
+    def claim(tmp: str, ino: int | None, digest: str | None = None) -> None:
         if ino is None:
             index.append_ledger({"op": "tmp", "t": rec["created"], "key": rec["key"], "tmp": tmp})
         else:
             index.append_ledger({"op": "copy", "t": rec["created"], "key": rec["key"], "tmp": tmp,
                                  "ino": ino, "size": rec["size"], "mtime_ns": rec["mtime_ns"],
-                                 "owner": rec["owner"], "project": rec["project"]})
+                                 "owner": rec["owner"], "project": rec["project"],
+                                 "digest": digest or ""})
     return claim
 
 
@@ -155,6 +159,8 @@ def scan_foreign(cache: "Cache", owned: set[str]) -> tuple[int, list[dict]]:
         elif name in OWN_FILES:
             if not stat.S_ISREG(st.st_mode):
                 note(p, "not a regular file (left alone)")
+        elif name in OLD_NAMES and stat.S_ISDIR(st.st_mode):
+            continue  # an older version's, unused now
         elif not (name.startswith("index.db.corrupt-")
                   or (name.startswith(".ledger.jsonl.") and name.endswith(TMP_SUFFIX))):
             note(p, "foreign file (left alone)")

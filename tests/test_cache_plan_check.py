@@ -1,0 +1,81 @@
+"""`cache plan` is a check: it copies, creates and writes nothing; exit 1 when the set does not fit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from stacktools.cache import Cache
+from conftest import assert_one_line_error
+
+
+def _tree(root: Path) -> dict:
+    """Every name under ``root`` with its type, size, mtime and content digest."""
+    out = {}
+    for dp, dns, fns in os.walk(root):
+        for n in dns + fns:
+            p = os.path.join(dp, n)
+            st = os.lstat(p)
+            digest = hashlib.sha1(open(p, "rb").read()).hexdigest() if os.path.isfile(p) and not os.path.islink(p) else ""
+            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def _plan(run_cli, demo, ssd, *extra):
+    return run_cli("cache", "plan", demo.extracted_cs, "-p", demo.project_dir, "--ssd-path", ssd,
+                   "--reserve-mb", "0", *extra)
+
+
+def test_plan_writes_nothing_in_a_used_cache(tmp_path, demo, run_cli):
+    ssd = tmp_path / "ssd"
+    paths = [str(p) for p in demo.stacks]
+    Cache(ssd, reserve_mb=0).ensure(paths[:5])
+    Cache(ssd, reserve_mb=0).ensure(paths[:3])   # a recorded set access, not yet folded
+    # A dead process's pin file: a sync would sweep it, a plan must not.
+    (ssd / "stacktools-cache" / "pins" / "gone-1-deadbeef.pin").write_text('{"pid": 1}\n')
+    before = _tree(ssd)
+    r = _plan(run_cli, demo, ssd, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["files_cached"] == 5 and d["files_to_copy"] == len(paths) - 5
+    assert _tree(ssd) == before
+
+
+def test_plan_does_not_create_a_missing_ssd_path(tmp_path, demo, run_cli):
+    ssd = tmp_path / "typo"
+    r = _plan(run_cli, demo, ssd)
+    assert r.returncode == 2
+    assert_one_line_error(r, str(ssd), "does not exist")
+    assert not ssd.exists()
+    r = _plan(run_cli, demo, ssd, "--create", "--json")   # as `sync --create` would run: still creates nothing
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files_to_copy"] == len(demo.stacks)
+    assert not ssd.exists()
+
+
+def test_sync_refuses_a_missing_ssd_path_unless_asked(tmp_path, demo, run_cli):
+    ssd = tmp_path / "unmounted" / "ssd"
+    r = run_cli("cache", "sync", demo.extracted_cs, "-p", demo.project_dir, "--ssd-path", ssd, "--reserve-mb", "0")
+    assert_one_line_error(r, str(ssd), "does not exist")
+    assert r.returncode == 2 and not ssd.exists() and not ssd.parent.exists()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[cache]\nssd_path = "{ssd}"\nreserve_mb = 0\ncreate_ssd_path = true\n')
+    r = run_cli("cache", "sync", demo.extracted_cs, "-p", demo.project_dir, "--config", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["copied"] == len(demo.stacks)
+
+
+def test_plan_that_does_not_fit_exits_1_and_shows_no_after(tmp_path, demo, run_cli):
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    quota = sum(os.path.getsize(p) for p in demo.stacks) / 2e6
+    r = _plan(run_cli, demo, ssd, "--quota-mb", quota)
+    assert r.returncode == 1, r.stderr
+    assert "does not fit" in r.stdout and "before → after" not in r.stdout and "free now" in r.stdout
+    r = _plan(run_cli, demo, ssd, "--quota-mb", quota, "--json")
+    d = json.loads(r.stdout)
+    assert r.returncode == 1 and d["fits"] is False
+    assert d["used_bytes_after"] is None and d["free_bytes_after"] is None
+    assert list(ssd.iterdir()) == []
