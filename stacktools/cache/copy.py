@@ -4,8 +4,9 @@ Nothing partial ever appears under a final name: data goes to
 ``.<name>.<random>.stacktools-tmp`` in the destination directory (the name cut to
 fit NAME_MAX), created with ``O_EXCL`` so that it is never a file someone else put
 there. ``claim`` records the temporary in the ledger before it is created and the
-finished copy before it is renamed, so that whatever instant a kill lands, every
-file this made is provably the cache's (see :mod:`stacktools.cache.index`).
+finished copy (inode and content digest) before it is renamed, so that whatever
+instant a kill lands, every file this made is provably the cache's (see
+:mod:`stacktools.cache.index`).
 """
 
 from __future__ import annotations
