@@ -79,3 +79,32 @@ def test_plan_that_does_not_fit_exits_1_and_shows_no_after(tmp_path, demo, run_c
     assert r.returncode == 1 and d["fits"] is False
     assert d["used_bytes_after"] is None and d["free_bytes_after"] is None
     assert list(ssd.iterdir()) == []
+
+
+def test_plan_never_follows_a_symlink_at_the_caches_own_names(tmp_path, demo, run_cli):
+    """Read-only still means symlink-safe: a planted link makes the plan an error (exit 2,
+    one line), and neither the cache nor what the link points at is touched."""
+    ssd = tmp_path / "ssd"
+    paths = [str(p) for p in demo.stacks]
+    cache = Cache(ssd, reserve_mb=0)
+    cache.ensure(paths[:3])
+    cache.index.close()
+    root = ssd / "stacktools-cache"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.db"
+    victim.write_bytes(b"not an index" * 100)
+    for name in ("index.db", "index.db-wal", "pins"):
+        p = root / name
+        moved = tmp_path / f"real-{name}"
+        if os.path.lexists(p):
+            os.rename(p, moved)
+        p.symlink_to(victim if name != "pins" else outside)
+        before, outside_before = _tree(ssd), _tree(outside)
+        r = _plan(run_cli, demo, ssd, "--json")
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        assert_one_line_error(r)
+        assert _tree(ssd) == before and _tree(outside) == outside_before
+        p.unlink()
+        if os.path.lexists(moved):
+            os.rename(moved, p)
