@@ -77,3 +77,12 @@ def assert_same_particles(new_cs, new_project, old_cs, old_project) -> None:
     for r in old_rows:
         img = read_particle(blob_file(old_project, r["blob/path"]), int(r["blob/idx"]))
         assert new[int(r["uid"])] == img.tobytes(), f"uid {int(r['uid'])}: other pixels"
+
+
+def read_bytes(path) -> bytes:
+    """A whole file's bytes, read with one ``os.pread``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import xxhash
 
+from independent import read_bytes
 from stacktools.cache import Cache
 
 SSD_ROOT = "stacktools-cache"
@@ -31,14 +32,6 @@ def _edit_in_place(path: str, keep_mtime: bool) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _bytes(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, os.fstat(fd).st_size, 0)
-    finally:
-        os.close(fd)
-
-
 def test_warm_sync_does_not_serve_a_copy_edited_in_place(tmp_path, demo):
     ssd = tmp_path / "ssd"
     paths = [str(p) for p in demo.stacks]
@@ -49,14 +42,14 @@ def test_warm_sync_does_not_serve_a_copy_edited_in_place(tmp_path, demo):
     _edit_in_place(cached, keep_mtime=False)
     res = _cache(ssd).ensure(paths)
     assert res.copied == 1 and res.copies == [os.path.realpath(paths[0])]
-    assert _bytes(res.paths[paths[0]]) == _bytes(paths[0])
+    assert read_bytes(res.paths[paths[0]]) == read_bytes(paths[0])
 
 
 def test_digest_recorded_is_xxh3_128_of_the_source(tmp_path, demo):
     ssd = tmp_path / "ssd"
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
-    want = {os.path.realpath(p): "xxh3_128:" + xxhash.xxh3_128(_bytes(p)).hexdigest() for p in paths}
+    want = {os.path.realpath(p): "xxh3_128:" + xxhash.xxh3_128(read_bytes(p)).hexdigest() for p in paths}
     ledger = [json.loads(x) for x in (ssd / SSD_ROOT / "ledger.jsonl").read_text().splitlines()]
     copies = [r for r in ledger if r.get("op", "copy") == "copy"]  # "tmp" lines name temporaries
     assert {r["key"]: r["digest"] for r in copies} == want
@@ -99,11 +92,11 @@ def test_sync_check_content_replaces_a_stale_copy_with_same_size_and_mtime(tmp_p
     _cache(ssd).ensure(paths)
     _edit_in_place(paths[1], keep_mtime=True)      # the cp -p / rsync -t / touch -d case
     stale = _cache(ssd).ensure(paths)
-    assert stale.copied == 0 and _bytes(stale.paths[paths[1]]) != _bytes(paths[1])
+    assert stale.copied == 0 and read_bytes(stale.paths[paths[1]]) != read_bytes(paths[1])
     r = run_cli("cache", "sync", demo.extracted_cs, "-p", demo.project_dir, "--ssd-path", ssd,
                 "--reserve-mb", "0", "--check-content", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["copies"] == [os.path.realpath(paths[1])]
     for p in paths:
-        assert _bytes(d["paths"][p]) == _bytes(p)
+        assert read_bytes(d["paths"][p]) == read_bytes(p)

@@ -9,20 +9,13 @@ import subprocess
 import sys
 import time
 
+from independent import read_bytes
 from stacktools.cache import Cache
 from conftest import _stacktools_command
 
 JOB = ("import os, sys, time\n"
        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
        "while not os.path.exists(sys.argv[2]): time.sleep(0.02)\n")
-
-
-def _bytes(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, os.fstat(fd).st_size, 0)
-    finally:
-        os.close(fd)
 
 
 def _wait_for(pred, what: str, timeout: float = 120.0) -> None:
@@ -62,7 +55,7 @@ def test_pin_outlives_a_killed_wrapper_while_the_job_runs(tmp_path, demo):
         assert out["removed"] == 0 and out["skipped_in_use"] == len(demo.stacks)
         cache = Cache(ssd, reserve_mb=0)
         for p in demo.stacks:
-            assert _bytes(cache.cached_path(os.path.realpath(p))) == _bytes(p)
+            assert read_bytes(cache.cached_path(os.path.realpath(p))) == read_bytes(p)
         stop.touch()
         _wait_for(lambda: not _alive(job), "the job to end")
         job = None
@@ -83,8 +76,8 @@ def test_changed_source_never_replaces_the_copy_a_job_reads(tmp_path, demo, run_
     key = os.path.realpath(paths[0])
     with Cache(ssd, reserve_mb=0).ensure(paths, hold=True) as job:
         cached = job.paths[paths[0]]
-        old_bytes, old_ino = _bytes(cached), os.stat(cached).st_ino
-        new = bytearray(_bytes(paths[0]))
+        old_bytes, old_ino = read_bytes(cached), os.stat(cached).st_ino
+        new = bytearray(read_bytes(paths[0]))
         new[1500] ^= 0xFF
         os.chmod(paths[0], 0o644)
         with open(paths[0], "wb") as fh:   # the source is re-extracted: new content and mtime
@@ -95,9 +88,9 @@ def test_changed_source_never_replaces_the_copy_a_job_reads(tmp_path, demo, run_
         d = json.loads(r.stdout)
         assert d["paths"][paths[0]] == paths[0] and d["copied"] == 0
         assert d["plan"]["kept_for_running_jobs"] == [paths[0]]
-        assert os.stat(cached).st_ino == old_ino and _bytes(cached) == old_bytes
-        assert _bytes(d["paths"][paths[0]]) == bytes(new)
+        assert os.stat(cached).st_ino == old_ino and read_bytes(cached) == old_bytes
+        assert read_bytes(d["paths"][paths[0]]) == bytes(new)
     # The job is done: the next sync copies the new version.
     res = Cache(ssd, reserve_mb=0).ensure(paths)
     assert res.copies == [key]
-    assert _bytes(res.paths[paths[0]]) == bytes(new) and os.stat(res.paths[paths[0]]).st_ino != old_ino
+    assert read_bytes(res.paths[paths[0]]) == bytes(new) and os.stat(res.paths[paths[0]]).st_ino != old_ino
