@@ -31,8 +31,8 @@ WIDE_CLASSES = 66  # 1,213 fields once added to the demo's selected particles
 
 
 def _class_group_descr() -> list[tuple]:
-    """The real alignments_class_0/* fields of a multi-class job (tests/data/4k_dataset.cs)."""
-    t = independent.read_cs(DATA / "4k_dataset.cs").dtype
+    """The real alignments_class_0/* fields of a multi-class job (tests/data/cryosparc/4k_dataset.cs)."""
+    t = independent.read_cs(DATA / "cryosparc" / "4k_dataset.cs").dtype
     pre = "alignments_class_0/"
     return [(n[len(pre):], *rest) for n, *rest in t.descr if n.startswith(pre)]
 
