@@ -5,8 +5,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,20 @@ print("ready", flush=True)
 res = cache.ensure(paths, progress=lambda n: time.sleep(delay))
 print(json.dumps({"copied": res.copied, "copies": res.copies}), flush=True)
 """
+
+
+def kill_slow_worker(ssd: Path, paths: list[str], threads: int, after_s: float) -> bytes:
+    """Run SLOW_WORKER on ``paths``, SIGKILL it ``after_s`` seconds after it is ready.
+
+    Returns what it printed (``b"copied"`` appears in it only if it finished first).
+    """
+    p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(paths), str(threads)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().strip() == b"ready"
+    time.sleep(after_s)
+    p.send_signal(signal.SIGKILL)
+    out, _ = p.communicate()
+    return out
 
 
 # Syncs random sets under a tight quota, holding each while it reads every file back

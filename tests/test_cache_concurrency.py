@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import random
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ import pytest
 from stacktools.cache import Cache
 from stacktools.errors import CacheFullError
 
-from cache_helpers import (PY, SLOW_WORKER, STACKTOOLS, final_files, ledger_copies,
-                           no_lock_held, project, same_stack, subset_cs)
+from cache_helpers import (PY, SLOW_WORKER, STACKTOOLS, final_files, kill_slow_worker,
+                           ledger_copies, no_lock_held, project, same_stack, subset_cs)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +100,8 @@ def test_sigkill_at_random_points(proj, tmp_path):
     mid_copy = 0
     for i in range(20):
         sub = rng.sample(paths, 10)
-        p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(sub), str(rng.choice([1, 2]))],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.0, 0.6))
-        p.send_signal(signal.SIGKILL)
-        p.communicate()
+        threads = rng.choice([1, 2])
+        kill_slow_worker(ssd, sub, threads, rng.uniform(0.0, 0.6))
         temps = list((ssd / "stacktools-cache" / "files").rglob("*.stacktools-tmp"))
         mid_copy += bool(temps) and any(t.stat().st_size > 0 for t in temps)
         # No partial file under a final name, no lock left held.

@@ -11,12 +11,11 @@ import os
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from cache_helpers import PY, SLOW_WORKER, final_files, project, run_cli
+from cache_helpers import PY, final_files, kill_slow_worker, project, run_cli
 
 # Kills itself with SIGKILL at one exact point of the first copy.
 POINT_WORKER = r"""
@@ -95,12 +94,8 @@ def test_sigkill_at_random_points_then_clear_leaves_nothing(proj, tmp_path):
     mid_work = 0
     for i in range(8):
         sub = rng.sample(paths[:-1], 10)
-        p = subprocess.Popen([PY, "-c", SLOW_WORKER, str(ssd), json.dumps(sub), str(rng.choice([1, 2]))],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.05, 0.7))
-        p.send_signal(signal.SIGKILL)
-        out, _ = p.communicate()
+        threads = rng.choice([1, 2])
+        out = kill_slow_worker(ssd, sub, threads, rng.uniform(0.05, 0.7))
         finished = b"copied" in out
         made_files = [f for f in _cache_files(ssd) if f != foreign]
         # Mid-work: killed before it finished, with some of its files on the SSD.
