@@ -218,9 +218,11 @@ def sync_cmd(
                 ("evicted", f"{result.evicted:,} entries, {fmt_bytes(result.bytes_evicted)}")]
         if result.from_source:
             rows.append(("read from the source", f"{len(result.from_source):,} files"))
-        kept = result.plan.kept_for_running_jobs if result.plan is not None else []
-        if kept:
-            rows.append(("source changed, old copy kept for a running job", f"{len(kept):,} files"))
+        if result.versions:
+            rows.append(("new versions beside copies a running job reads",
+                         f"{len(result.versions):,} files"))
+        if result.retired:
+            rows.append(("old versions removed", f"{result.retired:,} files"))
         if not result.use_cache:
             rows.insert(0, ("cache", "not used (project default or --no-use-cache)"))
         rows.append(("time", f"{elapsed:.1f} s, {_rate(result.bytes_copied, elapsed)} copied"))

@@ -162,6 +162,13 @@ class PinFile:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.write()
 
+    def add(self, keys: Iterable[str]) -> None:
+        """Pin more entries (call with the space lock held, then :meth:`write`)."""
+        more = [k for k in keys if k not in set(self.keys)]
+        if more:
+            self.keys += more
+            self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
+
     def write(self) -> None:
         """Rewrite the content (call with the space lock held)."""
         head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),

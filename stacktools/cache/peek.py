@@ -25,7 +25,7 @@ from .config import CacheConfig
 from .locks import live_pins
 from .plan import Entry, Inventory, Plan, plan_stacks
 from .safefs import check_own_dir
-from .store import CACHE_DIRNAME, _describe_set, check_copies, missing_ssd_message, stat_sources
+from .store import CACHE_DIRNAME, _describe_set, locate_copies, missing_ssd_message, stat_sources
 
 _ENTRIES = """
 SELECT e.key, e.size, e.mtime_ns, e.ino, e.project, MAX(e.last_access, COALESCE((
@@ -162,5 +162,5 @@ def plan_without_writing(pset, config: CacheConfig, *, partial: bool = False,
     paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
     stacks = stat_sources(paths)
     files = os.path.join(inv.root, "files")
-    valid = check_copies(files, stacks, _open_dir) if _own_dir(Path(files)) else set()
+    valid = locate_copies(files, stacks, _open_dir) if _own_dir(Path(files)) else {}
     return _describe_set(plan_stacks(stacks, inv, valid=valid, partial=partial), pset, consolidation)

@@ -27,7 +27,25 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+# Versions of a stack made while a running job reads an older copy live under this
+# top-level name in ``files/``, keeping the stack's own file name (RELION goes by
+# the extension); no source is ever cached from under it.
+VERSIONS = "/.stacktools-versions"
+
+
+def version_key(key: str, size: int, mtime_ns: int) -> str:
+    """The entry key of the copy of source ``key`` at this size and mtime, made beside
+    the copy a running job reads (one key per version of the source)."""
+    return f"{VERSIONS}/{mtime_ns}-{size}{key}"
+
+
+def source_of(entry_key: str) -> str:
+    """The source path an entry key copies (itself, unless it names a version)."""
+    if entry_key.startswith(VERSIONS + "/"):
+        return "/" + entry_key[len(VERSIONS) + 1:].partition("/")[2]
+    return entry_key
 
 
 class SourceFile(NamedTuple):
@@ -156,9 +174,15 @@ class Plan:
     consolidated_bytes: int | None = None
     cache_bytes: int | None = None
     project: str = ""
-    # Stacks whose source changed while a running job pins the old copy (also in
-    # from_source: they are read from the source, the job's copy stays).
+    # Stacks whose source changed while a running job reads the old copy: that copy
+    # stays, and the new version is copied (or found) beside it.
     kept_for_running_jobs: list[SourceFile] = field(default_factory=list)
+    # Source key -> entry key for stacks served from (or copied to) a version
+    # beside the primary copy; absent keys use the primary location.
+    locations: dict[str, str] = field(default_factory=dict)
+    # Owned, unused copies of the set's stacks superseded by a valid version:
+    # removed by execute, since nothing will read them again.
+    retire: list[Entry] = field(default_factory=list)
     # Whether copies were (and are to be) judged by content, not only size and mtime.
     check_content: bool = False
     # Every stack of the set in order (what execute re-plans with).
@@ -180,7 +204,11 @@ class Plan:
 
     @property
     def bytes_freed(self) -> int:
-        return sum(e.size for e in self.expire + self.evict + self.replace)
+        return sum(e.size for e in self.expire + self.evict + self.replace + self.retire)
+
+    def entry_key(self, s: SourceFile) -> str:
+        """The entry key where ``s`` is (or will be) cached."""
+        return self.locations.get(s.key, s.key)
 
     @property
     def used_bytes_after(self) -> int:
@@ -199,7 +227,8 @@ class Plan:
     def decisions(self) -> tuple:
         """What the plan does, for comparing two plans of the same set."""
         return (tuple(s.key for s in self.to_copy), tuple(e.key for e in self.expire),
-                tuple(e.key for e in self.evict), tuple(s.key for s in self.from_source), self.fits)
+                tuple(e.key for e in self.evict), tuple(s.key for s in self.from_source), self.fits,
+                tuple(sorted(self.locations.items())), tuple(e.key for e in self.retire))
 
     def to_dict(self, files: bool = True) -> dict:
         d = {
@@ -215,6 +244,9 @@ class Plan:
             "bytes_expired": sum(e.size for e in self.expire),
             "bytes_evicted": sum(e.size for e in self.evict),
             "replace": [e.key for e in self.replace],
+            "retire": [e.key for e in self.retire],
+            "versions": {s.path or s.key: self.locations[s.key]
+                         for s in self.to_copy + self.cached + self.waiting if s.key in self.locations},
             "quota_bytes": self.quota_bytes, "reserve_bytes": self.reserve_bytes,
             # A plan that will not run has no "after".
             "free_bytes_before": self.free_bytes_before,
@@ -240,7 +272,7 @@ class Plan:
 
 
 def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
-                valid: Iterable[str] | None = None, partial: bool = False,
+                valid: Iterable[str] | Mapping[str, str] | None = None, partial: bool = False,
                 now: float | None = None) -> Plan:
     """Plan caching ``stacks`` on the node that ``inventory`` describes. Pure.
 
@@ -251,40 +283,64 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
     inventory
         The node's snapshot (see :meth:`stacktools.cache.Cache.inventory`).
     valid
-        Keys known to be cached and valid (the live cache checks the files). When
-        ``None``, a stack is valid if the inventory has an entry with its key, size
-        and ``mtime_ns``.
+        Keys known to be cached and valid (the live cache checks the files), or a
+        mapping of such keys to the entry key that holds the valid copy (a version
+        beside the primary one, see :func:`version_key`). When ``None``, a stack is
+        valid if the inventory has an entry with its key (or its version's key),
+        size and ``mtime_ns``.
     partial
         If the whole set cannot fit, plan the stacks that fit, in the set's order,
         and leave the rest on the source, instead of reporting ``fits=False``.
     now
         Unix time for lifetime expiry (default: the snapshot's ``taken_at``).
+
+    A stale copy that a running job reads is never replaced: the new version of
+    its stack is copied beside it (``Plan.locations``), and once no job reads the
+    old copy a later plan retires it (``Plan.retire``).
     """
     now = inventory.taken_at if now is None else now
     by_key = {e.key: e for e in inventory.entries}
     if valid is None:
-        valid_set = {s.key for s in stacks
-                     if (e := by_key.get(s.key)) is not None and e.size == s.size
-                     and e.mtime_ns == s.mtime_ns}
+        valid_map = {}
+        for s in stacks:
+            for k in (s.key, version_key(s.key, s.size, s.mtime_ns)):
+                e = by_key.get(k)
+                if e is not None and e.size == s.size and e.mtime_ns == s.mtime_ns:
+                    valid_map[s.key] = k
+                    break
+    elif isinstance(valid, Mapping):
+        valid_map = dict(valid)
     else:
-        valid_set = set(valid)
+        valid_map = {k: k for k in valid}
 
     seen: set[str] = set()
     to_copy, cached, waiting, held = [], [], [], []
+    locations: dict[str, str] = {}
+    retire: list[Entry] = []
     for s in stacks:
         if s.key in seen:
             continue
         seen.add(s.key)
-        if s.key in valid_set:
+        at = valid_map.get(s.key)
+        if at is not None:
             cached.append(s)
-        elif s.key in inventory.reserved:
-            waiting.append(s)
-        elif (e := by_key.get(s.key)) is not None and e.owned and e.job:
+            if at != s.key:
+                locations[s.key] = at
+                e = by_key.get(s.key)
+                if e is not None and e.owned and not e.in_use:
+                    retire.append(e)  # superseded, and no job reads it any more
+            continue
+        dest = s.key
+        if (e := by_key.get(s.key)) is not None and e.owned and e.job:
             # Its source changed, but a running job reads the old copy: never
-            # replace a file under it; this set reads the source instead.
+            # replace a file under it; the new version goes beside it.
             held.append(s)
+            dest = locations[s.key] = version_key(s.key, s.size, s.mtime_ns)
+        if dest in inventory.reserved:
+            waiting.append(s)
         else:
             to_copy.append(s)
+    seen.update(locations.values())
 
     reserved_total = sum(inventory.reserved.values())
     used = inventory.owned_bytes + reserved_total
@@ -293,9 +349,13 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
     reserve = inventory.reserve_bytes
 
     def stale_of(files: list[SourceFile]) -> list[Entry]:
-        """Owned, unused entries of these stacks that the new copies replace."""
-        return [by_key[s.key] for s in files
-                if s.key in by_key and by_key[s.key].owned and not by_key[s.key].in_use]
+        """Owned, unused entries at these stacks' locations that the new copies replace."""
+        out = []
+        for s in files:
+            e = by_key.get(locations.get(s.key, s.key))
+            if e is not None and e.owned and not e.in_use:
+                out.append(e)
+        return out
 
     def room(freed: int) -> int:
         """Bytes that could still be written after freeing ``freed``."""
@@ -304,8 +364,9 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
             r = min(r, quota - (used - freed))
         return r
 
+    retired = {e.key for e in retire}
     evictable = [e for e in inventory.entries
-                 if e.owned and not e.in_use and e.key not in seen]
+                 if e.owned and not e.in_use and e.key not in seen and e.key not in retired]
     expire = [e for e in evictable if now - e.last_access > inventory.lifetime_s]
     expire.sort(key=lambda e: (e.last_access, e.key))
     expired_keys = {e.key for e in expire}
@@ -323,15 +384,17 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
         return out
 
     need = sum(s.size for s in to_copy)
-    from_source: list[SourceFile] = list(held)
+    from_source: list[SourceFile] = []
     all_freeable = sum(e.size for e in expire) + sum(e.size for e in lru)
     replace = stale_of(to_copy)
+    freed_first = sum(e.size for e in retire)
+    all_freeable += freed_first
     max_room = room(all_freeable + sum(e.size for e in replace))
     if not to_copy:
         # Nothing to write: nothing to expire or evict either.
         expire, evict_list, replace, fits = [], [], [], True
     elif need <= max_room:
-        evict_list = choose(need, sum(e.size for e in expire + replace))
+        evict_list = choose(need, sum(e.size for e in expire + replace) + freed_first)
         fits = True
     elif partial:
         # Stale copies only come back if their stack is kept: count none of them.
@@ -343,10 +406,11 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 total += s.size
             else:
                 from_source.append(s)
+                locations.pop(s.key, None)
         to_copy = kept
         replace = stale_of(kept)
         if kept:
-            evict_list = choose(total, sum(e.size for e in expire + replace))
+            evict_list = choose(total, sum(e.size for e in expire + replace) + freed_first)
         else:
             expire, evict_list = [], []
         fits = True
@@ -368,5 +432,5 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 quota_bytes=quota, reserve_bytes=reserve, free_bytes_before=inventory.free_bytes,
                 used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),
                 held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial,
-                kept_for_running_jobs=held,
+                kept_for_running_jobs=held, locations=locations, retire=retire,
                 reserved_bytes=reserved_total, limited_by=limited_by)

@@ -40,7 +40,7 @@ from .copy import SourceChanged, copy_into
 from .digest import digest_file
 from .index import Index
 from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
-from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from .plan import VERSIONS, Entry, Inventory, Plan, SourceFile, plan_stacks, source_of, version_key
 from .safefs import check_own_dir
 from . import upkeep
 
@@ -76,8 +76,10 @@ class SyncResult:
     source. ``copied``/``bytes_copied`` count only copies this process made;
     ``reused`` counts stacks found valid (including ones another process copied
     while this one waited). ``copies`` lists the keys this process copied.
-    ``from_source`` includes stacks whose source changed while a running job
-    reads the old copy: that copy is never replaced under the job.
+    A copy that a running job reads is never replaced under it: if its source has
+    changed, the new version is copied beside it, and ``versions`` lists the
+    stacks served from such versions; ``retired`` counts old copies removed once
+    no job read them. ``from_source`` lists the stacks left on the source.
     When made with ``hold=True`` the entries stay pinned (never evicted) until
     :meth:`release` or the end of a ``with`` block.
     """
@@ -93,6 +95,8 @@ class SyncResult:
     bytes_expired: int = 0
     from_source: list[str] = field(default_factory=list)
     copies: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    retired: int = 0
     waited: int = 0
     replanned: bool = False
     use_cache: bool = True
@@ -125,7 +129,7 @@ class SyncResult:
         d = {k: getattr(self, k) for k in (
             "copied", "reused", "bytes_copied", "bytes_reused", "evicted", "bytes_evicted",
             "expired", "bytes_expired", "waited", "replanned", "use_cache", "from_source",
-            "copies", "paths")}
+            "copies", "versions", "retired", "paths")}
         if self.plan is not None:
             d["plan"] = self.plan.to_dict(files=False)
         return d
@@ -214,7 +218,11 @@ class Cache:
         return stat_sources(paths)
 
     def check(self, stacks: Sequence[SourceFile], content: bool = False) -> set[str]:
-        """Keys among ``stacks`` whose cached entry is present and valid.
+        """Keys among ``stacks`` whose cached copy is present and valid (see :meth:`locate`)."""
+        return set(self.locate(stacks, content))
+
+    def locate(self, stacks: Sequence[SourceFile], content: bool = False) -> dict[str, str]:
+        """Where each of ``stacks`` has a present and valid copy: source key -> entry key.
 
         Args:
             stacks: Stat-ed sources (see :meth:`sources`).
@@ -223,18 +231,22 @@ class Cache:
                 sources whose mtimes cannot be trusted.
 
         Returns:
-            The valid keys. Without ``content``: one ``stat`` per copy (following a
-            pre-populating symlink), relative to an open descriptor of the entry's
-            directory, and no database access. Every copy is looked at, so one
-            edited in place (size or mtime changed) is never served.
+            The valid keys, each mapped to the entry that holds its copy: the key
+            itself, or a version made beside a copy that a running job read (see
+            :func:`~stacktools.cache.plan.version_key`). Without ``content``: one
+            ``stat`` per copy (following a pre-populating symlink), relative to an
+            open descriptor of the entry's directory, and no database access; a
+            version is looked for only where the primary copy is not valid. Every
+            copy is looked at, so one edited in place (size or mtime changed) is
+            never served.
         """
         with _no_gc():
-            valid = check_copies(self._files, stacks, self._open_dest_dir)
-        if content and valid:
-            rows = self.index.get_many(valid)
-            valid = {k for k in valid if _content_matches(
-                k, self.cached_path(k), rows[k]["digest"] if k in rows else "")}
-        return valid
+            found = locate_copies(self._files, stacks, self._open_dest_dir)
+        if content and found:
+            rows = self.index.get_many(found.values())
+            found = {k: at for k, at in found.items() if _content_matches(
+                k, self.cached_path(at), rows[at]["digest"] if at in rows else "")}
+        return found
 
     def _open_dest_dir(self, d: str) -> int:
         """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
@@ -354,6 +366,16 @@ class Cache:
         finally:
             lock.release()
 
+    def _pin_more(self, pin: PinFile, keys: Iterable[str]) -> None:
+        """Add entry keys (versions the set is served from) to a live pin."""
+        lock = self.space_lock()
+        lock.acquire(shared=True)
+        try:
+            pin.add(keys)
+            pin.write()
+        finally:
+            lock.release()
+
     # -- plan -----------------------------------------------------------------------
     def plan(self, pset, *, partial: bool = False, consolidation: bool = False,
              pinned: bool = False, check_content: bool = False) -> Plan:
@@ -380,8 +402,9 @@ class Cache:
         stacks = self.sources(paths)
         pin = self.pin([s.key for s in stacks]) if pinned else None
         try:
-            valid = self.check(stacks, content=check_content)
-            if len(valid) == len(stacks) or len(valid) == len({s.key for s in stacks}):
+            valid = self.locate(stacks, content=check_content)
+            at_home = all(k == at for k, at in valid.items())
+            if at_home and (len(valid) == len(stacks) or len(valid) == len({s.key for s in stacks})):
                 # Warm: nothing to copy, so nothing to expire or evict either.
                 free, total = self._statvfs()
                 cached = stacks if len(valid) == len(stacks) else list({s.key: s for s in stacks}.values())
@@ -399,6 +422,8 @@ class Cache:
                 finally:
                     lock.release()
                 plan = plan_stacks(stacks, inv, valid=valid, partial=partial)
+                if pin is not None and plan.locations:
+                    self._pin_more(pin, plan.locations.values())
         except BaseException:
             if pin is not None:
                 pin.close()
@@ -443,16 +468,16 @@ class Cache:
         result = SyncResult(paths={}, plan=plan)
         try:
             todo: list[SourceFile] = []
-            if fresh_pin or plan.to_copy or plan.waiting:
+            if fresh_pin or plan.to_copy or plan.waiting or plan.retire:
                 lock = self.space_lock()
                 lock.acquire(on_wait=on_wait)
                 try:
                     if fresh_pin:
                         stacks = self.sources([s.path or s.key for s in stacks])
-                        valid = self.check(stacks, content=plan.check_content)
+                        valid = self.locate(stacks, content=plan.check_content)
                     else:
-                        valid = {s.key for s in plan.cached}
-                    if plan.to_copy or plan.waiting or fresh_pin:
+                        valid = {s.key: plan.entry_key(s) for s in plan.cached}
+                    if plan.to_copy or plan.waiting or plan.retire or fresh_pin:
                         inv = self._inventory_locked(pin)
                         new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
                         if new.decisions() != plan.decisions():
@@ -471,14 +496,20 @@ class Cache:
                         if self._remove_entry(e.key, self._inodes.get(e.key)):
                             result.evicted += 1
                             result.bytes_evicted += e.size
-                    pin.reserved = {s.key: s.size for s in plan.to_copy}
+                    for e in plan.retire:
+                        if self._remove_entry(e.key, self._inodes.get(e.key)):
+                            result.retired += 1
+                    pin.add(plan.locations.values())
+                    pin.reserved = {plan.entry_key(s): s.size for s in plan.to_copy}
                     pin.write()
                 finally:
                     lock.release()
                 todo = plan.to_copy + plan.waiting
-            self._copy_all(todo, pin, result, progress, on_wait, project, threads, plan.check_content)
-            files = self._files
-            result.paths = {s.path: files + s.key for s in stacks}
+            self._copy_all(todo, pin, result, progress, on_wait, project, threads, plan.check_content,
+                           plan.locations)
+            files, at = self._files, plan.locations
+            result.paths = {s.path: files + at.get(s.key, s.key) for s in stacks}
+            result.versions = {s.path: files + at[s.key] for s in stacks if s.key in at}
             for s in plan.from_source:
                 result.paths[s.path] = s.path
                 result.from_source.append(s.path)
@@ -531,16 +562,22 @@ class Cache:
 
     def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
                   progress: Progress | None, on_wait: WaitCallback | None, project: str,
-                  threads: int | None, content: bool = False) -> None:
+                  threads: int | None, content: bool = False,
+                  locations: dict[str, str] | None = None) -> None:
         if not todo:
             return
+        locations = locations or {}
         mutex = threading.Lock()
         records: list[dict] = []
         dirs: set[str] = set()
         owner = f"{socket.gethostname()}:{os.getpid()}"
 
         def one(s: SourceFile) -> None:
-            lock = self._lock(s.key, "stacks being copied by another process")
+            if s.key.startswith(VERSIONS + "/"):
+                raise CacheError(f"{s.key}: sources under {VERSIONS} cannot be cached "
+                                 "(the cache keeps versions of stacks under that name)")
+            ek = locations.get(s.key, s.key)  # the entry this copy becomes
+            lock = self._lock(ek, "stacks being copied by another process")
             waited = [False]
 
             def told(msg: str) -> None:
@@ -549,17 +586,17 @@ class Cache:
                     on_wait(msg)
             lock.acquire(on_wait=told)
             try:
-                if self.check([s], content=content):
+                if ek in self.locate([s], content=content).values():
                     return  # another process copied it while we waited
-                if s.key not in pin.reserved:
-                    self._make_room_for(s, pin, on_wait)
-                dest = Path(self.cached_path(s.key))
+                if ek not in pin.reserved:
+                    self._make_room_for(s, pin, on_wait, ek)
+                dest = Path(self.cached_path(ek))
                 now = time.time()
-                rec = {"key": s.key, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
+                rec = {"key": ek, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
                        "created": now, "last_access": now, "owner": owner, "project": project,
                        "digest": ""}
                 claim = upkeep.ledger_claim(self.index, rec)
-                owned_ino = self.index.owner_ino(s.key) if os.path.lexists(dest) else None
+                owned_ino = self.index.owner_ino(ek) if os.path.lexists(dest) else None
                 for attempt in range(3):
                     try:
                         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -609,7 +646,8 @@ class Cache:
                 with contextlib.suppress(DiskFullError):
                     self.index.record(records)
 
-    def _make_room_for(self, s: SourceFile, pin: PinFile, on_wait: WaitCallback | None) -> None:
+    def _make_room_for(self, s: SourceFile, pin: PinFile, on_wait: WaitCallback | None,
+                       entry_key: str) -> None:
         """Reserve room for one stack that was not reserved up front."""
         lock = self.space_lock()
         lock.acquire(on_wait=on_wait)
@@ -620,7 +658,7 @@ class Cache:
                 raise CacheFullError(full_message(p))
             for e in p.expire + p.evict:
                 self._remove_entry(e.key)
-            pin.reserved[s.key] = s.size
+            pin.reserved[entry_key] = s.size
             pin.write()
         finally:
             lock.release()
@@ -751,7 +789,7 @@ class Cache:
             keys = [os.path.realpath(named_path(p)) for p in paths]
         if keys is not None:
             wanted = set(keys)
-            return self._remove_where(lambda e: e.key in wanted)
+            return self._remove_where(lambda e: e.key in wanted or source_of(e.key) in wanted)
         budget = [nbytes or 0]
 
         def pick(e: Entry) -> bool:
@@ -788,7 +826,8 @@ class Cache:
                 continue  # copy deleted meanwhile: nothing to check
             if why:
                 removed = fix and not e.in_use and self._remove_entry(e.key)
-                problems.append({"source": e.key, "cached": cp, "problem": why, "removed": bool(removed)})
+                problems.append({"source": source_of(e.key), "cached": cp, "problem": why,
+                                 "removed": bool(removed)})
         return {"checked": len(inv.entries), "ok": len(inv.entries) - len(problems),
                 "problems": problems}
 
@@ -860,6 +899,23 @@ def check_copies(files: str, stacks: Sequence[SourceFile],
     return valid
 
 
+def locate_copies(files: str, stacks: Sequence[SourceFile],
+                  open_dir: Callable[[str], int]) -> dict[str, str]:
+    """Source key -> entry key of the valid copy of each of ``stacks`` that has one.
+
+    The primary copy is looked at first; a version beside it (see
+    :func:`~stacktools.cache.plan.version_key`) only where the primary is not
+    valid. Arguments as :func:`check_copies`; reads only.
+    """
+    found = {k: k for k in check_copies(files, stacks, open_dir)}
+    if len(found) < len(stacks):
+        others = [s._replace(key=version_key(s.key, s.size, s.mtime_ns))
+                  for s in stacks if s.key not in found]
+        for k in check_copies(files, others, open_dir):
+            found[source_of(k)] = k
+    return found
+
+
 def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | None:
     """Why an owned entry is not a faithful copy of its source, or ``None``.
 
@@ -867,8 +923,9 @@ def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | Non
     place is found even if its size and mtime were restored; with ``content`` the
     source is read too. Raises ``FileNotFoundError`` if the copy is gone.
     """
+    src = source_of(e.key)
     try:
-        st = os.stat(e.key)
+        st = os.stat(src)
     except FileNotFoundError:
         return "source missing"
     if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
@@ -879,9 +936,9 @@ def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | Non
     if digest:
         if digest_file(copy) != digest:
             return "copy damaged (content differs from its digest)"
-        if content and digest_file(e.key) != digest:
+        if content and digest_file(src) != digest:
             return "source changed (content differs, same size and mtime)"
-    elif content and digest_file(copy) != digest_file(e.key):
+    elif content and digest_file(copy) != digest_file(src):
         return "copy differs from source"
     return None
 
@@ -997,7 +1054,7 @@ def _describe_set(plan: Plan, pset, consolidation: bool) -> Plan:
 
 
 def _entry_brief(e: Entry) -> dict:
-    return {"source": e.key, "bytes": e.size, "last_access": e.last_access,
+    return {"source": source_of(e.key), "bytes": e.size, "last_access": e.last_access,
             "last_access_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.last_access))}
 
 
