@@ -76,7 +76,7 @@ def reuse_data(proj: Path):
 
 def write_star(made, links: Path, star: Path) -> None:
     """The RELION equivalent of the subset: same particles, same order, .mrcs names."""
-    from stacktools.csfile import read_cs
+    from stacktools.formats.cs import read_cs
     links.mkdir(parents=True, exist_ok=True)
     for s in made.stacks:
         link = links / (s.stem + ".mrcs")
@@ -107,8 +107,8 @@ def warm_selected(made) -> None:
     The machine reclaims cold page-cache pages in the background, so this runs
     (untimed) before every timed run.
     """
-    from stacktools.csfile import read_cs
-    from stacktools.mrc import read_header
+    from stacktools.formats.cs import read_cs
+    from stacktools.formats.mrc import read_header
     data = read_cs(made.selected_cs)
     for path in np.unique(data["blob/path"]):
         full = made.project_dir / path.decode()

@@ -26,11 +26,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import best_of  # noqa: E402
 
-from stacktools import dataset as ds  # noqa: E402
-from stacktools.csdataset import CsDataset  # noqa: E402
-from stacktools.csfile import read_cs  # noqa: E402
-from stacktools.csinfo import cs_info  # noqa: E402
+from stacktools.cs import rows as ds  # noqa: E402
+from stacktools.cs.dataset import CsDataset  # noqa: E402
+from stacktools.cs.info import cs_info  # noqa: E402
 from stacktools.demo import BLOB_DTYPE, CTF_DTYPE, LOCATION_DTYPE, PICK_DTYPE  # noqa: E402
+from stacktools.formats.cs import read_cs  # noqa: E402
 
 ALIGN3D = [("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
            ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4"),

@@ -13,11 +13,11 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from . import cache as _cache
-from . import consolidate as _consolidate
-from . import cs as _cs
-from . import demo as _demo
-from . import size as _size
+from stacktools.cli import cache as _cache
+from stacktools.cli import consolidate as _consolidate
+from stacktools.cli import cs as _cs
+from stacktools.cli import demo as _demo
+from stacktools.cli import size as _size
 
 # Rich reads "[word…]" as a markup tag and drops it, which hid every "[default: …]"
 # written in help text. Help is plain text here: every "[" that would open a tag

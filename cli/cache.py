@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-
-from .options import ALLOW_OUTSIDE_PROJECT
-from .output import console, emit_json, fmt_bytes, kv_table, table
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
 
@@ -180,14 +179,19 @@ def sync_cmd(
     replaces it, for as long as the command lives, even if this process is killed),
     and its exit status is returned.
     """
-    from stacktools.cache import use_cache_for
-    from stacktools.cache.store import SyncResult, full_message, named_path, write_cached_cs
-    from stacktools.errors import CacheFullError
-
     import shutil
     import time
 
-    from .output import byte_progress
+    from stacktools.cli.output import byte_progress
+
+    from stacktools.cache import use_cache_for
+    from stacktools.cache.store import (
+        SyncResult,
+        full_message,
+        named_path,
+        write_cached_cs,
+    )
+    from stacktools.errors import CacheFullError
 
     started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
@@ -388,5 +392,6 @@ def default_cmd(
                         f"{'unset (yes)' if v is None else ('yes' if v else 'no')}")
 
 
-from .placement import place as _place  # noqa: E402  (multi-node placement lives in its own module)
+from stacktools.cli.placement import place as _place  # noqa: E402  (multi-node placement lives in its own module)
+
 app.command("place")(_place)

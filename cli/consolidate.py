@@ -8,9 +8,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from .options import ALLOW_OUTSIDE_PROJECT
-from .output import byte_progress, console, emit_json, fmt_bytes, kv_table, table
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.output import (
+    byte_progress,
+    console,
+    emit_json,
+    fmt_bytes,
+    kv_table,
+    table,
+)
 
 
 class Layout(str, Enum):
@@ -114,7 +120,7 @@ def verify(
 
     Exit status: 0 when everything matches, 1 when something differs, 2 on bad input.
     """
-    from stacktools.csfile import read_cs
+    from stacktools.formats.cs import read_cs
     from stacktools.verify import verify as run
 
     total = 0

@@ -1,6 +1,6 @@
 """``stacktools cs …``: inspect, filter, join, combine and convert ``.cs`` files.
 
-Thin wrappers over :class:`stacktools.csdataset.CsDataset` and the modules under
+Thin wrappers over :class:`stacktools.cs.dataset.CsDataset` and the modules under
 it. Inputs are never modified; outputs are written atomically and an existing
 output is replaced only with ``--force``.
 """
@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
-
-from .output import console, count_progress, emit_json, fmt_bytes, kv_table, table
+from stacktools.cli.output import (
+    console,
+    count_progress,
+    emit_json,
+    fmt_bytes,
+    kv_table,
+    table,
+)
 
 app = typer.Typer(help="Inspect, filter, join, combine and convert .cs files.", no_args_is_help=True)
 
@@ -49,7 +55,7 @@ def _steps(description: str, total: int, quiet: bool) -> Iterator[Callable[[], N
 
 
 def _load(path: Path, passthrough: Optional[Path] = None, mmap: bool = True):
-    from stacktools.csdataset import CsDataset
+    from stacktools.cs.dataset import CsDataset
     return CsDataset.load(path, passthrough=passthrough, mmap=mmap)
 
 
@@ -77,7 +83,7 @@ def info(
     as_json: bool = _JSON,
 ) -> None:
     """Rows, fields by group with dtypes, format, stacks, box, pixel size and field statistics."""
-    from stacktools.csinfo import cs_info
+    from stacktools.cs.info import cs_info
 
     rep = cs_info(cs, stats=stats)
     if as_json:
@@ -209,7 +215,7 @@ def filter_(
     and/or/not, parentheses, + - * / (spaced: field names hold '/'), abs(),
     numbers and 'strings'; field[0] picks an element of an array field.
     """
-    from stacktools.expr import parse
+    from stacktools.cs.query import parse
     parse(where)  # a malformed condition fails before anything is read
     _check_output(output, [cs, passthrough], force)
     with _steps("filter", 3, quiet) as step:
@@ -224,7 +230,7 @@ def filter_(
 
 def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, as_json: bool) -> None:
     _check_output(output, [a, b], force)
-    from stacktools.csdataset import CsDataset
+    from stacktools.cs.dataset import CsDataset
     with _steps(op, 3, quiet) as step:
         da = _load(a)
         # intersect and subtract need only B's uids.
@@ -297,7 +303,7 @@ def dedupe(
 ) -> None:
     """Remove repeated uids (the first row is kept) and, with --distance, picks closer
     than D Å to a better one on the same micrograph (like Remove Duplicate Particles)."""
-    from stacktools.dedupe import dedupe_distance
+    from stacktools.cs.dedupe import dedupe_distance
     if distance is not None and distance <= 0:
         raise typer.BadParameter("--distance must be more than 0 Å")
     _check_output(output, [cs, passthrough], force)
@@ -416,7 +422,8 @@ def to_star(
     with _steps("to-star", 2, quiet) as step:
         ds = _load(cs, passthrough)
         step()
-        from stacktools.star import to_star_blocks, write_star
+        from stacktools.cs.relion import to_star_blocks
+        from stacktools.formats.star import write_star
         blocks = to_star_blocks(ds.data, mrcs=mrcs, where=ds.where)
         write_star(output, blocks, overwrite=force)
         step()
@@ -435,7 +442,7 @@ def from_star(
 ) -> None:
     """RELION particles into a .cs (blob/*, ctf/*, alignments3D/* or alignments2D/*)."""
     _check_output(output, [star], force)
-    from stacktools.star import star_to_cs
+    from stacktools.cs.relion import star_to_cs
     data = star_to_cs(star, output, uid_column=uid_column, seed=seed, overwrite=force)
     _written(output, len(data), as_json, {"fields": len(data.dtype.names)})
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from .options import ALLOW_OUTSIDE_PROJECT
-from .output import console, emit_json, fmt_bytes, kv_table, table
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 
 def size(

@@ -2,10 +2,10 @@
 
 The top-level functions are a small façade over layered modules:
 
-* format I/O: :mod:`stacktools.csfile` (``.cs``) and :mod:`stacktools.mrc` (MRC stacks)
+* format I/O: :mod:`stacktools.formats.cs` (``.cs``) and :mod:`stacktools.formats.mrc` (MRC stacks)
 * the particle model: :mod:`stacktools.particles`
 * operations: :mod:`stacktools.size`, :mod:`stacktools.consolidate`,
-  :mod:`stacktools.csdataset` (the ``.cs`` toolkit), :mod:`stacktools.cache` and
+  :mod:`stacktools.cs.dataset` (the ``.cs`` toolkit), :mod:`stacktools.cache` and
   :mod:`stacktools.placement`
 
 Submodules are imported lazily so that ``import stacktools`` stays cheap.
@@ -23,13 +23,13 @@ __all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particle
            "load_nodes", "QueuedSet", "place_set", "place_queue", "simulate_queue"]
 
 _LAZY = {
-    "read_cs": "csfile", "write_cs": "csfile",
-    "read_header": "mrc", "read_particle": "mrc",
+    "read_cs": "formats.cs", "write_cs": "formats.cs",
+    "read_header": "formats.mrc", "read_particle": "formats.mrc",
     "open_particles": "particles", "ParticleSet": "particles",
     "formula_bytes": "size", "size_particles": "size",
     "StacktoolsError": "errors",
-    "CsDataset": "csdataset", "load_cs": "csdataset",
-    "cs_info": "csinfo", "cs_to_star": "star", "star_to_cs": "star",
+    "CsDataset": "cs.dataset", "load_cs": "cs.dataset",
+    "cs_info": "cs.info", "cs_to_star": "cs.relion", "star_to_cs": "cs.relion",
     "consolidate_particles": "consolidate", "ConsolidateResult": "consolidate",
     "verify_consolidated": "verify", "VerifyResult": "verify",
     "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",

@@ -51,15 +51,30 @@ from typing import Callable
 
 import numpy as np
 
-from . import csfile
-from .atomic import TMP_SUFFIX, atomic_output, fit_name, fsync_dir, tmp_name_for
-from .dataset import uid_lookup
-from .errors import (BoxMismatchError, DiskFullError, FieldError, ModeMismatchError,
-                     OutputError, PathEscapeError, SourceOverwriteError, StacktoolsError,
-                     VerificationError, describe_os_error)
-from .mrc import HEADER_BYTES, StackHeader, make_header
-from .particles import ParticleSet
-from .stackcopy import CHUNK_BYTES, Cancelled, copy_to_file, write_all
+from stacktools.cs.rows import uid_lookup
+from stacktools.errors import (
+    BoxMismatchError,
+    DiskFullError,
+    FieldError,
+    ModeMismatchError,
+    OutputError,
+    PathEscapeError,
+    SourceOverwriteError,
+    StacktoolsError,
+    VerificationError,
+    describe_os_error,
+)
+from stacktools.formats import cs as csfile
+from stacktools.formats.atomic import (
+    TMP_SUFFIX,
+    atomic_output,
+    fit_name,
+    fsync_dir,
+    tmp_name_for,
+)
+from stacktools.formats.mrc import HEADER_BYTES, StackHeader, make_header
+from stacktools.particles import ParticleSet
+from stacktools.stacks import CHUNK_BYTES, Cancelled, copy_to_file, write_all
 
 LAYOUTS = ("per-stack", "packed")
 DTYPES = {"keep": None, "float32": 2, "float16": 12}
@@ -772,7 +787,7 @@ def _prepare(plan: Plan, *, force: bool, threads: int, fsync: bool) -> list[Outp
     stale) replaces the old one. So no ``.cs`` under a final name ever points at a
     stack being rewritten, and a killed run leaves a record of what to clean up.
     """
-    from .verify import check_stack
+    from stacktools.verify import check_stack
     manifest = _read_manifest(plan.outdir)
     _check_outdir(plan, manifest, force=force)
     same = manifest is not None and manifest.get("key") == plan.key
@@ -819,7 +834,7 @@ def _write_all(plan: Plan, todo: list[OutputStack], written: list[Path], *,
                threads: int, fsync: bool, verify: bool, progress: Progress | None,
                chunk_bytes: int) -> None:
     """Write stacks on a thread pool; with ``verify``, check each one once it is written."""
-    from .verify import check_stack
+    from stacktools.verify import check_stack
     cancel = threading.Event()
     lock = threading.Lock()
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_output
-from .csfile import write_cs
-from .mrc import make_header
+from stacktools.formats.atomic import atomic_output
+from stacktools.formats.cs import write_cs
+from stacktools.formats.mrc import make_header
 
 EXTRACT_JOB = "J5"
 SELECT_JOB = "J7"
@@ -238,9 +238,9 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
     ``name``, a ``title``, a ``show`` mapping for display and the step's full
     ``result``. ``root`` must be empty, new, or an earlier demo project.
     """
-    from .errors import OutputError
-    from .particles import ParticleSet
-    from .size import size_particles
+    from stacktools.errors import OutputError
+    from stacktools.particles import ParticleSet
+    from stacktools.size import size_particles
 
     proj = Path(root).resolve()
     if proj.exists() and any(proj.iterdir()) and not (proj / DEMO_MARKER).exists():
@@ -270,7 +270,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
                  "saved by consolidating": f"{report.saved_fraction:.1%}"},
         "result": report.to_dict(),
     })
-    from .consolidate import consolidate
+    from stacktools.consolidate import consolidate
     # force: a rerun regenerates the sources, so the earlier outputs are replaced.
     cons = consolidate(made.selected_cs, proj / "J8" / "consolidated", project_dir=proj,
                        passthrough=made.passthrough_cs, verify=True, force=True)
@@ -284,7 +284,7 @@ def run_demo(root: str | os.PathLike, *, quiet: bool = True) -> dict:
                  "verified": "every particle bit-exact" if cons.verified else "no"},
         "result": cons.to_dict(),
     })
-    from .cache import Cache
+    from stacktools.cache import Cache
     # The demo's "SSD" is a directory inside the project; reserve 0 so it runs anywhere.
     ssd = proj / "ssd-cache"
     ssd.mkdir(exist_ok=True)

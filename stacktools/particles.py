@@ -13,23 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import csfile
-from .arrays import factorize
-from .errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
-                     MissingStackError, PathEscapeError)
-from .mrc import StackHeader, read_headers
+from stacktools.cs.arrays import factorize
+from stacktools.errors import (
+    BoxMismatchError,
+    FieldError,
+    IndexOutOfRangeError,
+    MissingStackError,
+    PathEscapeError,
+)
+from stacktools.formats import cs as csfile
+from stacktools.formats.cs import strip_import_marker
+from stacktools.formats.mrc import StackHeader, read_headers
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
-
-
-def strip_import_marker(path: bytes | str) -> str:
-    """Return a ``blob/path`` value as text, without CryoSPARC's leading ``>``.
-
-    Bytes are decoded as the OS decodes file names (:func:`os.fsdecode`): bytes that
-    are not UTF-8 become surrogate escapes, so the text still names the same file.
-    """
-    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
-    return text[1:] if text.startswith(">") else text
 
 
 def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
@@ -130,7 +126,7 @@ class ParticleSet:
         """
         data = csfile.read_cs(cs_path)
         if passthrough is not None:
-            from .dataset import join
+            from stacktools.cs.rows import join
             data = join(data, csfile.read_cs(passthrough))
         if project_dir is None:
             project_dir = Path(cs_path).resolve().parent.parent

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .cache.plan import Entry, Inventory, Plan, SourceFile, plan_stacks
-from .errors import MissingStackError, NodesFileError, PlacementError
+from stacktools.cache.plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from stacktools.errors import MissingStackError, NodesFileError, PlacementError
 
 MB = 1_000_000
 DEFAULT_LIFETIME_DAYS = 30.0
@@ -242,8 +242,8 @@ def _node_spec(p: Path, i: int, item: Any) -> NodeSpec:
     value = item[has[0]]
     if not isinstance(value, str) or not value:
         raise NodesFileError(f"{where}: {has[0]} must be a non-empty path string")
-    from .cache.config import expand_path
-    from .errors import CacheConfigError
+    from stacktools.cache.config import expand_path
+    from stacktools.errors import CacheConfigError
     try:
         resolved = expand_path(value, f"{where}: {has[0]}")
     except CacheConfigError as err:
@@ -278,8 +278,8 @@ def node_inventory(spec: NodeSpec) -> Inventory:
 
 
 def _inventory_from_ssd(spec: NodeSpec) -> Inventory:
-    from .cache.config import CacheConfig
-    from .cache.store import CACHE_DIRNAME, Cache
+    from stacktools.cache.config import CacheConfig
+    from stacktools.cache.store import CACHE_DIRNAME, Cache
     ssd = Path(spec.ssd_path)
     if not ssd.is_dir():
         raise NodesFileError(f"node {spec.name!r}: ssd_path {ssd} is not a directory")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .particles import ParticleSet
+    from stacktools.particles import ParticleSet
 
 DEFAULT_NSYMBT = 128
 DEFAULT_HEADER_LENGTH = 1024
@@ -94,7 +94,7 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
     """
     import numpy as np
 
-    from .mrc import HEADER_BYTES
+    from stacktools.formats.mrc import HEADER_BYTES
 
     hdr_list = pset.check() if validate else pset.stack_headers()
     counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)

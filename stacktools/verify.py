@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import csfile
-from .dataset import uid_lookup
-from .errors import FieldError, StacktoolsError
-from .mrc import StackHeader, read_header
-from .particles import ParticleSet
-from .stackcopy import read_to_array
+from stacktools.cs.rows import uid_lookup
+from stacktools.errors import FieldError, StacktoolsError
+from stacktools.formats import cs as csfile
+from stacktools.formats.mrc import StackHeader, read_header
+from stacktools.particles import ParticleSet
+from stacktools.stacks import read_to_array
 
 if TYPE_CHECKING:
-    from .consolidate import OutputStack
+    from stacktools.consolidate import OutputStack
 
 MAX_PROBLEMS = 20
 # Two buffers of this size per thread (the stack and its sources) bound the memory.

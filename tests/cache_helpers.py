@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stacktools.csfile import write_cs
 from stacktools.demo import make_demo_project
+from stacktools.formats.cs import write_cs
 from stacktools.particles import ParticleSet
 
 PY = sys.executable

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stacktools.arrays import factorize
+from stacktools.cs.arrays import factorize
 
 
 @settings(max_examples=80, deadline=None)
@@ -30,7 +30,7 @@ def test_factorize_matches_unique(values, picks, width, grouped) -> None:
 
 
 def test_hash_collisions_fall_back_to_exact(monkeypatch) -> None:
-    import stacktools.arrays as arrays
+    import stacktools.cs.arrays as arrays
     monkeypatch.setattr(arrays, "_MUL2", np.uint64(0))  # every row hashes to 0
     col = np.array([b"J5/extract/bbbbbbbbbbbbb.mrc", b"J5/extract/aaaaaaaaaaaaa.mrc"] * 3)
     uniq, codes = arrays.factorize(col)

@@ -15,12 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+from cache_helpers import (
+    PY,
+    SLOW_WORKER,
+    STACKTOOLS,
+    final_files,
+    kill_slow_worker,
+    ledger_copies,
+    no_lock_held,
+    project,
+    same_stack,
+    subset_cs,
+)
 
 from stacktools.cache import Cache
 from stacktools.errors import CacheFullError
-
-from cache_helpers import (PY, SLOW_WORKER, STACKTOOLS, final_files, kill_slow_worker,
-                           ledger_copies, no_lock_held, project, same_stack, subset_cs)
 
 
 @pytest.fixture(scope="module")

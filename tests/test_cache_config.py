@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from stacktools.cache import project_use_cache, resolve_config, set_project_use_cache, use_cache_for
+from stacktools.cache import (
+    project_use_cache,
+    resolve_config,
+    set_project_use_cache,
+    use_cache_for,
+)
 from stacktools.errors import CacheConfigError
 
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import xxhash
-
 from independent import read_bytes
+
 from stacktools.cache import Cache
 
 SSD_ROOT = "stacktools-cache"

@@ -14,12 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cache_helpers import final_files, project, run_cli
 
 from stacktools.cache import Cache
 from stacktools.cache.index import Index
 from stacktools.errors import CacheError, DiskFullError
-
-from cache_helpers import final_files, project, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
+from conftest import _stacktools_command
 
 from cli.cache import shorten_middle
 from stacktools.cache import Cache
 from stacktools.cache.locks import FileLock, key_hash
-from conftest import _stacktools_command
 
 
 def _sync_args(demo, ssd, *extra):

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from cache_helpers import PY, final_files, kill_slow_worker, project, run_cli
 
 # Kills itself with SIGKILL at one exact point of the first copy.

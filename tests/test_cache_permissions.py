@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 import pytest
+from cache_helpers import project, run_cli
 
 from stacktools.cache import Cache
-
-from cache_helpers import project, run_cli
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 
-from independent import read_bytes
-from stacktools.cache import Cache
 from conftest import _stacktools_command
+from independent import read_bytes
+
+from stacktools.cache import Cache
 
 JOB = ("import os, sys, time\n"
        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"

@@ -7,8 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from stacktools.cache import Cache
 from conftest import assert_one_line_error
+
+from stacktools.cache import Cache
 
 
 def _tree(root: Path) -> dict:

@@ -13,12 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cache_helpers import final_files, project, run_cli, subset_cs
+from independent import read_particle
 
 from stacktools.cache import Cache
 from stacktools.cache.locks import key_hash
-
-from cache_helpers import final_files, project, run_cli, subset_cs
-from independent import read_particle
 
 
 @pytest.fixture(scope="module")

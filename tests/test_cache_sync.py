@@ -9,12 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cache_helpers import cli_json, final_files, ledger_copies, run_cli
 
 from stacktools.cache import Cache
 from stacktools.errors import CacheFullError, PathEscapeError
 from stacktools.particles import ParticleSet
-
-from cache_helpers import cli_json, final_files, ledger_copies, run_cli
 
 
 @pytest.fixture
@@ -332,7 +331,7 @@ def test_write_cs_points_at_cache(ssd, demo, tmp_path):
     orig = ParticleSet.open(demo.selected_cs, demo.project_dir)
     assert len(cached) == len(orig)
     assert set(map(str, cached.stack_paths)) == set(sync["paths"].values())
-    from stacktools.mrc import read_particle
+    from stacktools.formats.mrc import read_particle
     for k in (0, len(orig) - 1):
         i = int(orig.data["blob/idx"][k])
         a = read_particle(orig.stack_paths[orig.stack_codes[k]], i)

@@ -15,10 +15,9 @@ import typer
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.text import Text
+from stacktools.cli.app import app, literal_help
 from typer.core import TyperArgument, TyperOption
 from typer.testing import CliRunner
-
-from stacktools.cli.app import app, literal_help
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\]")
 

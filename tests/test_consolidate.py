@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stacktools.consolidate import MANIFEST, consolidate
-from stacktools.csfile import read_cs, write_cs
 from stacktools.demo import make_demo_project
 from stacktools.errors import ModeMismatchError, OutputError
-from stacktools.mrc import read_header, read_particle
+from stacktools.formats.cs import read_cs, write_cs
+from stacktools.formats.mrc import read_header, read_particle
 from stacktools.particles import ParticleSet, resolve_blob_path
 from stacktools.size import size_particles
 from stacktools.verify import verify
@@ -402,7 +402,7 @@ def test_long_names_up_to_name_max(demo):
                     max_size=20),
        fill=st.sampled_from(["a", "é", "€", "😀", "_."]), nbytes=st.integers(1, 255))
 def test_atomic_output_fits_any_legal_name(tmp_path, head, fill, nbytes):
-    from stacktools.atomic import atomic_output, tmp_name_for
+    from stacktools.formats.atomic import atomic_output, tmp_name_for
     name = head + fill * 255
     while len(os.fsencode(name)) > nbytes:
         name = name[:-1]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from stacktools.consolidate import consolidate
-from stacktools.csfile import read_cs
-from stacktools.mrc import read_particle
+from stacktools.formats.cs import read_cs
+from stacktools.formats.mrc import read_particle
 
 
 def test_cryosparc_tools_loads_with_identical_fields(demo):

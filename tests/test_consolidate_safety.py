@@ -13,18 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import independent
 import numpy as np
 import pytest
+from independent import assert_same_particles
 
 import stacktools.consolidate as consolidate_mod
 from stacktools.consolidate import MANIFEST, consolidate
-from stacktools.csfile import read_cs, write_cs
 from stacktools.errors import DiskFullError, OutputError, SourceOverwriteError
-from stacktools.mrc import make_header
+from stacktools.formats.cs import read_cs, write_cs
+from stacktools.formats.mrc import make_header
 from stacktools.particles import ParticleSet
-
-import independent
-from independent import assert_same_particles
 
 CLI = [sys.executable, "-m", "stacktools.cli.app"]
 
@@ -197,7 +196,7 @@ def test_concurrent_run_is_refused(demo):
 SLOW_RUN = """
 import os, sys, time
 import stacktools.consolidate as co
-import stacktools.stackcopy as sc
+import stacktools.stacks as sc
 delay = float(os.environ.get("STACKTOOLS_TEST_DELAY", "0.25"))
 def slowed(real, what):
     def run(*args, **kw):

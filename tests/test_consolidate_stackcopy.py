@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import machine_stamp_from_byte_order
 
-import stacktools.stackcopy as stackcopy
+import stacktools.stacks as stackcopy
 from stacktools.consolidate import consolidate
-from stacktools.csfile import read_cs
-from stacktools.mrc import make_header, read_header, read_particle
+from stacktools.formats.cs import read_cs
+from stacktools.formats.mrc import make_header, read_header, read_particle
 from stacktools.particles import resolve_blob_path
-from stacktools.stackcopy import coalesce, read_to_array
+from stacktools.stacks import coalesce, read_to_array
 
 
 @settings(max_examples=50, deadline=None)
@@ -62,7 +62,7 @@ def test_big_endian_source_is_written_little_endian_with_same_values(demo, tmp_p
     rows = read_cs(demo.selected_cs)[:5].copy()
     rows["blob/path"] = b"J5/extract/big.mrc"
     rows["blob/idx"] = [6, 0, 3, 4, 1]
-    from stacktools.csfile import write_cs
+    from stacktools.formats.cs import write_cs
     cs = demo.project_dir / "J7" / "big.cs"
     write_cs(cs, rows)
     res = consolidate(cs, tmp_path / "out", project_dir=demo.project_dir)

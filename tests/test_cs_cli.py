@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import starfile
-
-from stacktools.csfile import read_cs
-
 from conftest import assert_one_line_error
+
+from stacktools.formats.cs import read_cs
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 J2 = "cryosparc_J2_particles_exported.cs"
@@ -160,7 +159,7 @@ def test_dedupe_cli(cs, demo) -> None:
     out = read_cs(demo.project_dir / "d2.cs")
     assert out.dtype == main.dtype
     # Everything on a micrograph is "close" at 1 km: one pick per micrograph is left.
-    from stacktools.dataset import join
+    from stacktools.cs.rows import join
     full = join(main, read_cs(demo.passthrough_cs))
     assert len(out) == len(np.unique(full["location/micrograph_uid"]))
     assert r.json()["removed_by_distance"] == len(main) - len(out)

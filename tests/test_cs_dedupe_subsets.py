@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stacktools.csdataset import CsDataset
-from stacktools.csfile import read_cs
-from stacktools.dataset import dedupe_uid, join
-from stacktools.dedupe import close_pairs, dedupe_distance, particle_centres_A
+from stacktools.cs.dataset import CsDataset
+from stacktools.cs.dedupe import close_pairs, dedupe_distance, particle_centres_A
+from stacktools.cs.rows import dedupe_uid, join
+from stacktools.cs.subsets import sample, split_by_field, split_random
 from stacktools.errors import FieldError
-from stacktools.subsets import sample, split_by_field, split_random
+from stacktools.formats.cs import read_cs
 
 
 def picks(xy_frac, mics, scores, shape=(4000, 3000), psize=1.0) -> np.ndarray:

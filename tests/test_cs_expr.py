@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stacktools.csfile import read_cs
+from stacktools.cs.query import evaluate, fields_used, parse, tokenize
 from stacktools.errors import ExpressionError
-from stacktools.expr import evaluate, fields_used, parse, tokenize
+from stacktools.formats.cs import read_cs
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 J2 = "cryosparc_J2_particles_exported.cs"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import stacktools.csinfo as csinfo
-from stacktools.csfile import read_cs
+import stacktools.cs.info as csinfo
+from stacktools.formats.cs import read_cs
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 

@@ -10,20 +10,26 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import independent
 import numpy as np
 import pytest
+from conftest import _stacktools_command, assert_one_line_error
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import independent
-from conftest import _stacktools_command, assert_one_line_error
 from stacktools.consolidate import consolidate
-from stacktools.csdataset import CsDataset
-from stacktools.csfile import read_cs, write_cs
-from stacktools.errors import CsFormatError, ExpressionError, FieldError, MissingStackError, PathEscapeError
+from stacktools.cs.dataset import CsDataset
+from stacktools.errors import (
+    CsFormatError,
+    ExpressionError,
+    FieldError,
+    MissingStackError,
+    PathEscapeError,
+)
+from stacktools.formats.cs import read_cs, write_cs
+from stacktools.formats.tabular import from_pandas
 from stacktools.particles import ParticleSet
 from stacktools.size import size_particles
-from stacktools.tabular import from_pandas
 from stacktools.verify import verify
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -324,7 +330,7 @@ def test_unknown_field_without_passthrough_keeps_plain_message(demo) -> None:
     ("cryosparc_P12_J24_001_particles.cs", "cryosparc_P12_J24_passthrough_particles.cs"),
 ])
 def test_find_passthrough_follows_cryosparc_names(tmp_path, main, passthrough) -> None:
-    from stacktools.csdataset import find_passthrough
+    from stacktools.cs.dataset import find_passthrough
     write_cs(tmp_path / main, np.zeros(2, [("uid", "<u8"), ("blob/idx", "<u4")]))
     assert find_passthrough(tmp_path / main, ["ctf/df1_A"]) is None
     write_cs(tmp_path / passthrough, np.zeros(2, [("uid", "<u8"), ("ctf/df1_A", "<f4")]))

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stacktools import dataset as ds
-from stacktools.csdataset import CsDataset
-from stacktools.csfile import read_cs, write_cs
+from stacktools.cs import rows as ds
+from stacktools.cs.dataset import CsDataset
 from stacktools.errors import FieldError
+from stacktools.formats.cs import read_cs, write_cs
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 J2 = "cryosparc_J2_particles_exported.cs"

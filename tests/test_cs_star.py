@@ -12,11 +12,22 @@ import starfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stacktools.csfile import read_cs
+from stacktools.cs.relion import (
+    cs_to_star,
+    from_star_blocks,
+    star_to_cs,
+    to_star_blocks,
+)
+from stacktools.cs.rotation import (
+    euler_deg_to_rotvec,
+    euler_to_matrix,
+    matrix_to_euler,
+    rotvec_to_euler_deg,
+    rotvec_to_matrix,
+)
 from stacktools.errors import FieldError, StarFormatError
-from stacktools.rotation import (euler_deg_to_rotvec, euler_to_matrix, matrix_to_euler,
-                                 rotvec_to_euler_deg, rotvec_to_matrix)
-from stacktools.star import cs_to_star, from_star_blocks, read_star, star_to_cs, to_star_blocks
+from stacktools.formats.cs import read_cs
+from stacktools.formats.star import read_star
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 J2 = "cryosparc_J2_particles_exported.cs"

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from stacktools.csfile import detect_format, read_cs, write_cs
 from stacktools.errors import CsFormatError, OutputError
+from stacktools.formats.cs import detect_format, read_cs, write_cs
 
 REAL = ["cryosparc_P12_J24_001_particles.cs", "cryosparc_J2_particles_exported.cs", "4k_dataset.cs"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from stacktools.csfile import read_cs
 from stacktools.demo import make_demo_project
-from stacktools.mrc import read_header
+from stacktools.formats.cs import read_cs
+from stacktools.formats.mrc import read_header
 
 
 def test_project_is_cryosparc_shaped(tmp_path: Path) -> None:

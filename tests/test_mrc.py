@@ -9,9 +9,18 @@ import mrcfile
 import numpy as np
 import pytest
 
-from stacktools.errors import (IndexOutOfRangeError, MissingStackError, MrcHeaderError,
-                               TruncatedStackError)
-from stacktools.mrc import make_header, read_header, read_particle, read_particles
+from stacktools.errors import (
+    IndexOutOfRangeError,
+    MissingStackError,
+    MrcHeaderError,
+    TruncatedStackError,
+)
+from stacktools.formats.mrc import (
+    make_header,
+    read_header,
+    read_particle,
+    read_particles,
+)
 
 MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 

@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stacktools.csfile import read_cs, write_cs
-from stacktools.errors import (BoxMismatchError, FieldError, IndexOutOfRangeError,
-                               MissingStackError, PathEscapeError, TruncatedStackError)
+from stacktools.errors import (
+    BoxMismatchError,
+    FieldError,
+    IndexOutOfRangeError,
+    MissingStackError,
+    PathEscapeError,
+    TruncatedStackError,
+)
+from stacktools.formats.cs import read_cs, write_cs
 from stacktools.particles import ParticleSet, resolve_blob_path
 
 

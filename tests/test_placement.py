@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,10 +15,17 @@ from stacktools.cache import Cache, Entry, Inventory, SourceFile, plan_stacks
 from stacktools.demo import make_demo_project
 from stacktools.errors import NodesFileError, PlacementError
 from stacktools.particles import ParticleSet
-from stacktools.placement import (Node, QueuedSet, apply_plan, load_nodes, place_queue, place_set,
-                                  queue_order, read_nodes_file, simulate_queue)
-
-from conftest import assert_one_line_error
+from stacktools.placement import (
+    Node,
+    QueuedSet,
+    apply_plan,
+    load_nodes,
+    place_queue,
+    place_set,
+    queue_order,
+    read_nodes_file,
+    simulate_queue,
+)
 
 NOW = 10_000.0
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

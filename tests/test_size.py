@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import assert_one_line_error
-from stacktools.csfile import read_cs, write_cs
 from stacktools.demo import make_demo_project
+from stacktools.formats.cs import read_cs, write_cs
 from stacktools.particles import ParticleSet
 from stacktools.size import formula_bytes, size_particles
 

@@ -24,10 +24,23 @@ Planning for another node (placement): export ``cache.inventory().to_dict()`` th
 
 from __future__ import annotations
 
-from .config import CacheConfig, project_use_cache, resolve_config, set_project_use_cache, use_cache_for
-from .plan import Entry, Inventory, Plan, SourceFile, plan_stacks
-from .peek import peek_inventory, plan_without_writing
-from .store import Cache, SyncResult, full_message, plan_for_inventory, stat_sources, write_cached_cs
+from stacktools.cache.config import (
+           CacheConfig,
+           project_use_cache,
+           resolve_config,
+           set_project_use_cache,
+           use_cache_for,
+)
+from stacktools.cache.peek import peek_inventory, plan_without_writing
+from stacktools.cache.plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from stacktools.cache.store import (
+           Cache,
+           SyncResult,
+           full_message,
+           plan_for_inventory,
+           stat_sources,
+           write_cached_cs,
+)
 
 __all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "Plan", "SourceFile", "SyncResult",
            "full_message", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import CacheConfigError
+from stacktools.errors import CacheConfigError
 
 ENV_SSD = "STACKTOOLS_SSD_PATH"
 ENV_QUOTA = "STACKTOOLS_CACHE_QUOTA_MB"
@@ -232,7 +232,7 @@ def project_use_cache(project_dir: str | os.PathLike) -> bool | None:
 
 def set_project_use_cache(project_dir: str | os.PathLike, value: bool | None) -> None:
     """Set (``True``/``False``) or unset (``None``) the project's use-cache default."""
-    from ..atomic import atomic_output
+    from stacktools.formats.atomic import atomic_output
     p = _project_file(project_dir)
     if not Path(project_dir).is_dir():
         raise CacheConfigError(f"{project_dir}: project directory not found")

@@ -18,10 +18,10 @@ import stat
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from ..atomic import TMP_SUFFIX
-from ..errors import CacheError, CacheForeignPathError, CacheFullError
-from .digest import digest_fd
-from .safefs import fit_name, is_disk_full, open_own
+from stacktools.cache.digest import digest_fd
+from stacktools.cache.safefs import fit_name, is_disk_full, open_own
+from stacktools.errors import CacheError, CacheForeignPathError, CacheFullError
+from stacktools.formats.atomic import TMP_SUFFIX
 
 CHUNK = 8 << 20
 

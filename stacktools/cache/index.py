@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..atomic import TMP_SUFFIX
-from ..errors import CacheError, CacheForeignPathError, DiskFullError
-from .safefs import is_disk_full, open_own, same_file
+from stacktools.cache.safefs import is_disk_full, open_own, same_file
+from stacktools.errors import CacheError, CacheForeignPathError, DiskFullError
+from stacktools.formats.atomic import TMP_SUFFIX
 
 SCHEMA_VERSION = 1
 

@@ -30,8 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import CacheForeignPathError
-from .safefs import open_own, same_file
+from stacktools.cache.safefs import open_own, same_file
+from stacktools.errors import CacheForeignPathError
 
 WaitCallback = Callable[[str], None]
 

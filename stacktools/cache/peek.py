@@ -20,12 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import CacheConfigError, CacheForeignPathError
-from .config import CacheConfig
-from .locks import live_pins
-from .plan import Entry, Inventory, Plan, plan_stacks
-from .safefs import check_own_dir
-from .store import CACHE_DIRNAME, _describe_set, locate_copies, missing_ssd_message, stat_sources
+from stacktools.cache.config import CacheConfig
+from stacktools.cache.locks import live_pins
+from stacktools.cache.plan import Entry, Inventory, Plan, plan_stacks
+from stacktools.cache.safefs import check_own_dir
+from stacktools.cache.store import (
+    CACHE_DIRNAME,
+    _describe_set,
+    locate_copies,
+    missing_ssd_message,
+    stat_sources,
+)
+from stacktools.errors import CacheConfigError, CacheForeignPathError
 
 _ENTRIES = """
 SELECT e.key, e.size, e.mtime_ns, e.ino, e.project, MAX(e.last_access, COALESCE((

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 
-from ..errors import CacheForeignPathError
+from stacktools.errors import CacheForeignPathError
 
 NAME_MAX = 255
 

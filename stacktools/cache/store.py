@@ -32,17 +32,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..atomic import TMP_SUFFIX, fsync_dir
-from ..errors import (CacheConfigError, CacheError, CacheForeignPathError, CacheFullError, DiskFullError,
-                      MissingStackError, PathEscapeError)
-from .config import CacheConfig, resolve_config
-from .copy import SourceChanged, copy_into
-from .digest import digest_file
-from .index import Index
-from .locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
-from .plan import VERSIONS, Entry, Inventory, Plan, SourceFile, plan_stacks, source_of, version_key
-from .safefs import check_own_dir
-from . import upkeep
+from stacktools.cache import upkeep
+from stacktools.cache.config import CacheConfig, resolve_config
+from stacktools.cache.copy import SourceChanged, copy_into
+from stacktools.cache.digest import digest_file
+from stacktools.cache.index import Index
+from stacktools.cache.locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
+from stacktools.cache.plan import (
+    VERSIONS,
+    Entry,
+    Inventory,
+    Plan,
+    SourceFile,
+    plan_stacks,
+    source_of,
+    version_key,
+)
+from stacktools.cache.safefs import check_own_dir
+from stacktools.errors import (
+    CacheConfigError,
+    CacheError,
+    CacheForeignPathError,
+    CacheFullError,
+    DiskFullError,
+    MissingStackError,
+    PathEscapeError,
+)
+from stacktools.formats.atomic import fsync_dir
 
 CACHE_DIRNAME = "stacktools-cache"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
@@ -1047,7 +1063,7 @@ def _describe_set(plan: Plan, pset, consolidation: bool) -> Plan:
     project = getattr(pset, "project_dir", None)
     plan.project = os.path.realpath(project) if project else ""
     if consolidation and hasattr(pset, "stack_paths"):
-        from ..size import size_particles
+        from stacktools.size import size_particles
         rep = size_particles(pset, validate=False)
         plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
     return plan
@@ -1109,8 +1125,8 @@ def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path
     """
     import numpy as np
 
-    from ..csfile import write_cs
-    from ..errors import OutputError
+    from stacktools.errors import OutputError
+    from stacktools.formats.cs import write_cs
 
     if pset.source and os.path.realpath(out) == os.path.realpath(pset.source):
         raise OutputError(f"{out}: would overwrite the source .cs")

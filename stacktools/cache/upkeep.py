@@ -15,12 +15,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..atomic import TMP_SUFFIX
-from .safefs import check_own_dir
+from stacktools.cache.safefs import check_own_dir
+from stacktools.formats.atomic import TMP_SUFFIX
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .index import Index
-    from .store import Cache
+    from stacktools.cache.index import Index
+    from stacktools.cache.store import Cache
 
 OWN_DIRS = ("files", "locks", "pins")
 OWN_FILES = ("index.db", "index.db-wal", "index.db-shm", "ledger.jsonl", "space.lock")

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import OutputError
+from stacktools.errors import OutputError
 
 TMP_SUFFIX = ".stacktools-tmp"
 

@@ -17,8 +17,13 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import dtype_from_mode, machine_stamp_from_byte_order
 
-from .errors import (IndexOutOfRangeError, MissingStackError, MrcHeaderError,
-                     StackError, TruncatedStackError)
+from stacktools.errors import (
+    IndexOutOfRangeError,
+    MissingStackError,
+    MrcHeaderError,
+    StackError,
+    TruncatedStackError,
+)
 
 HEADER_BYTES = HEADER_DTYPE.itemsize  # 1024
 MRC_VERSION = 20140

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import require_fields, take
-from .errors import FieldError
+from stacktools.cs.rows import require_fields, take
+from stacktools.errors import FieldError
 
 
 def split_by_field(data: np.ndarray, field: str, where: str = "dataset") -> dict:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExpressionError
+from stacktools.errors import ExpressionError
 
 KEYWORDS = {"and", "or", "not", "in", "between", "true", "false", "abs"}
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}

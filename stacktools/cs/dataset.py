@@ -1,9 +1,9 @@
 """``CsDataset``: a ``.cs`` dataset as one object with selection, queries and set algebra.
 
 A thin wrapper over a NumPy structured array (:attr:`CsDataset.data`) and the
-modules that do the work: :mod:`stacktools.expr` (queries),
-:mod:`stacktools.dataset` (set operations and join), :mod:`stacktools.dedupe`,
-:mod:`stacktools.subsets`, :mod:`stacktools.star` and :mod:`stacktools.tabular`.
+modules that do the work: :mod:`stacktools.cs.query` (queries),
+:mod:`stacktools.cs.rows` (set operations and join), :mod:`stacktools.cs.dedupe`,
+:mod:`stacktools.cs.subsets`, :mod:`stacktools.cs.relion` and :mod:`stacktools.formats.tabular`.
 Every operation returns a new ``CsDataset``; none modifies its input.
 
 >>> ds = CsDataset.load("J7/J7_particles_selected.cs")
@@ -21,8 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import dataset as _ds
-from .errors import CsFormatError, ExpressionError, FieldError
+from stacktools.cs import rows as _ds
+from stacktools.errors import CsFormatError, ExpressionError, FieldError
 
 # CryoSPARC names a job's outputs J<n>[_<iteration>]_<rest>.cs and the passthrough
 # beside them J<n>_passthrough_<rest>.cs (J7_particles_selected.cs and
@@ -75,7 +75,7 @@ class CsDataset:
             Read only these fields (``ctf/`` takes a group), e.g. ``["uid"]`` when
             only uids are needed: the rest of the file is never copied.
         """
-        from .csfile import read_cs
+        from stacktools.formats.cs import read_cs
         if fields is not None:
             data = _ds.select_fields(read_cs(path, mmap=True), fields, str(path))
         else:
@@ -90,42 +90,44 @@ class CsDataset:
 
         ``dtype`` (e.g. the original dataset's) restores exact types and field order.
         """
-        from .tabular import from_pandas
+        from stacktools.formats.tabular import from_pandas
         return cls(from_pandas(df, dtype))
 
     @classmethod
     def from_star(cls, path: str | os.PathLike, *, uid_column: str | None = None,
                   seed: int | None = None) -> "CsDataset":
-        """Read RELION particles from a STAR file (see :func:`stacktools.star.from_star_blocks`)."""
-        from .star import from_star_blocks, read_star
+        """Read RELION particles from a STAR file (see :func:`stacktools.cs.relion.from_star_blocks`)."""
+        from stacktools.cs.relion import from_star_blocks
+        from stacktools.formats.star import read_star
         return cls(from_star_blocks(read_star(path), uid_column=uid_column, seed=seed,
                                     where=str(path)), path)
 
     def to_pandas(self, decode: bool = True):
-        """A DataFrame with one column per field; see :func:`stacktools.tabular.to_pandas`."""
-        from .tabular import to_pandas
+        """A DataFrame with one column per field; see :func:`stacktools.formats.tabular.to_pandas`."""
+        from stacktools.formats.tabular import to_pandas
         return to_pandas(self.data, decode)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order)."""
-        from .csfile import write_cs
+        from stacktools.formats.cs import write_cs
         return write_cs(path, self.data, overwrite=overwrite)
 
     def to_star(self, path: str | os.PathLike, *, mrcs: bool = False,
                 overwrite: bool = False) -> Path:
         """Write a RELION 3.1 STAR file (``optics`` and ``particles`` blocks)."""
-        from .star import to_star_blocks, write_star
+        from stacktools.cs.relion import to_star_blocks
+        from stacktools.formats.star import write_star
         return write_star(path, to_star_blocks(self.data, mrcs=mrcs, where=self.where),
                           overwrite=overwrite)
 
     def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write CSV, one column per field (per element of array fields)."""
-        from .tabular import write_csv
+        from stacktools.formats.tabular import write_csv
         return write_csv(path, self.data, overwrite=overwrite)
 
     def to_parquet(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write Parquet (needs pyarrow), same columns as :meth:`to_csv`."""
-        from .tabular import write_parquet
+        from stacktools.formats.tabular import write_parquet
         return write_parquet(path, self.data, overwrite=overwrite)
 
     # ---- inspection ----------------------------------------------------------------
@@ -151,7 +153,7 @@ class CsDataset:
 
     def info(self, stats: bool = True) -> dict:
         """Rows, fields by group, stacks, box, pixel size and per-field statistics."""
-        from .csinfo import summarize
+        from stacktools.cs.info import summarize
         return summarize(self.data, stats=stats)
 
     def __len__(self) -> int:
@@ -192,7 +194,7 @@ class CsDataset:
     # ---- queries -------------------------------------------------------------------
 
     def mask(self, expression: str) -> np.ndarray:
-        """Boolean mask of the rows matching ``expression`` (see :mod:`stacktools.expr`).
+        """Boolean mask of the rows matching ``expression`` (see :mod:`stacktools.cs.query`).
 
         Raises
         ------
@@ -201,7 +203,7 @@ class CsDataset:
             the CryoSPARC passthrough file beside :attr:`source` has that field,
             the message names it.
         """
-        from .expr import evaluate, fields_used
+        from stacktools.cs.query import evaluate, fields_used
         missing = [f for f in fields_used(expression) if f not in self.data.dtype.names]
         if missing and self.source is not None:
             pt = find_passthrough(self.source, missing)
@@ -219,7 +221,7 @@ class CsDataset:
         Parameters
         ----------
         expression
-            The condition (see :mod:`stacktools.expr`).
+            The condition (see :mod:`stacktools.cs.query`).
         passthrough
             A passthrough dataset whose fields the condition may also use, joined
             on ``uid``. The result keeps only this dataset's fields, in its row
@@ -276,26 +278,26 @@ class CsDataset:
         """Without particles closer than ``distance_A`` to a better one on the same micrograph.
 
         ``by`` names the field that ranks particles (higher is better unless
-        ``highest`` is false); see :func:`stacktools.dedupe.dedupe_distance`.
+        ``highest`` is false); see :func:`stacktools.cs.dedupe.dedupe_distance`.
         """
-        from .dedupe import dedupe_distance
+        from stacktools.cs.dedupe import dedupe_distance
         res = dedupe_distance(self.data, distance_A, by=by, highest=highest, where=self.where)
         return self._new(_ds.take(self.data, res.keep))
 
     def split_by(self, field: str) -> dict:
         """One dataset per distinct value of ``field`` (e.g. ``alignments2D/class``)."""
-        from .subsets import split_by_field
+        from stacktools.cs.subsets import split_by_field
         return {k: self._new(v) for k, v in split_by_field(self.data, field, self.where).items()}
 
     def split_random(self, parts: int, seed: int | None = 0) -> list["CsDataset"]:
         """``parts`` random, disjoint subsets of near-equal size (seeded)."""
-        from .subsets import split_random
+        from stacktools.cs.subsets import split_random
         return [self._new(v) for v in split_random(self.data, parts, seed)]
 
     def sample(self, count: int | None = None, fraction: float | None = None,
                seed: int | None = 0) -> "CsDataset":
         """A random ``count`` rows or ``fraction`` of them, seeded, in the original order."""
-        from .subsets import sample
+        from stacktools.cs.subsets import sample
         return self._new(sample(self.data, count, fraction, seed))
 
 
@@ -324,7 +326,7 @@ def find_passthrough(path: str | os.PathLike, fields: Sequence[str]) -> Path | N
         ``J7_passthrough_*.cs`` beside it) when it exists and has the fields; only
         its header is read.
     """
-    from .csfile import read_cs
+    from stacktools.formats.cs import read_cs
     p = Path(path)
     m = _JOB_FILE_RE.match(p.name)
     if m is None or "_passthrough_" in p.name:

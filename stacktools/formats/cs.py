@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_output
-from .errors import CsFormatError, OutputError
+from stacktools.errors import CsFormatError, OutputError
+from stacktools.formats.atomic import atomic_output
 
 NUMPY_MAGIC = b"\x93NUMPY"
 CSDAT_MAGIC = b"\x95CSDAT"
@@ -139,3 +139,13 @@ def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = Tru
     with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
         np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
     return Path(path)
+
+
+def strip_import_marker(path: bytes | str) -> str:
+    """Return a ``blob/path`` value as text, without CryoSPARC's leading ``>``.
+
+    Bytes are decoded as the OS decodes file names (:func:`os.fsdecode`): bytes that
+    are not UTF-8 become surrogate escapes, so the text still names the same file.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    return text[1:] if text.startswith(">") else text

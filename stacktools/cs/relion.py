@@ -30,16 +30,15 @@ CryoSPARC                        RELION 3.1
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from .arrays import factorize
-from .atomic import atomic_output
-from .dataset import field_matrix, require_fields
-from .errors import FieldError, StarFormatError
-from .particles import strip_import_marker
-from .rotation import euler_deg_to_rotvec, rotvec_to_euler_deg
+from stacktools.cs.arrays import factorize
+from stacktools.cs.rotation import euler_deg_to_rotvec, rotvec_to_euler_deg
+from stacktools.cs.rows import field_matrix, require_fields
+from stacktools.errors import FieldError, StarFormatError
+from stacktools.formats.cs import strip_import_marker
+from stacktools.formats.star import read_star, write_star
 
 OPTICS_COLUMNS = {
     "ctf/amp_contrast": "rlnAmplitudeContrast",
@@ -183,44 +182,6 @@ def _optics_block(data: np.ndarray, group: np.ndarray, where: str):
         cols[col] = v[first]
     cols["rlnImageDimensionality"] = np.full(len(groups), 2, dtype=np.int64)
     return pd.DataFrame(cols)
-
-
-def write_star(path: str | os.PathLike, blocks: dict, *, overwrite: bool = True) -> Path:
-    """Write STAR ``blocks`` (name → DataFrame) atomically with ``starfile``.
-
-    Parameters
-    ----------
-    path
-        Destination ``.star``.
-    blocks
-        Data blocks in order, e.g. ``{"optics": ..., "particles": ...}``.
-    overwrite
-        If false, refuse to replace an existing file.
-    """
-    from starfile.writer import StarWriter
-
-    writer = StarWriter(blocks, None)
-    with atomic_output(path, overwrite=overwrite) as fh:
-        for line in writer.lines():
-            fh.write(line.encode())
-            fh.write(b"\n")
-    return Path(path)
-
-
-def read_star(path: str | os.PathLike) -> dict:
-    """Read every data block of a STAR file (name → DataFrame) with ``starfile``."""
-    import starfile
-
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # starfile raises assorted types on bad input
-        msg = " ".join(str(err).split()) or type(err).__name__
-        raise StarFormatError(f"{path}: not a readable STAR file ({msg})") from err
-    if not isinstance(blocks, dict) or not blocks:
-        raise StarFormatError(f"{path}: no data blocks")
-    return blocks
 
 
 def particles_table(blocks: dict, where: str = "STAR file"):
@@ -403,8 +364,8 @@ def cs_to_star(cs_path: str | os.PathLike, star_path: str | os.PathLike, *,
 
     Returns the counts written: ``{"particles": n, "optics_groups": k}``.
     """
-    from .csfile import read_cs
-    from .dataset import join
+    from stacktools.cs.rows import join
+    from stacktools.formats.cs import read_cs
 
     data = read_cs(cs_path)
     if passthrough is not None:
@@ -418,7 +379,7 @@ def star_to_cs(star_path: str | os.PathLike, cs_path: str | os.PathLike, *,
                uid_column: str | None = None, seed: int | None = None,
                overwrite: bool = False) -> np.ndarray:
     """Convert a RELION particle STAR file to a ``.cs`` file; return the dataset written."""
-    from .csfile import write_cs
+    from stacktools.formats.cs import write_cs
 
     data = from_star_blocks(read_star(star_path), uid_column=uid_column, seed=seed,
                             where=str(star_path))

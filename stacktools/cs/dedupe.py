@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import dedupe_uid, field_matrix, require_fields
-from .errors import FieldError
+from stacktools.cs.rows import dedupe_uid, field_matrix, require_fields
+from stacktools.errors import FieldError
 
 __all__ = ["dedupe_uid", "dedupe_distance", "particle_centres_A", "close_pairs", "DedupeResult"]
 

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import FieldError
+from stacktools.errors import FieldError
 
 
 def require_fields(data: np.ndarray, fields, where: str = "dataset") -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_output
-from .errors import FieldError, OutputError
+from stacktools.errors import FieldError, OutputError
+from stacktools.formats.atomic import atomic_output
 
 _ELEMENT_RE = re.compile(r"^(.*)\[(\d+)\]$")
 

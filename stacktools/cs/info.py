@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import csfile
-from .dataset import field_groups, field_matrix
+from stacktools.cs.rows import field_groups, field_matrix
+from stacktools.formats import cs as csfile
 
 
 def distinct(values: np.ndarray) -> np.ndarray:

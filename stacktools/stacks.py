@@ -1,7 +1,7 @@
 """Move particle images between MRC stacks with coalesced reads and bounded buffers.
 
 A copy is described per destination position ``k``: the source stack (an index into
-a list of :class:`~stacktools.mrc.StackHeader`) and the particle index in it. Reads
+a list of :class:`~stacktools.formats.mrc.StackHeader`) and the particle index in it. Reads
 are issued in (stack, offset) order, and each run of adjacent source particles is
 one read. When source and destination share pixel mode and byte order, bytes are
 moved as they are and never decoded; otherwise each chunk is decoded and converted
@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import TruncatedStackError
-from .mrc import StackHeader, open_stack
+from stacktools.errors import TruncatedStackError
+from stacktools.formats.mrc import StackHeader, open_stack
 
 CHUNK_BYTES = 8 * 2**20
 
