@@ -104,7 +104,8 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError):
         from stacktools.errors import describe_os_error
         return describe_os_error(err)
-    return " ".join(str(err).split())
+    from stacktools.cli.options import FLAGS
+    return " ".join(err.message_with(FLAGS).split())
 
 
 if __name__ == "__main__":

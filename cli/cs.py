@@ -8,7 +8,6 @@ output is replaced only with ``--force``.
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
@@ -33,16 +32,8 @@ _PASS = typer.Option(None, "--passthrough", help="Passthrough .cs to inner-join 
 
 
 def _check_output(out: Path, inputs: list[Optional[Path]], force: bool) -> None:
-    """Refuse before any work: an output that is an input, or exists without --force."""
-    from stacktools.errors import OutputError
-    target = out.resolve()
-    for p in inputs:
-        if p is not None and Path(p).resolve() == target:
-            raise OutputError(f"{out}: is also an input; inputs are never overwritten")
-    if out.exists() and not force:
-        raise OutputError(f"{out}: already exists (use --force to overwrite)")
-    if not out.parent.exists():
-        raise OutputError(f"{out}: directory {out.parent} does not exist")
+    from stacktools.formats.atomic import check_output
+    check_output(out, inputs, overwrite=force)
 
 
 @contextlib.contextmanager
@@ -303,35 +294,22 @@ def dedupe(
 ) -> None:
     """Remove repeated uids (the first row is kept) and, with --distance, picks closer
     than D Å to a better one on the same micrograph (like Remove Duplicate Particles)."""
-    from stacktools.cs.dedupe import dedupe_distance
     if distance is not None and distance <= 0:
         raise typer.BadParameter("--distance must be more than 0 Å")
     _check_output(output, [cs, passthrough], force)
     with _steps("dedupe", 3, quiet) as step:
         ds = _load(cs)
         step()
-        res = ds.dedupe()
-        uid_removed = len(ds) - len(res)
-        dist_removed = pairs = 0
-        if distance is not None:
-            full = res.join(_load(passthrough)) if passthrough is not None else res
-            found = dedupe_distance(full.data, distance, by=by, highest=not lowest, where=full.where)
-            kept = full[found.keep]
-            pairs = found.pairs
-            before = len(res)
-            res = res.intersect(kept) if passthrough is not None else kept
-            dist_removed = before - len(res)
+        done = ds.remove_duplicates(distance, by=by, highest=not lowest,
+                                    passthrough=_load(passthrough) if passthrough is not None else None)
+        res = done.result
         step()
         res.save(output, overwrite=force)
         step()
-    extra = {"input_rows": len(ds), "removed_repeated_uid": uid_removed}
+    extra = {"input_rows": len(ds), "removed_repeated_uid": done.removed_repeated_uid}
     if distance is not None:
-        extra.update({"close_pairs": pairs, "removed_by_distance": dist_removed})
+        extra.update({"close_pairs": done.close_pairs, "removed_by_distance": done.removed_by_distance})
     _written(output, len(res), as_json, extra)
-
-
-def _label(value) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_") or "empty"
 
 
 @app.command("split")
@@ -352,25 +330,12 @@ def split(
 
     Files are named STEM_FIELD_VALUE.cs (e.g. P1_particles_class_4.cs) or STEM_subsetK.cs.
     """
-    from stacktools.errors import OutputError
     if (by is None) == (into is None):
         raise typer.BadParameter("give exactly one of --by FIELD and --into N")
-    if into is not None and into > max_files:
-        raise OutputError(f"{output_dir}: --into {into} is more than --max-files {max_files}")
     ds = _load(cs)
-    if by is not None:
-        parts = ds.split_by(by)
-        if len(parts) > max_files:
-            raise OutputError(f"{cs}: {by} has {len(parts):,} distinct values, more files than "
-                              f"--max-files {max_files}")
-        tail = by.rsplit("/", 1)[-1]
-        named = [(f"{cs.stem}_{_label(tail)}_{_label(k)}.cs", k, v) for k, v in parts.items()]
-    else:
-        named = [(f"{cs.stem}_subset{k + 1}.cs", k + 1, v) for k, v in enumerate(ds.split_random(into, seed))]
+    named = ds.split_files(cs.stem, by=by, into=into, seed=seed, max_files=max_files)
     output_dir.mkdir(parents=True, exist_ok=True)
     outs = [output_dir / name for name, _, _ in named]
-    if len({o.name for o in outs}) != len(outs):
-        raise OutputError(f"{output_dir}: values of {by} give clashing file names")
     for o in outs:
         _check_output(o, [cs], force)
     with _steps("split", len(named), quiet) as step:
@@ -424,7 +389,7 @@ def to_star(
         step()
         from stacktools.cs.relion import to_star_blocks
         from stacktools.formats.star import write_star
-        blocks = to_star_blocks(ds.data, mrcs=mrcs, where=ds.where)
+        blocks = to_star_blocks(ds.data, mrcs=mrcs, label=ds.label)
         write_star(output, blocks, overwrite=force)
         step()
     _written(output, len(blocks["particles"]), as_json,

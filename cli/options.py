@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import typer
 
+# How the command line spells each library option that an error may hint at.
+FLAGS = {
+    "overwrite": "--force",
+    "allow_outside_project": "--allow-outside-project",
+    "project_dir": "--project-dir",
+    "passthrough": "--passthrough",
+    "max_files": "--max-files",
+    "into": "--into",
+}
+
 ALLOW_OUTSIDE_PROJECT = typer.Option(
     False, "--allow-outside-project",
     help="Accept blob/path values that are absolute or lead outside the project directory "

@@ -7,9 +7,48 @@ there is one, the row.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class Hint(NamedTuple):
+    """What would change an outcome, named as a keyword argument of the library.
+
+    ``text`` holds ``{}`` where the option goes; ``value`` is what to pass (``True``
+    for a switch, ``None`` to name the option alone). The library spells the option as ``name=value``; the command
+    line respells it as its flag (``cli/options.py``), so library messages never
+    name flags.
+    """
+
+    option: str
+    text: str
+    value: object = True
+
+    def spell(self, flag: str | None = None) -> str:
+        """The hint with the option as ``flag`` (``None``: as the keyword argument)."""
+        if self.value is None:  # the option itself, with no particular value
+            return self.text.format(flag or self.option)
+        if flag is None:
+            return self.text.format(f"{self.option}={self.value!r}")
+        return self.text.format(flag if self.value is True else f"{flag} {self.value}")
+
 
 class StacktoolsError(Exception):
-    """Base class for every error stacktools raises on bad input or environment."""
+    """Base class for every error stacktools raises on bad input or environment.
+
+    ``hints`` (keyword only) are appended to the message in the library's terms;
+    :meth:`message_with` spells them another way (the CLI's flags).
+    """
+
+    def __init__(self, message: str = "", *args, hints: tuple[Hint, ...] | list[Hint] = ()):
+        self.message = message
+        self.hints = tuple(hints)
+        super().__init__(self.message_with({}), *args)
+
+    def message_with(self, flags: dict[str, str] | None) -> str:
+        """The message with each hint's option spelled by ``flags`` (option -> flag);
+        ``None`` or a missing option spells it as the library's keyword argument."""
+        flags = flags or {}
+        return self.message + "".join(h.spell(flags.get(h.option)) for h in self.hints)
 
 
 class CsFormatError(StacktoolsError):

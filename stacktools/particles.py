@@ -17,6 +17,7 @@ from stacktools.cs.arrays import factorize
 from stacktools.errors import (
     BoxMismatchError,
     FieldError,
+    Hint,
     IndexOutOfRangeError,
     MissingStackError,
     PathEscapeError,
@@ -200,23 +201,24 @@ class ParticleSet:
                 row = self._first_row(k)
                 raise PathEscapeError(
                     f"{self._where(row)}: blob/path {blob!r} is outside the project directory "
-                    f"{roots[0]} (it names {full}); pass --allow-outside-project "
-                    "(allow_outside_project=True) if the stacks really live there")
+                    f"{roots[0]} (it names {full})",
+                    hints=[Hint("allow_outside_project", "; pass {} if the stacks really live there")])
 
     def _first_row(self, code: int) -> int:
         return int(np.flatnonzero(self.stack_codes == code)[0])
 
-    def _missing_message(self, code: int) -> str:
+    def _missing_message(self, code: int) -> tuple[str, list[Hint]]:
         """Where a missing stack was looked for, and how to look elsewhere."""
         name, blob = self._stack_path_names()[code], self._blob_paths[code]
         proj = os.path.abspath(self.project_dir)
-        msg = (f"{name}: stack not found (blob/path {blob!r} of {self._where(self._first_row(code))}, "
-               f"resolved against the project directory {proj}; set it with --project-dir")
+        msg = (f"{name}: stack not found: blob/path {blob!r} of {self._where(self._first_row(code))}, "
+               f"resolved against the project directory {proj}")
+        hints = [Hint("project_dir", "; set it with {}", None)]
         if self.source is not None and not os.path.isabs(blob):
             beside = os.path.dirname(os.path.abspath(self.source))
             if beside != proj and os.path.exists(os.path.join(beside, blob)):
-                msg += f"; the stack exists beside the .cs: use --project-dir {beside}"
-        return msg + ")"
+                hints.append(Hint("project_dir", "; the stack exists beside the .cs: use {}", beside))
+        return msg, hints
 
     def groups(self) -> list[StackGroup]:
         """Rows grouped by stack, in :attr:`stack_paths` order."""
@@ -244,7 +246,8 @@ class ParticleSet:
                 missing = next((k for k, p in enumerate(names) if not os.path.exists(p)), None)
                 if missing is None:
                     raise
-                raise MissingStackError(self._missing_message(missing)) from err
+                msg, hints = self._missing_message(missing)
+                raise MissingStackError(msg, hints=hints) from err
         return self._headers
 
     def headers(self, threads: int = 4) -> dict[Path, StackHeader]:

@@ -93,7 +93,7 @@ def test_uid_comparisons_are_exact_at_64_bits(j24: np.ndarray) -> None:
 ])
 def test_bad_expressions_raise_one_line(j2: np.ndarray, expr: str, fragment: str) -> None:
     with pytest.raises(ExpressionError) as info:
-        evaluate(expr, j2, where="J2.cs")
+        evaluate(expr, j2, label="J2.cs")
     msg = str(info.value)
     assert fragment in msg
     assert "\n" not in msg
@@ -101,7 +101,7 @@ def test_bad_expressions_raise_one_line(j2: np.ndarray, expr: str, fragment: str
 
 def test_unknown_field_message_names_the_file(j2: np.ndarray) -> None:
     with pytest.raises(ExpressionError, match=r"^J2\.cs: no field 'nope'"):
-        evaluate("nope > 1", j2, where="J2.cs")
+        evaluate("nope > 1", j2, label="J2.cs")
 
 
 def test_tokenizer_keeps_slashes_in_names_and_spaced_division() -> None:

@@ -145,7 +145,7 @@ def test_mixed_optics_in_one_group_is_refused(real_data: Path) -> None:
     a = read_cs(real_data / "cryosparc" / J2).copy()
     a["blob/psize_A"][3] = 2.0
     with pytest.raises(FieldError, match="optics group 1 mixes rlnImagePixelSize"):
-        to_star_blocks(a, where="J2.cs")
+        to_star_blocks(a, label="J2.cs")
     a["ctf/exp_group_id"][3] = 1
     assert to_star_blocks(a)["optics"]["rlnOpticsGroup"].tolist() == [1, 2]
 
@@ -166,10 +166,10 @@ def test_bad_star_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.star"
     bad.write_text("data_particles\n\nloop_\n_rlnDefocusU #1\n1.0\n2.0\n")
     with pytest.raises(StarFormatError, match="rlnImageName"):
-        from_star_blocks(read_star(bad), where=str(bad))
+        from_star_blocks(read_star(bad), label=str(bad))
     bad.write_text("data_particles\n\nloop_\n_rlnImageName #1\nno-at-sign.mrcs\n")
     with pytest.raises(StarFormatError, match="row 1: rlnImageName 'no-at-sign.mrcs' is not idx@path"):
-        from_star_blocks(read_star(bad), where=str(bad))
+        from_star_blocks(read_star(bad), label=str(bad))
     bad.write_text("")
     with pytest.raises(StarFormatError):
         read_star(bad)

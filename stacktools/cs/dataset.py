@@ -17,18 +17,21 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from stacktools.cs import rows as _ds
-from stacktools.errors import CsFormatError, ExpressionError, FieldError
+from stacktools.errors import CsFormatError, ExpressionError, FieldError, Hint
 
 # CryoSPARC names a job's outputs J<n>[_<iteration>]_<rest>.cs and the passthrough
 # beside them J<n>_passthrough_<rest>.cs (J7_particles_selected.cs and
 # J7_passthrough_particles_selected.cs; J24_005_particles.cs and
 # J24_passthrough_particles.cs).
 _JOB_FILE_RE = re.compile(r"^(?P<job>.*?J\d+)(?:_\d+)?_(?P<rest>.+)\.cs$")
+
+if TYPE_CHECKING:
+    from stacktools.cs.dedupe import Deduplicated
 
 
 class CsDataset:
@@ -81,7 +84,7 @@ class CsDataset:
         else:
             data = read_cs(path, mmap=mmap and passthrough is None)
         if passthrough is not None:
-            data = _ds.join(data, read_cs(passthrough), where=(str(path), str(passthrough)))
+            data = _ds.join(data, read_cs(passthrough), label=(str(path), str(passthrough)))
         return cls(data, path)
 
     @classmethod
@@ -100,7 +103,7 @@ class CsDataset:
         from stacktools.cs.relion import from_star_blocks
         from stacktools.formats.star import read_star
         return cls(from_star_blocks(read_star(path), uid_column=uid_column, seed=seed,
-                                    where=str(path)), path)
+                                    label=str(path)), path)
 
     def to_pandas(self, decode: bool = True):
         """A DataFrame with one column per field; see :func:`stacktools.formats.tabular.to_pandas`."""
@@ -108,32 +111,43 @@ class CsDataset:
         return to_pandas(self.data, decode)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order)."""
+        """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order).
+
+        Raises:
+            SourceOverwriteError: ``path`` is the file this dataset was read from.
+            OutputError: ``path`` exists and ``overwrite`` is false.
+        """
         from stacktools.formats.cs import write_cs
-        return write_cs(path, self.data, overwrite=overwrite)
+        return write_cs(self._output(path, overwrite), self.data, overwrite=overwrite)
 
     def to_star(self, path: str | os.PathLike, *, mrcs: bool = False,
                 overwrite: bool = False) -> Path:
         """Write a RELION 3.1 STAR file (``optics`` and ``particles`` blocks)."""
         from stacktools.cs.relion import to_star_blocks
         from stacktools.formats.star import write_star
-        return write_star(path, to_star_blocks(self.data, mrcs=mrcs, where=self.where),
+        out = self._output(path, overwrite)
+        return write_star(out, to_star_blocks(self.data, mrcs=mrcs, label=self.label),
                           overwrite=overwrite)
 
     def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write CSV, one column per field (per element of array fields)."""
         from stacktools.formats.tabular import write_csv
-        return write_csv(path, self.data, overwrite=overwrite)
+        return write_csv(self._output(path, overwrite), self.data, overwrite=overwrite)
 
     def to_parquet(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write Parquet (needs pyarrow), same columns as :meth:`to_csv`."""
         from stacktools.formats.tabular import write_parquet
-        return write_parquet(path, self.data, overwrite=overwrite)
+        return write_parquet(self._output(path, overwrite), self.data, overwrite=overwrite)
+
+    def _output(self, path: str | os.PathLike, overwrite: bool) -> Path:
+        """Refuse, before any work, to write over the file this dataset came from."""
+        from stacktools.formats.atomic import check_output
+        return check_output(path, [self.source], overwrite=overwrite)
 
     # ---- inspection ----------------------------------------------------------------
 
     @property
-    def where(self) -> str:
+    def label(self) -> str:
         return self.source or "dataset"
 
     @property
@@ -148,7 +162,7 @@ class CsDataset:
     @property
     def uids(self) -> np.ndarray:
         """The ``uid`` column."""
-        _ds.require_fields(self.data, ["uid"], self.where)
+        _ds.require_fields(self.data, ["uid"], self.label)
         return self.data["uid"]
 
     def info(self, stats: bool = True) -> dict:
@@ -171,18 +185,18 @@ class CsDataset:
 
     def __getitem__(self, key):
         if isinstance(key, str):
-            _ds.require_fields(self.data, [key], self.where)
+            _ds.require_fields(self.data, [key], self.label)
             return self.data[key]
         if isinstance(key, (int, np.integer)):
             return self.data[key]
         if isinstance(key, slice):
             return self._new(self.data[key])
         if isinstance(key, (list, tuple)) and key and all(isinstance(k, str) for k in key):
-            return self._new(_ds.select_fields(self.data, key, self.where))
+            return self._new(_ds.select_fields(self.data, key, self.label))
         idx = np.asarray(key)
         if idx.dtype == np.bool_:
             if idx.shape != (len(self),):
-                raise IndexError(f"{self.where}: boolean mask has {idx.size} entries for {len(self)} rows")
+                raise IndexError(f"{self.label}: boolean mask has {idx.size} entries for {len(self)} rows")
             return self._new(_ds.take(self.data, idx))
         if idx.dtype.kind in "iu" or idx.size == 0:
             return self._new(_ds.take(self.data, idx.astype(np.int64)))
@@ -209,10 +223,10 @@ class CsDataset:
             pt = find_passthrough(self.source, missing)
             if pt is not None:
                 raise ExpressionError(
-                    f"{self.where}: no field {missing[0]!r} in expression {expression!r}; "
-                    f"the passthrough file {pt} has it: add --passthrough {pt} "
-                    "(passthrough= in the API)")
-        return evaluate(expression, self.data, self.where)
+                    f"{self.label}: no field {missing[0]!r} in expression {expression!r}; "
+                    f"the passthrough file {pt} has it",
+                    hints=[Hint("passthrough", ": add {}", str(pt))])
+        return evaluate(expression, self.data, self.label)
 
     def query(self, expression: str,
               passthrough: "CsDataset | np.ndarray | None" = None) -> "CsDataset":
@@ -246,22 +260,22 @@ class CsDataset:
     def union(self, other: "CsDataset | np.ndarray") -> "CsDataset":
         """This dataset's rows then ``other``'s new uids; fields must match (strings may widen)."""
         o, w = _unwrap(other)
-        return self._new(_ds.union(self.data, o, (self.where, w)))
+        return self._new(_ds.union(self.data, o, (self.label, w)))
 
     def intersect(self, other: "CsDataset | np.ndarray") -> "CsDataset":
         """The rows whose uid is also in ``other``, in this dataset's order."""
         o, w = _unwrap(other)
-        return self._new(_ds.intersect(self.data, o, (self.where, w)))
+        return self._new(_ds.intersect(self.data, o, (self.label, w)))
 
     def subtract(self, other: "CsDataset | np.ndarray") -> "CsDataset":
         """The rows whose uid is not in ``other``, in this dataset's order."""
         o, w = _unwrap(other)
-        return self._new(_ds.subtract(self.data, o, (self.where, w)))
+        return self._new(_ds.subtract(self.data, o, (self.label, w)))
 
     def join(self, other: "CsDataset | np.ndarray") -> "CsDataset":
         """Inner join on uid: this dataset's rows and fields plus ``other``'s extra fields."""
         o, w = _unwrap(other)
-        return self._new(_ds.join(self.data, o, (self.where, w)))
+        return self._new(_ds.join(self.data, o, (self.label, w)))
 
     __or__ = union
     __and__ = intersect
@@ -271,7 +285,7 @@ class CsDataset:
 
     def dedupe(self) -> "CsDataset":
         """Without repeated uids (the first row of each is kept)."""
-        return self._new(_ds.dedupe_uid(self.data, self.where))
+        return self._new(_ds.dedupe_uid(self.data, self.label))
 
     def dedupe_distance(self, distance_A: float, by: str | None = None,
                         highest: bool = True) -> "CsDataset":
@@ -281,13 +295,67 @@ class CsDataset:
         ``highest`` is false); see :func:`stacktools.cs.dedupe.dedupe_distance`.
         """
         from stacktools.cs.dedupe import dedupe_distance
-        res = dedupe_distance(self.data, distance_A, by=by, highest=highest, where=self.where)
+        res = dedupe_distance(self.data, distance_A, by=by, highest=highest, label=self.label)
         return self._new(_ds.take(self.data, res.keep))
+
+    def remove_duplicates(self, distance_A: float | None = None, *, by: str | None = None,
+                          highest: bool = True,
+                          passthrough: "CsDataset | None" = None) -> "Deduplicated":
+        """Without repeated uids and, with ``distance_A``, without close picks.
+
+        Args:
+            distance_A: Also drop particles closer than this to a better one on the same
+                micrograph (CryoSPARC's Remove Duplicate Particles).
+            by: Field ranking close particles (higher is better unless ``highest`` is
+                false); default: the earlier row wins.
+            passthrough: A dataset holding ``location/*`` (and ``by``) for these uids;
+                the result keeps only this dataset's fields.
+
+        Returns:
+            :class:`~stacktools.cs.dedupe.Deduplicated`: the result and what was removed.
+
+        Raises:
+            FieldError: A field the distance rule needs is in neither dataset.
+        """
+        from stacktools.cs.dedupe import Deduplicated, dedupe_distance
+        res = self.dedupe()
+        uid_removed = len(self) - len(res)
+        if distance_A is None:
+            return Deduplicated(res, uid_removed)
+        full = res.join(passthrough) if passthrough is not None else res
+        found = dedupe_distance(full.data, distance_A, by=by, highest=highest, label=full.label)
+        kept = full[found.keep]
+        before = len(res)
+        res = res.intersect(kept) if passthrough is not None else kept
+        return Deduplicated(res, uid_removed, found.pairs, before - len(res))
 
     def split_by(self, field: str) -> dict:
         """One dataset per distinct value of ``field`` (e.g. ``alignments2D/class``)."""
         from stacktools.cs.subsets import split_by_field
-        return {k: self._new(v) for k, v in split_by_field(self.data, field, self.where).items()}
+        return {k: self._new(v) for k, v in split_by_field(self.data, field, self.label).items()}
+
+    def split_files(self, stem: str, *, by: str | None = None, into: int | None = None,
+                    seed: int | None = 0, max_files: int = 1000) -> list[tuple[str, object, "CsDataset"]]:
+        """Subsets to write, named as ``stacktools cs split`` names them.
+
+        Args:
+            stem: The start of every name (e.g. the input's stem).
+            by: Split by this field's value: ``STEM_FIELD_VALUE.cs``.
+            into: Or into this many random subsets: ``STEM_subsetK.cs``.
+            seed: Random seed for ``into``.
+            max_files: Refuse to make more subsets than this.
+
+        Returns:
+            ``(file name, value or subset number, dataset)`` for each subset.
+
+        Raises:
+            ValueError: Neither or both of ``by`` and ``into``.
+            OutputError: More subsets than ``max_files``, or values whose names clash.
+        """
+        from stacktools.cs.subsets import split_files
+        return [(name, v, self._new(d)) for name, v, d in
+                split_files(self.data, stem, by=by, into=into, seed=seed, max_files=max_files,
+                            label=self.label)]
 
     def split_random(self, parts: int, seed: int | None = 0) -> list["CsDataset"]:
         """``parts`` random, disjoint subsets of near-equal size (seeded)."""
@@ -303,7 +371,7 @@ class CsDataset:
 
 def _unwrap(other) -> tuple[np.ndarray, str]:
     if isinstance(other, CsDataset):
-        return other.data, other.where
+        return other.data, other.label
     if isinstance(other, np.ndarray):
         return other, "other dataset"
     raise TypeError(f"expected a CsDataset or a structured array, got {type(other).__name__}")

@@ -19,7 +19,8 @@ import numpy as np
 from stacktools.cs.rows import dedupe_uid, field_matrix, require_fields
 from stacktools.errors import FieldError
 
-__all__ = ["dedupe_uid", "dedupe_distance", "particle_centres_A", "close_pairs", "DedupeResult"]
+__all__ = ["dedupe_uid", "dedupe_distance", "particle_centres_A", "close_pairs", "DedupeResult",
+           "Deduplicated"]
 
 CENTRE_FIELDS = ("location/center_x_frac", "location/center_y_frac", "location/micrograph_shape")
 
@@ -40,7 +41,17 @@ class DedupeResult:
         return int((~self.keep).sum())
 
 
-def micrograph_codes(data: np.ndarray, where: str = "dataset") -> np.ndarray:
+@dataclass
+class Deduplicated:
+    """What :meth:`CsDataset.remove_duplicates` kept, and what it removed by each rule."""
+
+    result: object  # the CsDataset kept
+    removed_repeated_uid: int
+    close_pairs: int = 0
+    removed_by_distance: int = 0
+
+
+def micrograph_codes(data: np.ndarray, label: str = "dataset") -> np.ndarray:
     """An integer per row naming its micrograph (from ``location/micrograph_uid``,
     else ``location/micrograph_path``)."""
     names = data.dtype.names or ()
@@ -48,25 +59,25 @@ def micrograph_codes(data: np.ndarray, where: str = "dataset") -> np.ndarray:
         if f in names:
             _, codes = np.unique(data[f], return_inverse=True)
             return codes.astype(np.int64).ravel()
-    raise FieldError(f"{where}: missing field 'location/micrograph_uid' "
+    raise FieldError(f"{label}: missing field 'location/micrograph_uid' "
                      "(or 'location/micrograph_path'): cannot tell micrographs apart")
 
 
-def particle_centres_A(data: np.ndarray, where: str = "dataset") -> np.ndarray:
+def particle_centres_A(data: np.ndarray, label: str = "dataset") -> np.ndarray:
     """Particle centres on their micrographs in Å, shape ``(n, 2)`` as (x, y).
 
     ``location/center_*_frac`` are fractions of the micrograph, whose shape is
     stored as (ny, nx); the pixel size is ``location/micrograph_psize_A`` (or
     ``blob/psize_A`` when a file lacks it).
     """
-    require_fields(data, CENTRE_FIELDS, where)
+    require_fields(data, CENTRE_FIELDS, label)
     names = data.dtype.names
     if "location/micrograph_psize_A" in names:
         psize = data["location/micrograph_psize_A"].astype(np.float64)
     elif "blob/psize_A" in names:
         psize = data["blob/psize_A"].astype(np.float64)
     else:
-        raise FieldError(f"{where}: missing field 'location/micrograph_psize_A'")
+        raise FieldError(f"{label}: missing field 'location/micrograph_psize_A'")
     shape = field_matrix(data, "location/micrograph_shape", np.float64)
     x = data["location/center_x_frac"].astype(np.float64) * shape[:, -1] * psize
     y = data["location/center_y_frac"].astype(np.float64) * shape[:, 0] * psize
@@ -147,7 +158,7 @@ def greedy_keep(n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np.nd
 
 
 def dedupe_distance(data: np.ndarray, distance_A: float, *, by: str | None = None,
-                    highest: bool = True, where: str = "dataset") -> DedupeResult:
+                    highest: bool = True, label: str = "dataset") -> DedupeResult:
     """Find particles closer than ``distance_A`` to a better one on the same micrograph.
 
     Parameters
@@ -163,7 +174,7 @@ def dedupe_distance(data: np.ndarray, distance_A: float, *, by: str | None = Non
         earlier row wins.
     highest
         Whether a higher value of ``by`` is better (else lower is).
-    where
+    label
         Name of the dataset, for error messages.
 
     Returns
@@ -174,13 +185,13 @@ def dedupe_distance(data: np.ndarray, distance_A: float, *, by: str | None = Non
     if not distance_A > 0:
         raise ValueError(f"distance must be positive, got {distance_A}")
     n = len(data)
-    groups = micrograph_codes(data, where)
-    xy = particle_centres_A(data, where)
+    groups = micrograph_codes(data, label)
+    xy = particle_centres_A(data, label)
     i, j = close_pairs(groups, xy, float(distance_A))
     if by is not None:
-        require_fields(data, [by], where)
+        require_fields(data, [by], label)
         if data.dtype.fields[by][0].shape or data.dtype.fields[by][0].kind not in "uif":
-            raise FieldError(f"{where}: field {by!r} is not a number per row")
+            raise FieldError(f"{label}: field {by!r} is not a number per row")
         score = data[by].astype(np.float64)
         score = -score if highest else score
         # Ties (and NaN scores, ranked last) fall back to row order.

@@ -273,7 +273,7 @@ def fields_used(text: str) -> list[str]:
     return out
 
 
-def evaluate(text: str, data: np.ndarray, where: str = "dataset") -> np.ndarray:
+def evaluate(text: str, data: np.ndarray, label: str = "dataset") -> np.ndarray:
     """Evaluate a boolean expression over every row of ``data`` at once.
 
     Parameters
@@ -282,7 +282,7 @@ def evaluate(text: str, data: np.ndarray, where: str = "dataset") -> np.ndarray:
         The expression, e.g. ``"alignments2D/class in [1, 4, 7]"``.
     data
         One-dimensional structured array (a ``.cs`` dataset).
-    where
+    label
         Name of the dataset, for error messages (usually its file name).
 
     Returns
@@ -291,7 +291,7 @@ def evaluate(text: str, data: np.ndarray, where: str = "dataset") -> np.ndarray:
         Boolean mask with one entry per row.
     """
     tree = parse(text)
-    ev = _Evaluator(text, data, where)
+    ev = _Evaluator(text, data, label)
     with np.errstate(all="ignore"):
         result = ev.eval(tree)
     if isinstance(result, _Str):
@@ -318,10 +318,10 @@ def _kind_name(arr: np.ndarray) -> str:
 
 
 class _Evaluator:
-    def __init__(self, text: str, data: np.ndarray, where: str):
+    def __init__(self, text: str, data: np.ndarray, label: str):
         self.text = text
         self.data = data
-        self.where = where
+        self.label = label
         self.names = data.dtype.names or ()
 
     def fail(self, msg: str) -> ExpressionError:
@@ -371,20 +371,20 @@ class _Evaluator:
         if name not in self.names:
             close = difflib.get_close_matches(name, self.names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ExpressionError(f"{self.where}: no field {name!r}{hint} in expression {self.text!r}")
+            raise ExpressionError(f"{self.label}: no field {name!r}{hint} in expression {self.text!r}")
         col = self.data[name]
         shape = self.data.dtype.fields[name][0].shape
         if index is None:
             if shape:
-                raise ExpressionError(f"{self.where}: field {name!r} holds {shape} values per row; "
+                raise ExpressionError(f"{self.label}: field {name!r} holds {shape} values per row; "
                                       f"pick one, e.g. {name}[0], in expression {self.text!r}")
             return col
         if not shape:
-            raise ExpressionError(f"{self.where}: field {name!r} is not an array field; "
+            raise ExpressionError(f"{self.label}: field {name!r} is not an array field; "
                                   f"drop [{index}] in expression {self.text!r}")
         flat = col.reshape(len(col), int(np.prod(shape)))
         if not 0 <= index < flat.shape[1]:
-            raise ExpressionError(f"{self.where}: index {index} out of range for {name!r} "
+            raise ExpressionError(f"{self.label}: index {index} out of range for {name!r} "
                                   f"({flat.shape[1]} values) in expression {self.text!r}")
         return flat[:, index]
 

@@ -81,7 +81,7 @@ def _pose_prefix(data: np.ndarray) -> str | None:
     return None
 
 
-def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "dataset") -> dict:
+def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, label: str = "dataset") -> dict:
     """RELION 3.1 ``optics`` and ``particles`` blocks (pandas DataFrames) for ``data``.
 
     Parameters
@@ -91,7 +91,7 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
         passthrough first to carry CTF and location fields.
     mrcs
         Write ``.mrc`` stack names as ``.mrcs``.
-    where
+    label
         Name of the dataset, for error messages.
 
     Each optics group must have one pixel size, box, voltage, Cs and amplitude
@@ -99,7 +99,7 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
     """
     import pandas as pd
 
-    require_fields(data, ["blob/path", "blob/idx"], where)
+    require_fields(data, ["blob/path", "blob/idx"], label)
     names = data.dtype.names
     n = len(data)
     parts: dict[str, np.ndarray] = {"rlnImageName": image_names(data, mrcs)}
@@ -136,7 +136,7 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
             parts["rlnAnglePsi"] = np.rad2deg(pose.reshape(n))
         if f"{prefix}/shift" in names:
             psize_field = f"{prefix}/psize_A" if f"{prefix}/psize_A" in names else "blob/psize_A"
-            require_fields(data, [psize_field], where)
+            require_fields(data, [psize_field], label)
             psize = data[psize_field].astype(np.float64)
             shift = field_matrix(data, f"{prefix}/shift", np.float64)
             parts["rlnOriginXAngst"] = shift[:, 0] * psize
@@ -150,11 +150,11 @@ def to_star_blocks(data: np.ndarray, *, mrcs: bool = False, where: str = "datase
                 parts["rlnRandomSubset"] = split + 1
 
     particles = pd.DataFrame(parts)
-    optics = _optics_block(data, group, where)
+    optics = _optics_block(data, group, label)
     return {"optics": optics, "particles": particles}
 
 
-def _optics_block(data: np.ndarray, group: np.ndarray, where: str):
+def _optics_block(data: np.ndarray, group: np.ndarray, label: str):
     import pandas as pd
 
     names = data.dtype.names
@@ -177,14 +177,14 @@ def _optics_block(data: np.ndarray, group: np.ndarray, where: str):
         bad = np.flatnonzero(~np.isclose(v, ref, rtol=1e-6, atol=0) if v.dtype.kind == "f" else v != ref)
         if len(bad):
             r = int(bad[0])
-            raise FieldError(f"{where}: optics group {group[r]} mixes {col} values "
+            raise FieldError(f"{label}: optics group {group[r]} mixes {col} values "
                              f"({ref[r]} and {v[r]} at row {r}); split it by ctf/exp_group_id first")
         cols[col] = v[first]
     cols["rlnImageDimensionality"] = np.full(len(groups), 2, dtype=np.int64)
     return pd.DataFrame(cols)
 
 
-def particles_table(blocks: dict, where: str = "STAR file"):
+def particles_table(blocks: dict, label: str = "STAR file"):
     """The particles of STAR ``blocks`` with each row's optics values merged in.
 
     Accepts RELION 3.1 files (``optics`` and ``particles`` blocks) and older
@@ -196,43 +196,43 @@ def particles_table(blocks: dict, where: str = "STAR file"):
     if particles is None:
         loops = [b for b in blocks.values() if isinstance(b, pd.DataFrame) and "rlnImageName" in b]
         if not loops:
-            raise StarFormatError(f"{where}: no particles block with rlnImageName")
+            raise StarFormatError(f"{label}: no particles block with rlnImageName")
         particles = loops[0]
     if not isinstance(particles, pd.DataFrame) or "rlnImageName" not in particles:
-        raise StarFormatError(f"{where}: particles block lacks rlnImageName")
+        raise StarFormatError(f"{label}: particles block lacks rlnImageName")
     optics = blocks.get("optics")
     if isinstance(optics, dict):
         optics = pd.DataFrame({k: [v] for k, v in optics.items()})
     if optics is not None and len(optics):
         if "rlnOpticsGroup" not in optics:
-            raise StarFormatError(f"{where}: optics block lacks rlnOpticsGroup")
+            raise StarFormatError(f"{label}: optics block lacks rlnOpticsGroup")
         if "rlnOpticsGroup" not in particles:
-            raise StarFormatError(f"{where}: particles lack rlnOpticsGroup")
+            raise StarFormatError(f"{label}: particles lack rlnOpticsGroup")
         extra = [c for c in optics.columns if c not in particles.columns or c == "rlnOpticsGroup"]
         merged = particles.merge(optics[extra], on="rlnOpticsGroup", how="left", sort=False,
                                  validate="many_to_one")
         missing = merged[extra[1]].isna() if len(extra) > 1 else None
         if missing is not None and missing.any():
             r = int(np.flatnonzero(missing.to_numpy())[0])
-            raise StarFormatError(f"{where}: particle row {r + 1} names optics group "
+            raise StarFormatError(f"{label}: particle row {r + 1} names optics group "
                                   f"{particles['rlnOpticsGroup'].iloc[r]}, which the optics block lacks")
         return merged
     return particles
 
 
-def _column(table, name: str, where: str, default=None) -> np.ndarray:
+def _column(table, name: str, label: str, default=None) -> np.ndarray:
     if name in table:
         try:
             return table[name].to_numpy(dtype=np.float64)
         except (TypeError, ValueError) as err:
-            raise StarFormatError(f"{where}: column {name} is not numeric") from err
+            raise StarFormatError(f"{label}: column {name} is not numeric") from err
     if default is None:
-        raise StarFormatError(f"{where}: missing column {name}")
+        raise StarFormatError(f"{label}: missing column {name}")
     return np.full(len(table), default, dtype=np.float64)
 
 
 def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int | None = None,
-                     where: str = "STAR file") -> np.ndarray:
+                     label: str = "STAR file") -> np.ndarray:
     """A CryoSPARC particle dataset from RELION STAR ``blocks``.
 
     Parameters
@@ -244,7 +244,7 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
         random 64-bit integers, as CryoSPARC makes them.
     seed
         Seed for the random uids (``None`` for fresh randomness).
-    where
+    label
         Name of the file, for error messages.
 
     Fields written: ``uid``, ``blob/*`` (``path`` from ``rlnImageName`` without the
@@ -252,27 +252,27 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
     defocus values are present, and ``alignments3D/*`` (from rot/tilt/psi) or
     ``alignments2D/*`` (from psi alone) when angles are.
     """
-    table = particles_table(blocks, where)
+    table = particles_table(blocks, label)
     n = len(table)
     names = table["rlnImageName"].astype(str).to_numpy(dtype=str)
     has_at = np.char.find(names, "@") > 0
     if n and not has_at.all():
         r = int(np.flatnonzero(~has_at)[0])
-        raise StarFormatError(f"{where}: particle row {r + 1}: rlnImageName {str(names[r])!r} is not idx@path")
+        raise StarFormatError(f"{label}: particle row {r + 1}: rlnImageName {str(names[r])!r} is not idx@path")
     parts = np.char.partition(names, "@") if n else np.zeros((0, 3), dtype=str)
     head, paths = parts[:, 0], parts[:, 2]
     try:
         idx = head.astype(np.int64) - 1
     except ValueError as err:
-        raise StarFormatError(f"{where}: rlnImageName has a non-integer index ({err})") from err
+        raise StarFormatError(f"{label}: rlnImageName has a non-integer index ({err})") from err
     if n and idx.min() < 0:
         r = int(np.argmin(idx))
-        raise StarFormatError(f"{where}: particle row {r + 1}: image index must be 1 or more")
+        raise StarFormatError(f"{label}: particle row {r + 1}: image index must be 1 or more")
     path_bytes = np.char.encode(paths, "utf-8") if n else np.zeros(0, "S1")
     width = max(1, path_bytes.dtype.itemsize)
 
-    psize = _column(table, "rlnImagePixelSize", where, default=_legacy_psize(table))
-    size = _column(table, "rlnImageSize", where, default=0)
+    psize = _column(table, "rlnImagePixelSize", label, default=_legacy_psize(table))
+    size = _column(table, "rlnImageSize", label, default=0)
     descr = [("uid", "<u8"), ("blob/path", f"S{width}"), ("blob/idx", "<u4"),
              ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4")]
     has_ctf = "rlnDefocusU" in table
@@ -289,40 +289,40 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, seed: int |
                   (f"{prefix}/psize_A", "<f4"), (f"{prefix}/class", "<u4")]
 
     out = np.zeros(n, dtype=descr)
-    out["uid"] = _uids(table, uid_column, seed, where)
+    out["uid"] = _uids(table, uid_column, seed, label)
     out["blob/path"] = path_bytes
     out["blob/idx"] = idx
     out["blob/shape"] = size[:, None]
     out["blob/psize_A"] = psize
     out["blob/sign"] = -1.0
-    group = _column(table, "rlnOpticsGroup", where, default=1)
+    group = _column(table, "rlnOpticsGroup", label, default=1)
     if has_ctf:
         out["ctf/type"] = b"imported"
         out["ctf/exp_group_id"] = np.maximum(group - 1, 0)
-        out["ctf/accel_kv"] = _column(table, "rlnVoltage", where, default=300.0)
-        out["ctf/cs_mm"] = _column(table, "rlnSphericalAberration", where, default=2.7)
-        out["ctf/amp_contrast"] = _column(table, "rlnAmplitudeContrast", where, default=0.1)
-        out["ctf/df1_A"] = _column(table, "rlnDefocusU", where)
-        out["ctf/df2_A"] = _column(table, "rlnDefocusV", where, default=0.0) if "rlnDefocusV" in table \
+        out["ctf/accel_kv"] = _column(table, "rlnVoltage", label, default=300.0)
+        out["ctf/cs_mm"] = _column(table, "rlnSphericalAberration", label, default=2.7)
+        out["ctf/amp_contrast"] = _column(table, "rlnAmplitudeContrast", label, default=0.1)
+        out["ctf/df1_A"] = _column(table, "rlnDefocusU", label)
+        out["ctf/df2_A"] = _column(table, "rlnDefocusV", label, default=0.0) if "rlnDefocusV" in table \
             else out["ctf/df1_A"]
-        out["ctf/df_angle_rad"] = np.deg2rad(_column(table, "rlnDefocusAngle", where, default=0.0))
-        out["ctf/phase_shift_rad"] = np.deg2rad(_column(table, "rlnPhaseShift", where, default=0.0))
-        out["ctf/scale"] = _column(table, "rlnCtfScalefactor", where, default=1.0)
-        out["ctf/bfactor"] = _column(table, "rlnCtfBfactor", where, default=0.0)
+        out["ctf/df_angle_rad"] = np.deg2rad(_column(table, "rlnDefocusAngle", label, default=0.0))
+        out["ctf/phase_shift_rad"] = np.deg2rad(_column(table, "rlnPhaseShift", label, default=0.0))
+        out["ctf/scale"] = _column(table, "rlnCtfScalefactor", label, default=1.0)
+        out["ctf/bfactor"] = _column(table, "rlnCtfBfactor", label, default=0.0)
     if prefix:
         if full_pose:
-            angles = np.stack([_column(table, c, where) for c in
+            angles = np.stack([_column(table, c, label) for c in
                                ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")], axis=1)
             out["alignments3D/pose"] = euler_deg_to_rotvec(angles)
         else:
-            out["alignments2D/pose"] = np.deg2rad(_column(table, "rlnAnglePsi", where))
-        ox = _column(table, "rlnOriginXAngst", where, default=0.0)
-        oy = _column(table, "rlnOriginYAngst", where, default=0.0)
+            out["alignments2D/pose"] = np.deg2rad(_column(table, "rlnAnglePsi", label))
+        ox = _column(table, "rlnOriginXAngst", label, default=0.0)
+        oy = _column(table, "rlnOriginYAngst", label, default=0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             out[f"{prefix}/shift"] = np.stack([ox / psize, oy / psize], axis=1)
         out[f"{prefix}/psize_A"] = psize
-        out[f"{prefix}/class"] = np.maximum(_column(table, "rlnClassNumber", where, default=1) - 1, 0)
-        out[f"{prefix}/split"] = np.maximum(_column(table, "rlnRandomSubset", where, default=1) - 1, 0)
+        out[f"{prefix}/class"] = np.maximum(_column(table, "rlnClassNumber", label, default=1) - 1, 0)
+        out[f"{prefix}/split"] = np.maximum(_column(table, "rlnRandomSubset", label, default=1) - 1, 0)
     return out
 
 
@@ -333,7 +333,7 @@ def _legacy_psize(table) -> float | None:
     return None
 
 
-def _uids(table, uid_column: str | None, seed: int | None, where: str) -> np.ndarray:
+def _uids(table, uid_column: str | None, seed: int | None, label: str) -> np.ndarray:
     n = len(table)
     if uid_column is None:
         rng = np.random.default_rng(seed)
@@ -343,17 +343,17 @@ def _uids(table, uid_column: str | None, seed: int | None, where: str) -> np.nda
             uids = rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)
         return uids
     if uid_column not in table:
-        raise StarFormatError(f"{where}: no column {uid_column} to take uids from")
+        raise StarFormatError(f"{label}: no column {uid_column} to take uids from")
     col = table[uid_column]
     try:
         uids = col.to_numpy().astype(np.uint64)
         ok = (col.astype("int64") >= 0).all() if col.dtype.kind in "iu" else False
     except (TypeError, ValueError, OverflowError) as err:
-        raise StarFormatError(f"{where}: column {uid_column} does not hold integers") from err
+        raise StarFormatError(f"{label}: column {uid_column} does not hold integers") from err
     if col.dtype.kind not in "iu" or not ok:
-        raise StarFormatError(f"{where}: column {uid_column} does not hold non-negative integers")
+        raise StarFormatError(f"{label}: column {uid_column} does not hold non-negative integers")
     if len(np.unique(uids)) != n:
-        raise StarFormatError(f"{where}: column {uid_column} repeats values; uids must be unique")
+        raise StarFormatError(f"{label}: column {uid_column} repeats values; uids must be unique")
     return uids
 
 
@@ -369,8 +369,8 @@ def cs_to_star(cs_path: str | os.PathLike, star_path: str | os.PathLike, *,
 
     data = read_cs(cs_path)
     if passthrough is not None:
-        data = join(data, read_cs(passthrough), where=(str(cs_path), str(passthrough)))
-    blocks = to_star_blocks(data, mrcs=mrcs, where=str(cs_path))
+        data = join(data, read_cs(passthrough), label=(str(cs_path), str(passthrough)))
+    blocks = to_star_blocks(data, mrcs=mrcs, label=str(cs_path))
     write_star(star_path, blocks, overwrite=overwrite)
     return {"particles": len(blocks["particles"]), "optics_groups": len(blocks["optics"])}
 
@@ -382,6 +382,6 @@ def star_to_cs(star_path: str | os.PathLike, cs_path: str | os.PathLike, *,
     from stacktools.formats.cs import write_cs
 
     data = from_star_blocks(read_star(star_path), uid_column=uid_column, seed=seed,
-                            where=str(star_path))
+                            label=str(star_path))
     write_cs(cs_path, data, overwrite=overwrite)
     return data

@@ -16,12 +16,12 @@ import numpy as np
 from stacktools.errors import FieldError
 
 
-def require_fields(data: np.ndarray, fields, where: str = "dataset") -> None:
+def require_fields(data: np.ndarray, fields, label: str = "dataset") -> None:
     """Raise :class:`FieldError` naming the first of ``fields`` that ``data`` lacks."""
     names = data.dtype.names or ()
     for f in fields:
         if f not in names:
-            raise FieldError(f"{where}: missing field {f!r}")
+            raise FieldError(f"{label}: missing field {f!r}")
 
 
 def _as_void(data: np.ndarray) -> np.ndarray | None:
@@ -131,14 +131,14 @@ def first_occurrences(values: np.ndarray) -> np.ndarray:
     return keep
 
 
-def matching_dtype(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.dtype:
+def matching_dtype(a: np.ndarray, b: np.ndarray, label: Sequence[str] = ("A", "B")) -> np.dtype:
     """The dtype that holds rows of both ``a`` and ``b``, in ``a``'s field order.
 
     Both must have the same field names with the same types and shapes. Byte-string
     fields may differ in width: the wider one is used, so no value is truncated.
     Anything else raises :class:`FieldError` naming the first difference.
     """
-    wa, wb = where
+    wa, wb = label
     na, nb = a.dtype.names or (), b.dtype.names or ()
     missing = [n for n in na if n not in nb]
     extra = [n for n in nb if n not in na]
@@ -184,18 +184,18 @@ def cast_rows(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def concatenate(parts: Sequence[np.ndarray], where: Sequence[str] | None = None) -> np.ndarray:
+def concatenate(parts: Sequence[np.ndarray], label: Sequence[str] | None = None) -> np.ndarray:
     """Stack datasets with matching fields (see :func:`matching_dtype`) row-wise."""
     if not parts:
         raise ValueError("nothing to concatenate")
-    names = list(where) if where is not None else [f"dataset {i + 1}" for i in range(len(parts))]
+    names = list(label) if label is not None else [f"dataset {i + 1}" for i in range(len(parts))]
     dtype = parts[0].dtype
     for p, w in zip(parts[1:], names[1:]):
         dtype = matching_dtype(np.empty(0, dtype), p, (names[0], w))
     return np.concatenate([cast_rows(p, dtype) for p in parts])
 
 
-def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
+def union(a: np.ndarray, b: np.ndarray, label: Sequence[str] = ("A", "B")) -> np.ndarray:
     """``a``'s rows, then ``b``'s rows whose ``uid`` is not in ``a`` (A ∪ B).
 
     Parameters
@@ -204,15 +204,15 @@ def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np
         Datasets with the same fields (names, types and shapes). Byte-string fields
         may differ in width; the output uses the wider width, so nothing is
         truncated. Otherwise :class:`FieldError` is raised.
-    where
+    label
         Names of ``a`` and ``b`` for error messages.
 
     The output keeps ``a``'s field order and rows, in order, followed by the new
     rows of ``b`` in ``b``'s order; a uid repeated within ``b`` is added once.
     """
-    require_fields(a, ["uid"], where[0])
-    require_fields(b, ["uid"], where[1])
-    dtype = matching_dtype(a, b, where)
+    require_fields(a, ["uid"], label[0])
+    require_fields(b, ["uid"], label[1])
+    dtype = matching_dtype(a, b, label)
     b_uid = b["uid"]
     found, repeats = _membership(b_uid, a["uid"])
     new = ~found
@@ -230,38 +230,38 @@ def union(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np
     return out.view(dtype)
 
 
-def intersect(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
+def intersect(a: np.ndarray, b: np.ndarray, label: Sequence[str] = ("A", "B")) -> np.ndarray:
     """The rows of ``a`` whose ``uid`` is also in ``b`` (A ∩ B), in ``a``'s order.
 
     Only ``b``'s ``uid`` field is used, so ``b`` may be just an array of uids.
     """
-    return take(a, uid_membership(_uids(a, where[0]), _uids(b, where[1])))
+    return take(a, uid_membership(_uids(a, label[0]), _uids(b, label[1])))
 
 
-def subtract(a: np.ndarray, b: np.ndarray, where: Sequence[str] = ("A", "B")) -> np.ndarray:
+def subtract(a: np.ndarray, b: np.ndarray, label: Sequence[str] = ("A", "B")) -> np.ndarray:
     """The rows of ``a`` whose ``uid`` is not in ``b`` (A − B), in ``a``'s order.
 
     Only ``b``'s ``uid`` field is used, so ``b`` may be just an array of uids.
     """
-    return take(a, ~uid_membership(_uids(a, where[0]), _uids(b, where[1])))
+    return take(a, ~uid_membership(_uids(a, label[0]), _uids(b, label[1])))
 
 
-def _uids(data: np.ndarray, where: str) -> np.ndarray:
+def _uids(data: np.ndarray, label: str) -> np.ndarray:
     if data.dtype.names is None:
         return data
-    require_fields(data, ["uid"], where)
+    require_fields(data, ["uid"], label)
     return data["uid"]
 
 
-def dedupe_uid(data: np.ndarray, where: str = "dataset") -> np.ndarray:
+def dedupe_uid(data: np.ndarray, label: str = "dataset") -> np.ndarray:
     """``data`` without repeated uids: the first row of each uid is kept, in order."""
-    require_fields(data, ["uid"], where)
+    require_fields(data, ["uid"], label)
     keep = first_occurrences(data["uid"])
     return data if keep.all() else take(data, keep)
 
 
 def join(main: np.ndarray, other: np.ndarray,
-         where: Sequence[str] = ("main dataset", "passthrough dataset")) -> np.ndarray:
+         label: Sequence[str] = ("main dataset", "passthrough dataset")) -> np.ndarray:
     """Inner join of two datasets on ``uid``.
 
     Keeps ``main``'s row order and fields; appends ``other``'s fields that ``main``
@@ -273,11 +273,11 @@ def join(main: np.ndarray, other: np.ndarray,
     main, other
         Datasets with a ``uid`` field. Rows of ``main`` whose uid ``other`` lacks
         are dropped; if ``other`` repeats a uid, its first row is used.
-    where
+    label
         Names of the two datasets, for error messages.
     """
-    require_fields(main, ["uid"], where[0])
-    require_fields(other, ["uid"], where[1])
+    require_fields(main, ["uid"], label[0])
+    require_fields(other, ["uid"], label[1])
     rows = uid_lookup(main["uid"], other["uid"])
     keep = np.flatnonzero(rows >= 0)
     other_rows = rows[keep]
@@ -319,7 +319,7 @@ def _byte_runs(dst: np.dtype, src: np.dtype, names: list[str]) -> list[tuple[int
     return [tuple(r) for r in runs]
 
 
-def select_fields(data: np.ndarray, fields: Iterable[str], where: str = "dataset") -> np.ndarray:
+def select_fields(data: np.ndarray, fields: Iterable[str], label: str = "dataset") -> np.ndarray:
     """A copy of ``data`` with only ``fields`` (in the order given).
 
     A name ending in ``/`` selects every field under that prefix, e.g. ``ctf/``.
@@ -330,10 +330,10 @@ def select_fields(data: np.ndarray, fields: Iterable[str], where: str = "dataset
         if f.endswith("/"):
             group = [n for n in names if n.startswith(f)]
             if not group:
-                raise FieldError(f"{where}: no fields under {f!r}")
+                raise FieldError(f"{label}: no fields under {f!r}")
             chosen += [n for n in group if n not in chosen]
         else:
-            require_fields(data, [f], where)
+            require_fields(data, [f], label)
             if f not in chosen:
                 chosen.append(f)
     out = np.empty(len(data), dtype=[(n, data.dtype.fields[n][0]) for n in chosen])

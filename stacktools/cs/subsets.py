@@ -6,13 +6,15 @@ same seed gives the same subsets. Every subset keeps the input's row order.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from stacktools.cs.rows import require_fields, take
-from stacktools.errors import FieldError
+from stacktools.errors import FieldError, Hint, OutputError
 
 
-def split_by_field(data: np.ndarray, field: str, where: str = "dataset") -> dict:
+def split_by_field(data: np.ndarray, field: str, label: str = "dataset") -> dict:
     """One subset per distinct value of ``field``, keyed by that value (sorted).
 
     Parameters
@@ -22,12 +24,12 @@ def split_by_field(data: np.ndarray, field: str, where: str = "dataset") -> dict
     field
         A field with one value per row, e.g. ``alignments2D/class`` or
         ``ctf/exp_group_id``. Byte-string values are keyed as ``str``.
-    where
+    label
         Name of the dataset, for error messages.
     """
-    require_fields(data, [field], where)
+    require_fields(data, [field], label)
     if data.dtype.fields[field][0].shape:
-        raise FieldError(f"{where}: field {field!r} holds several values per row; cannot split by it")
+        raise FieldError(f"{label}: field {field!r} holds several values per row; cannot split by it")
     values, codes = np.unique(data[field], return_inverse=True)
     codes = codes.ravel()
     order = np.argsort(codes, kind="stable")
@@ -93,3 +95,31 @@ def sample(data: np.ndarray, count: int | None = None, fraction: float | None = 
         Random seed; the same seed gives the same sample.
     """
     return take(data, sample_rows(len(data), count, fraction, seed))
+
+
+def _name_part(value) -> str:
+    """A value as a file-name part: runs of other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_") or "empty"
+
+
+def split_files(data: np.ndarray, stem: str, *, by: str | None = None, into: int | None = None,
+                seed: int | None = 0, max_files: int = 1000,
+                label: str = "dataset") -> list[tuple[str, object, np.ndarray]]:
+    """Subsets of ``data`` with their file names (see :meth:`CsDataset.split_files`)."""
+    if (by is None) == (into is None):
+        raise ValueError("give exactly one of by (a field) and into (a number of subsets)")
+    if into is not None:
+        if into > max_files:
+            raise OutputError(f"{label}: ", hints=[Hint("into", "{}", into),
+                                                   Hint("max_files", " is more than {}", max_files)])
+        return [(f"{stem}_subset{k + 1}.cs", k + 1, part)
+                for k, part in enumerate(split_random(data, into, seed))]
+    parts = split_by_field(data, by, label)
+    if len(parts) > max_files:
+        raise OutputError(f"{label}: {by} has {len(parts):,} distinct values",
+                          hints=[Hint("max_files", ", more files than {}", max_files)])
+    tail = by.rsplit("/", 1)[-1]
+    named = [(f"{stem}_{_name_part(tail)}_{_name_part(k)}.cs", k, v) for k, v in parts.items()]
+    if len({n for n, _, _ in named}) != len(named):
+        raise OutputError(f"{label}: values of {by} give clashing file names")
+    return named

@@ -12,9 +12,12 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
-from stacktools.errors import OutputError
+from stacktools.errors import Hint, OutputError, SourceOverwriteError
+
+# An existing output is replaced only when asked.
+OVERWRITE_HINT = Hint("overwrite", " (use {} to overwrite)")
 
 TMP_SUFFIX = ".stacktools-tmp"
 
@@ -100,7 +103,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
     """
     final = Path(path)
     if not overwrite and final.exists():
-        raise OutputError(f"{final}: already exists (use --force to overwrite)")
+        raise OutputError(f"{final}: already exists", hints=[OVERWRITE_HINT])
     try:
         fd, tmp = tempfile.mkstemp(prefix=tmp_name_for(final), suffix=TMP_SUFFIX,
                                    dir=final.parent)
@@ -124,3 +127,31 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
         if not ok:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
+                 overwrite: bool = False) -> Path:
+    """Refuse an output before any work is done.
+
+    Args:
+        out: The file to be written.
+        inputs: Files the command reads (``None`` entries are skipped).
+        overwrite: Whether an existing ``out`` may be replaced.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        SourceOverwriteError: ``out`` is one of ``inputs`` (inputs are never overwritten).
+        OutputError: ``out`` exists and ``overwrite`` is false, or its directory is missing.
+    """
+    out = Path(out)
+    target = out.resolve()
+    for p in inputs:
+        if p is not None and Path(p).resolve() == target:
+            raise SourceOverwriteError(f"{out}: is also an input; inputs are never overwritten")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists", hints=[OVERWRITE_HINT])
+    if not out.parent.exists():
+        raise OutputError(f"{out}: directory {out.parent} does not exist")
+    return out
