@@ -29,6 +29,15 @@ from stacktools.formats.mrc import StackHeader, read_headers
 BLOB_FIELDS = ("blob/path", "blob/idx")
 
 
+def default_project_dir(particles: str | os.PathLike) -> Path:
+    """The project directory of a particle file: the parent of its job directory.
+
+    ``P1/J7/J7_particles_selected.cs`` gives ``P1``. This is the one place the
+    default is decided.
+    """
+    return Path(particles).resolve().parent.parent
+
+
 def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
     """Resolve one ``blob/path`` value against the project directory."""
     rel = strip_import_marker(blob_path)
@@ -130,7 +139,7 @@ class ParticleSet:
             from stacktools.cs.rows import join
             data = join(data, csfile.read_cs(passthrough))
         if project_dir is None:
-            project_dir = Path(cs_path).resolve().parent.parent
+            project_dir = default_project_dir(cs_path)
         pset = cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project)
         pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
         return pset
