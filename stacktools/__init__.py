@@ -1,50 +1,55 @@
 """stacktools: size, consolidate, manipulate and cache cryo-EM particle stacks.
 
-The top-level functions are a small façade over layered modules:
+The verbs are in :mod:`stacktools.api` and re-exported here; the layers beneath
+them are described in ``ARCHITECTURE.md``: :mod:`stacktools.formats` (bytes ⇄
+arrays), :mod:`stacktools.cs` (a ``.cs`` dataset in memory),
+:mod:`stacktools.particles` (the particle model), :mod:`stacktools.stacks`, and the
+operations :mod:`stacktools.size`, :mod:`stacktools.consolidate`,
+:mod:`stacktools.verify`, :mod:`stacktools.cache` and :mod:`stacktools.placement`.
 
-* format I/O: :mod:`stacktools.formats.cs` (``.cs``) and :mod:`stacktools.formats.mrc` (MRC stacks)
-* the particle model: :mod:`stacktools.particles`
-* operations: :mod:`stacktools.size`, :mod:`stacktools.consolidate`,
-  :mod:`stacktools.cs.dataset` (the ``.cs`` toolkit), :mod:`stacktools.cache` and
-  :mod:`stacktools.placement`
-
-Submodules are imported lazily so that ``import stacktools`` stays cheap.
+Everything is imported on first use, so ``import stacktools`` stays cheap.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING
 
-__all__ = ["read_cs", "write_cs", "read_header", "read_particle", "open_particles",
-           "ParticleSet", "formula_bytes", "size_particles", "StacktoolsError",
-           "CsDataset", "load_cs", "cs_info", "cs_to_star", "star_to_cs",
-           "consolidate_particles", "ConsolidateResult", "verify_consolidated", "VerifyResult",
-           "Cache", "Inventory", "plan_stacks",
-           "load_nodes", "QueuedSet", "place_set", "place_queue", "simulate_queue"]
+from stacktools import api as _api  # light: the verbs import their modules when called
 
-_LAZY = {
-    "read_cs": "formats.cs", "write_cs": "formats.cs",
-    "read_header": "formats.mrc", "read_particle": "formats.mrc",
-    "open_particles": "particles", "ParticleSet": "particles",
-    "formula_bytes": "size", "size_particles": "size",
-    "StacktoolsError": "errors",
-    "CsDataset": "cs.dataset", "load_cs": "cs.dataset",
-    "cs_info": "cs.info", "cs_to_star": "cs.relion", "star_to_cs": "cs.relion",
-    "consolidate_particles": "consolidate", "ConsolidateResult": "consolidate",
-    "verify_consolidated": "verify", "VerifyResult": "verify",
-    "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",
-    "load_nodes": "placement", "QueuedSet": "placement", "place_set": "placement",
-    "place_queue": "placement", "simulate_queue": "placement",
+__version__ = "0.1.0"  # the one definition; pyproject.toml reads it
+
+if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first use
+    from stacktools.api import (consolidate_particles, cs_info, cs_to_star, formula_bytes, load_cs,
+                                load_nodes, open_cache, open_particles, place_queue, place_set,
+                                plan_consolidation, read_cs, read_header, read_particle, read_star,
+                                simulate_queue, size_particles, star_to_cs, verify_consolidated,
+                                write_cs, write_star)
+    from stacktools.cache import Cache, Inventory, plan_stacks
+    from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
+    from stacktools.cs.dataset import CsDataset
+    from stacktools.errors import StacktoolsError
+    from stacktools.particles import ParticleSet
+    from stacktools.placement import QueuedSet
+    from stacktools.verify import VerifyResult
+
+# The classes callers meet, by module; the verbs are those of stacktools.api.
+_CLASSES = {
+    "ParticleSet": "particles", "StacktoolsError": "errors", "CsDataset": "cs.dataset",
+    "ConsolidateResult": "consolidate", "ConsolidationPlan": "consolidate",
+    "VerifyResult": "verify", "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",
+    "QueuedSet": "placement",
 }
+__all__ = [*_api.__all__, *_CLASSES, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in _api.__all__:
+        return getattr(_api, name)
+    if name in _CLASSES:
         import importlib
-        mod = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(mod, name)
+        return getattr(importlib.import_module(f"stacktools.{_CLASSES[name]}"), name)
     raise AttributeError(f"module 'stacktools' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_api.__all__) + list(_CLASSES))

@@ -1,0 +1,433 @@
+"""The library's verbs, in one file: what a script or a notebook calls.
+
+Each verb says what it takes, returns and raises, and calls the one module that
+does the work (imported when first used, so ``import stacktools`` stays cheap).
+Every error is a :class:`~stacktools.errors.StacktoolsError` with a one-line message.
+
+===========================  ================================================
+files                        :func:`read_cs`, :func:`write_cs`, :func:`read_star`,
+                             :func:`write_star`, :func:`read_header`, :func:`read_particle`
+.cs datasets                 :func:`load_cs`, :func:`cs_info`, :func:`cs_to_star`,
+                             :func:`star_to_cs`
+particle sets                :func:`open_particles`
+size                         :func:`formula_bytes`, :func:`size_particles`
+consolidation                :func:`plan_consolidation`, :func:`consolidate_particles`,
+                             :func:`verify_consolidated`
+SSD cache                    :func:`open_cache`
+placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
+                             :func:`simulate_queue`
+===========================  ================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stacktools.cache import Cache, Inventory
+    from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
+    from stacktools.cs.dataset import CsDataset
+    from stacktools.formats.mrc import StackHeader
+    from stacktools.particles import ParticleSet
+    from stacktools.placement import Node, Placement, QueuedSet, QueuePlan, QueueStep
+    from stacktools.size import SizeReport
+    from stacktools.verify import VerifyResult
+
+__all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
+           "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
+           "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
+           "verify_consolidated", "open_cache", "load_nodes", "place_set", "place_queue",
+           "simulate_queue"]
+
+PathLike = str | os.PathLike
+
+
+# ---- files ---------------------------------------------------------------------------
+
+def read_cs(path: PathLike, *, mmap: bool = False) -> np.ndarray:
+    """Read a CryoSPARC ``.cs`` file.
+
+    Args:
+        path: The ``.cs`` (NumPy format; CSDAT with the ``stacktools[csdat]`` extra).
+        mmap: Map the file instead of reading it (NumPy format only).
+
+    Returns:
+        A structured array with the file's exact dtype.
+
+    Raises:
+        CsFormatError: The file is not a readable ``.cs`` (truncated, pickled, unknown).
+    """
+    from stacktools.formats.cs import read_cs as read
+    return read(path, mmap=mmap)
+
+
+def write_cs(path: PathLike, data: np.ndarray, *, overwrite: bool = True, fsync: bool = True) -> Path:
+    """Write a structured array as a NumPy-format ``.cs``, atomically.
+
+    Args:
+        path: Destination.
+        data: A 1-D structured array.
+        overwrite: Replace an existing file.
+        fsync: Flush to the device before returning.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: ``path`` exists and ``overwrite`` is false; DiskFullError when full.
+    """
+    from stacktools.formats.cs import write_cs as write
+    return write(path, data, overwrite=overwrite, fsync=fsync)
+
+
+def read_star(path: PathLike) -> dict:
+    """Read every data block of a STAR file.
+
+    Returns:
+        Block name -> pandas DataFrame.
+
+    Raises:
+        StarFormatError: The file is not readable STAR, or has no data blocks.
+    """
+    from stacktools.formats.star import read_star as read
+    return read(path)
+
+
+def write_star(path: PathLike, blocks: dict, *, overwrite: bool = True) -> Path:
+    """Write STAR data blocks (name -> DataFrame), atomically.
+
+    Raises:
+        OutputError: ``path`` exists and ``overwrite`` is false.
+    """
+    from stacktools.formats.star import write_star as write
+    return write(path, blocks, overwrite=overwrite)
+
+
+def read_header(path: PathLike) -> StackHeader:
+    """Read an MRC stack's header (one 1024-byte read).
+
+    Returns:
+        :class:`~stacktools.formats.mrc.StackHeader`: box, count, mode, offsets, file size.
+
+    Raises:
+        MrcHeaderError: Not an MRC header stacktools can read; MissingStackError if absent.
+    """
+    from stacktools.formats.mrc import read_header as read
+    return read(path)
+
+
+def read_particle(path: PathLike, index: int, header: StackHeader | None = None) -> np.ndarray:
+    """Read particle ``index`` (0-based) of a stack in one read.
+
+    Args:
+        path: The stack.
+        index: 0-based particle index (``blob/idx``).
+        header: The stack's header, if already read.
+
+    Returns:
+        A ``(ny, nx)`` array in the stack's own dtype.
+
+    Raises:
+        IndexOutOfRangeError: ``index`` is past the last particle; TruncatedStackError.
+    """
+    from stacktools.formats.mrc import read_particle as read
+    return read(path, index, header)
+
+
+# ---- .cs datasets ------------------------------------------------------------------------
+
+def load_cs(path: PathLike, *, passthrough: PathLike | None = None, mmap: bool = False) -> CsDataset:
+    """Load a ``.cs`` as a :class:`~stacktools.cs.dataset.CsDataset`.
+
+    Args:
+        path: The ``.cs``.
+        passthrough: A passthrough ``.cs`` inner-joined on uid (``path``'s fields win).
+        mmap: Map the file instead of reading it.
+
+    Raises:
+        CsFormatError: Unreadable file; FieldError if the passthrough lacks uids.
+    """
+    from stacktools.cs.dataset import CsDataset
+    return CsDataset.load(path, passthrough=passthrough, mmap=mmap)
+
+
+def cs_info(path: PathLike, *, stats: bool = True) -> dict:
+    """What a ``.cs`` holds: rows, fields by group, stacks, box, pixel size, statistics.
+
+    Returns:
+        The dict that ``stacktools cs info --json`` prints.
+
+    Raises:
+        CsFormatError: Unreadable file.
+    """
+    from stacktools.cs.info import cs_info as info
+    return info(path, stats=stats)
+
+
+def cs_to_star(cs_path: PathLike, star_path: PathLike, *, passthrough: PathLike | None = None,
+               mrcs: bool = False, overwrite: bool = False) -> dict:
+    """Convert a ``.cs`` (with its passthrough) to a RELION 3.1 particle STAR file.
+
+    Args:
+        mrcs: Name stacks ``.mrcs`` in ``rlnImageName``, as RELION expects.
+
+    Returns:
+        ``{"particles": N, "optics_groups": M}``.
+
+    Raises:
+        FieldError: A field RELION needs is missing; OutputError (exists, no overwrite).
+    """
+    from stacktools.cs.relion import cs_to_star as convert
+    return convert(cs_path, star_path, passthrough=passthrough, mrcs=mrcs, overwrite=overwrite)
+
+
+def star_to_cs(star_path: PathLike, cs_path: PathLike, *, uid_column: str | None = None,
+               seed: int | None = None, overwrite: bool = False) -> np.ndarray:
+    """Convert a RELION particle STAR file to a ``.cs``.
+
+    Args:
+        uid_column: Take uids from this column instead of drawing them.
+        seed: Seed for drawn uids (the same seed gives the same uids).
+
+    Returns:
+        The dataset written.
+
+    Raises:
+        StarFormatError: Unreadable STAR or missing columns; OutputError.
+    """
+    from stacktools.cs.relion import star_to_cs as convert
+    return convert(star_path, cs_path, uid_column=uid_column, seed=seed, overwrite=overwrite)
+
+
+# ---- particle sets -----------------------------------------------------------------------
+
+def open_particles(cs_path: PathLike, project_dir: PathLike | None = None,
+                   passthrough: PathLike | None = None, *,
+                   allow_outside_project: bool = False) -> ParticleSet:
+    """Open a particle set: a ``.cs`` whose rows resolve their stacks in a project.
+
+    Args:
+        cs_path: The particles ``.cs``.
+        project_dir: The project directory (default: the parent of the job directory).
+        passthrough: A passthrough ``.cs`` inner-joined on uid.
+        allow_outside_project: Accept ``blob/path`` values that lead outside the project.
+
+    Returns:
+        :class:`~stacktools.particles.ParticleSet`.
+
+    Raises:
+        CsFormatError, FieldError: Not a particle ``.cs``; PathEscapeError: a
+        ``blob/path`` leads outside the project.
+    """
+    from stacktools.particles import ParticleSet
+    return ParticleSet.open(cs_path, project_dir, passthrough, allow_outside_project=allow_outside_project)
+
+
+# ---- size ----------------------------------------------------------------------------------
+
+def formula_bytes(box: int, count: int, nsymbt: int = 128, header_length: int = 1024) -> int:
+    """The CryoSPARC guide's estimate ``(4·box² + nsymbt + header_length)·count``.
+
+    Raises:
+        ValueError: A negative or zero box or count.
+    """
+    from stacktools.size import formula_bytes as formula
+    return formula(box, count, nsymbt, header_length)
+
+
+def size_particles(pset: ParticleSet, *, validate: bool = True) -> SizeReport:
+    """Exact bytes of a particle set from its stacks' headers: whole referenced stacks
+    (what a cache copies) against the selected particles alone (consolidated).
+
+    Args:
+        pset: From :func:`open_particles`.
+        validate: Also check indices, boxes and truncation.
+
+    Returns:
+        :class:`~stacktools.size.SizeReport`.
+
+    Raises:
+        MissingStackError, TruncatedStackError, IndexOutOfRangeError, BoxMismatchError.
+    """
+    from stacktools.size import size_particles as size
+    return size(pset, validate=validate)
+
+
+# ---- consolidation ---------------------------------------------------------------------------
+
+def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
+                       passthrough: PathLike | None = None, layout: str = "per-stack",
+                       particles_per_stack: int | None = None, dtype: str = "keep",
+                       mrcs: bool = False, allow_outside_project: bool = False) -> ConsolidationPlan:
+    """Decide what a consolidation would write, and write nothing.
+
+    Args:
+        particles: The subset's ``.cs``.
+        out: Output directory (its ``stacks/`` gets the new stacks).
+        project_dir: See :func:`open_particles`.
+        passthrough: The subset's passthrough ``.cs``, rewritten alongside.
+        layout: ``"per-stack"`` (one output per source stack) or ``"packed"``.
+        particles_per_stack: Particles per output stack with ``"packed"``.
+        dtype: ``"keep"``, ``"float32"`` or ``"float16"``.
+        mrcs: Name the stacks ``.mrcs`` (RELION's extension).
+        allow_outside_project: See :func:`open_particles`.
+
+    Returns:
+        :class:`~stacktools.consolidate.ConsolidationPlan`: run it with
+        :func:`stacktools.consolidate.run_plan`.
+
+    Raises:
+        The input errors of :func:`open_particles` and :func:`size_particles`;
+        SourceOverwriteError: ``out`` would overwrite a source.
+    """
+    from stacktools.consolidate import plan_consolidation as plan
+    return plan(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
+                allow_outside_project=allow_outside_project)
+
+
+def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
+                          passthrough: PathLike | None = None, layout: str = "per-stack",
+                          particles_per_stack: int | None = None, threads: int = 4,
+                          dtype: str = "keep", mrcs: bool = False, verify: bool = False,
+                          dry_run: bool = False, fsync: bool = False, force: bool = False,
+                          progress: Callable[[int], None] | None = None,
+                          allow_outside_project: bool = False) -> ConsolidateResult:
+    """Rewrite a subset's stacks so that only its particles remain, with a new ``.cs``.
+
+    Bit-exact (or converted as ``dtype`` asks), bounded memory, atomic and resumable:
+    a rerun after a kill finishes the job; ``force`` replaces another run's output.
+
+    Args:
+        particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
+        mrcs, allow_outside_project: See :func:`plan_consolidation`.
+        threads: Output stacks written at the same time.
+        verify: Read every particle back against its source afterwards.
+        dry_run: Plan and check (space, outdir), write nothing.
+        fsync: Flush every output to the device.
+        force: Replace a different earlier consolidation in ``out``.
+        progress: Called with byte counts as stacks are written.
+
+    Returns:
+        :class:`~stacktools.consolidate.ConsolidateResult` (what ``consolidate --json`` prints).
+
+    Raises:
+        The errors of :func:`plan_consolidation`; OutputError (another run in ``out``
+        without ``force``); DiskFullError; VerificationError with ``verify``.
+    """
+    from stacktools.consolidate import consolidate
+    return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                       particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
+                       mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
+                       progress=progress, allow_outside_project=allow_outside_project)
+
+
+def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,
+                        threads: int = 4, progress: Callable[[int], None] | None = None,
+                        allow_outside_project: bool = False) -> VerifyResult:
+    """Check every particle and field of a consolidated set against the set it came from.
+
+    Args:
+        new_cs: The consolidated ``.cs``.
+        against: The ``.cs`` it was made from.
+        project_dir: See :func:`open_particles` (default: from ``against``).
+        threads: Stacks checked at the same time.
+        progress: Called with byte counts as particles are compared.
+
+    Returns:
+        :class:`~stacktools.verify.VerifyResult`: ``ok``, mismatches, problems.
+
+    Raises:
+        The input errors of :func:`open_particles` (missing or truncated stacks).
+    """
+    from stacktools.verify import verify
+    return verify(new_cs, against, project_dir=project_dir, threads=threads, progress=progress,
+                  allow_outside_project=allow_outside_project)
+
+
+# ---- SSD cache -----------------------------------------------------------------------------
+
+def open_cache(ssd_path: PathLike | None = None, *, quota_mb: float | None = None,
+               reserve_mb: float | None = None, lifetime_days: float | None = None,
+               threads: int | None = None, config_file: PathLike | None = None,
+               create: bool = False) -> Cache:
+    """Open the node-local SSD cache under ``ssd_path/stacktools-cache``.
+
+    Settings not given come from the config file, then ``STACKTOOLS_*`` and
+    ``CRYOSPARC_*`` environment variables (see :mod:`stacktools.cache.config`).
+
+    Args:
+        ssd_path: The SSD directory.
+        quota_mb, reserve_mb: Space policy, in MB (10⁶ bytes), as CryoSPARC's.
+        lifetime_days: Entries unused this long expire (default 30).
+        threads: Copy threads (default 2).
+        config_file: A TOML config to read instead of the default one.
+        create: Create a missing ``ssd_path`` (otherwise it is an error: a typo or
+            an unmounted disk must not fill the root filesystem).
+
+    Returns:
+        :class:`~stacktools.cache.Cache`: ``plan``, ``execute``, ``ensure``, ``status``,
+        ``verify``, ``clean``, ``evict``, ``clear``.
+
+    Raises:
+        CacheConfigError: No SSD path, a missing one without ``create``, bad settings;
+        CacheForeignPathError: a path the cache owns is a symlink or not its own.
+    """
+    from stacktools.cache import Cache
+    return Cache(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
+                 threads=threads, config_file=config_file, create=create)
+
+
+# ---- placement -------------------------------------------------------------------------------
+
+def load_nodes(path: PathLike) -> list[Node]:
+    """Read a nodes file (TOML or JSON: one entry per GPU node with its cache policy)
+    and take each node's inventory (from its SSD or an exported snapshot).
+
+    Raises:
+        NodesFileError: Missing, malformed or incomplete file or snapshot.
+    """
+    from stacktools.placement import load_nodes as load
+    return load(path)
+
+
+def place_set(qset: QueuedSet, nodes: Sequence[Node], position: int = 0) -> Placement:
+    """Choose the node whose SSD cache should hold a set (most already cached, then
+    least to copy and evict).
+
+    Raises:
+        PlacementError: No nodes.
+    """
+    from stacktools.placement import place_set as place
+    return place(qset, nodes, position)
+
+
+def place_queue(sets: Sequence[QueuedSet], nodes: Sequence[Node], order: str = "given") -> QueuePlan:
+    """Place a queue of sets, one after another, each against the nodes as the earlier
+    placements leave them.
+
+    Args:
+        order: ``"given"`` or ``"biggest"`` first.
+
+    Raises:
+        PlacementError: No nodes, or an unknown order.
+    """
+    from stacktools.placement import place_queue as place
+    return place(sets, nodes, order)
+
+
+def simulate_queue(sets: Sequence[QueuedSet], inventory: Inventory, *, hold: bool = False,
+                   step_s: float = 60.0) -> list[QueueStep]:
+    """Run a queue of sets through one node's cache on paper: what each sync would
+    copy, expire and evict, and the space after each step.
+
+    Args:
+        hold: Keep every set pinned (jobs that all run at once).
+        step_s: Seconds between jobs (for lifetime expiry).
+    """
+    from stacktools.placement import simulate_queue as simulate
+    return simulate(sets, inventory, hold=hold, step_s=step_s)
