@@ -259,10 +259,6 @@ class ParticleSet:
                 raise MissingStackError(msg, hints=hints) from err
         return self._headers
 
-    def headers(self, threads: int = 4) -> dict[Path, StackHeader]:
-        """Each referenced stack's header, keyed by its path; see :meth:`stack_headers`."""
-        return dict(zip(self.stack_paths, self.stack_headers(threads)))
-
     def box(self) -> int:
         """The box size in pixels, from ``blob/shape`` (or from the stacks)."""
         boxes = self.boxes()
@@ -278,14 +274,6 @@ class ParticleSet:
             shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
             return set(np.unique(shape[:, -1]).tolist())
         return {h.nx for h in self.stack_headers()}
-
-    def validate(self, *, check_truncation: bool = True) -> dict[Path, StackHeader]:
-        """Check the set against its stacks; return the headers keyed by path.
-
-        See :meth:`check`, which does the same and returns them as a list.
-        """
-        self.check(check_truncation=check_truncation)
-        return self.headers()
 
     def check(self, *, check_truncation: bool = True) -> list[StackHeader]:
         """Check the set against its stacks; return the headers in stack order.

@@ -25,7 +25,7 @@ def test_import_marker_stripped_and_resolved(real_data: Path, tmp_path: Path) ->
     assert all(p.is_relative_to(tmp_path / "J1" / "imported") for p in ps.stack_paths)
     assert not any(">" in str(p) for p in ps.stack_paths)
     with pytest.raises(MissingStackError, match="J1/imported"):
-        ps.validate()
+        ps.check()
 
 
 def test_real_refinement_set_groups(real_data: Path, tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_real_refinement_set_groups(real_data: Path, tmp_path: Path) -> None:
 def test_default_project_dir_is_parent_of_job(demo) -> None:
     ps = ParticleSet.open(demo.selected_cs)
     assert ps.project_dir == demo.project_dir.resolve()
-    assert len(ps.validate()) == len(demo.stacks)
+    assert len(ps.check()) == len(demo.stacks)
 
 
 def test_passthrough_join(demo) -> None:
@@ -73,7 +73,7 @@ def test_index_past_end_names_file_and_row(demo) -> None:
     _edit(demo.extracted_cs, lambda a: a["blob/idx"].__setitem__(17, 10_000))
     ps = ParticleSet.open(demo.extracted_cs, demo.project_dir)
     with pytest.raises(IndexOutOfRangeError, match=r"row 17\b") as e:
-        ps.validate()
+        ps.check()
     assert "blob/idx 10000" in str(e.value) and ".mrc" in str(e.value)
 
 
@@ -81,7 +81,7 @@ def test_box_mismatch_names_row(demo) -> None:
     _edit(demo.extracted_cs, lambda a: a["blob/shape"].__setitem__(5, (32, 32)))
     ps = ParticleSet.open(demo.extracted_cs, demo.project_dir)
     with pytest.raises(BoxMismatchError, match=r"row 5\b"):
-        ps.validate()
+        ps.check()
     with pytest.raises(BoxMismatchError, match="mixed box sizes"):
         ps.box()
 
@@ -92,7 +92,7 @@ def test_truncated_stack_in_set(demo) -> None:
         fh.truncate(victim.stat().st_size - 10)
     ps = ParticleSet.open(demo.extracted_cs, demo.project_dir)
     with pytest.raises(TruncatedStackError, match=victim.name):
-        ps.validate()
+        ps.check()
 
 
 def test_blob_path_outside_project_is_refused_lexically(tmp_path: Path) -> None:
