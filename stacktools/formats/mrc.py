@@ -32,6 +32,27 @@ _PROBE = 64  # headers read before deciding whether threads would help
 _SLOW_READ_S = 50e-6
 
 
+def mode_dtype(mode: int, byte_order: str = "<") -> np.dtype:
+    """The pixel dtype of an MRC mode (mrcfile's table: the one home of it)."""
+    return dtype_from_mode(mode).newbyteorder(byte_order)
+
+
+def mode_name(mode: int) -> str:
+    """A mode's pixel type by name (``"float16"`` for 12), or the number if unknown."""
+    try:
+        return mode_dtype(mode).name
+    except ValueError:
+        return str(mode)
+
+
+def mode_for(dtype_name: str) -> int:
+    """The MRC mode that stores pixels of ``dtype_name`` (``"float32"`` -> 2)."""
+    for mode in SUPPORTED_MODES:
+        if mode_dtype(mode).name == dtype_name:
+            return mode
+    raise ValueError(f"no MRC mode stores {dtype_name}")
+
+
 @dataclass(slots=True)
 class StackHeader:
     """What the header of an MRC stack says, plus the file's real size.
@@ -54,7 +75,7 @@ class StackHeader:
     @property
     def dtype(self) -> np.dtype:
         """Pixel dtype in the file's byte order."""
-        return dtype_from_mode(self.mode).newbyteorder(self.byte_order)
+        return mode_dtype(self.mode, self.byte_order)
 
     @property
     def itemsize(self) -> int:
