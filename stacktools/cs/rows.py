@@ -8,6 +8,7 @@ dataset's fields, field order and row order.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Iterable, Sequence
 
@@ -349,3 +350,35 @@ def field_groups(dtype: np.dtype) -> dict[str, list[str]]:
         prefix = n.split("/", 1)[0] if "/" in n else ""
         groups.setdefault(prefix, []).append(n)
     return groups
+
+
+def with_blob_paths(data: np.ndarray, paths: Sequence[str], stack_of_row: np.ndarray,
+                    idx_of_row: np.ndarray | None = None) -> np.ndarray:
+    """A copy of ``data`` whose rows point at other stacks: the one place ``blob/path``
+    (and ``blob/idx``) are rewritten.
+
+    Args:
+        data: Rows with ``blob/path``.
+        paths: The new stack paths (text; encoded as the OS encodes file names).
+        stack_of_row: Each row's index into ``paths``.
+        idx_of_row: Each row's new ``blob/idx``; ``None`` keeps the old one.
+
+    Returns:
+        Same fields in the same order; ``blob/path`` is widened to fit the longest
+        new path (never truncated) and keeps its kind (bytes or text).
+    """
+    old = data.dtype.fields["blob/path"][0]
+    kind = "U" if old.kind == "U" else "S"
+    values = list(paths) if kind == "U" else [os.fsencode(p) for p in paths]
+    width = max([old.itemsize // (4 if kind == "U" else 1)] + [len(v) for v in values])
+    new = np.dtype(f"{kind}{width}")
+    out = np.empty(len(data), dtype=[(n, new if n == "blob/path" else data.dtype.fields[n][0])
+                                     for n in data.dtype.names])
+    for n in data.dtype.names:
+        if n != "blob/path" and not (n == "blob/idx" and idx_of_row is not None):
+            out[n] = data[n]
+    column = np.array(values, dtype=new)
+    out["blob/path"] = column[stack_of_row] if len(data) else column[:0]
+    if idx_of_row is not None:
+        out["blob/idx"] = idx_of_row
+    return out
