@@ -28,12 +28,11 @@ def place(
     applied to its node's snapshot before the next set is placed, so no node gets
     more than its SSD can hold. Copies nothing. Exit status 1 if a set fits nowhere.
     """
-    from stacktools.particles import ParticleSet
-    from stacktools.placement import QueuedSet, load_nodes, place_queue
+    from stacktools.placement import load_nodes, place_queue, queue_from_cs
 
     nodes = load_nodes(nodes_file)
-    sets = [QueuedSet.from_particles(ParticleSet.open(p, project_dir), str(p)) for p in particles]
-    qp = place_queue(sets, nodes, order="biggest" if biggest_first else "given")
+    qp = place_queue(queue_from_cs(particles, project_dir), nodes,
+                     order="biggest" if biggest_first else "given")
     if as_json:
         d = qp.to_dict()
         d["nodes_file"] = str(nodes_file)

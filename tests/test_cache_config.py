@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from stacktools.cache import (
+    CacheConfig,
     project_use_cache,
     resolve_config,
     set_project_use_cache,
     use_cache_for,
 )
+from stacktools.cache.config import days_to_seconds, human_bytes, mb_to_bytes
 from stacktools.errors import CacheConfigError
 
 
@@ -70,3 +72,13 @@ def test_project_default_set_and_unset(tmp_path):
     assert use_cache_for(tmp_path, True) is True
     set_project_use_cache(tmp_path, None)
     assert project_use_cache(tmp_path) is None
+
+
+def test_units_and_short_sizes():
+    assert mb_to_bytes(1.5) == 1_500_000 and mb_to_bytes(0.0000019) == 1
+    assert days_to_seconds(30) == 30 * 86400
+    c = CacheConfig(ssd_path=Path("/ssd"), quota_mb=0.25, reserve_mb=2, lifetime_days=0.5)
+    assert (c.quota_bytes, c.reserve_bytes, c.lifetime_s) == (250_000, 2_000_000, 43_200.0)
+    # The short form used in placement explanations (the CLI adds exact counts itself).
+    assert [human_bytes(n) for n in (0, 999, 1000, 6_506_240, 54_912_000_000, 2 * 10**15)] == [
+        "0 bytes", "999 bytes", "1.0 kB", "6.5 MB", "54.9 GB", "2,000.0 TB"]

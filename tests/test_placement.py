@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stacktools.cache import Cache, Entry, Inventory, SourceFile, plan_stacks
 from stacktools.demo import make_demo_project
-from stacktools.errors import NodesFileError, PlacementError
+from stacktools.errors import CsFormatError, MissingStackError, NodesFileError, PlacementError
 from stacktools.particles import ParticleSet
 from stacktools.placement import (
     Node,
@@ -22,8 +22,10 @@ from stacktools.placement import (
     load_nodes,
     place_queue,
     place_set,
+    queue_from_cs,
     queue_order,
     read_nodes_file,
+    set_sources,
     simulate_queue,
 )
 
@@ -269,6 +271,18 @@ def test_real_caches_warm_node_is_chosen_and_nothing_created(two_nodes):
     cold = next(c for c in p.candidates if c.node == "gpu-b")
     assert cold.bytes_to_copy == sum(os.path.getsize(s) for s in pset.stack_paths)
     assert nodes[0].inventory.quota_bytes == 1000 * 10**6
+
+
+def test_queue_from_cs_opens_each_set_labelled_by_its_path(demo, tmp_path):
+    sets = queue_from_cs([demo.selected_cs, demo.extracted_cs], demo.project_dir)
+    assert [q.label for q in sets] == [str(demo.selected_cs), str(demo.extracted_cs)]
+    pset = ParticleSet.open(demo.selected_cs, demo.project_dir)
+    assert sets[0].stacks == set_sources(pset.stack_paths)
+    assert sets[0].bytes == sum(os.path.getsize(s) for s in pset.stack_paths)
+    with pytest.raises(CsFormatError):
+        queue_from_cs([tmp_path / "absent.cs"], demo.project_dir)
+    with pytest.raises(MissingStackError):
+        set_sources([tmp_path / "absent.mrc"])
 
 
 def test_real_inventory_snapshot_from_status(two_nodes, run_cli, tmp_path):

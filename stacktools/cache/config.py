@@ -47,8 +47,27 @@ DEFAULT_THREADS = 2
 DEFAULT_RESERVE_MB = 10_000
 PROJECT_FILE = ".stacktools-cache.json"
 MB = 1_000_000
+DAY_S = 86400.0
 
 _UNEXPANDED = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def mb_to_bytes(mb: float) -> int:
+    """Bytes in ``mb`` MB (1,000,000 bytes each), truncated to a whole byte."""
+    return int(mb * MB)
+
+
+def days_to_seconds(days: float) -> float:
+    """Seconds in ``days`` days (an entry lifetime)."""
+    return days * DAY_S
+
+
+def human_bytes(n: int) -> str:
+    """Short decimal size for messages, ``6.5 MB`` or ``999 bytes`` (no exact count)."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 @dataclass(frozen=True)
@@ -77,15 +96,15 @@ class CacheConfig:
 
     @property
     def quota_bytes(self) -> int | None:
-        return None if self.quota_mb is None else int(self.quota_mb * MB)
+        return None if self.quota_mb is None else mb_to_bytes(self.quota_mb)
 
     @property
     def reserve_bytes(self) -> int:
-        return int(self.reserve_mb * MB)
+        return mb_to_bytes(self.reserve_mb)
 
     @property
     def lifetime_s(self) -> float:
-        return self.lifetime_days * 86400.0
+        return days_to_seconds(self.lifetime_days)
 
     def to_dict(self) -> dict:
         d = asdict(self)
