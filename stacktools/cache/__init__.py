@@ -32,7 +32,7 @@ from stacktools.cache.config import (
            use_cache_for,
 )
 from stacktools.cache.peek import peek_inventory, plan_without_writing
-from stacktools.cache.plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from stacktools.cache.plan import Entry, Inventory, CachePlan, SourceFile, plan_stacks
 from stacktools.cache.store import (
            Cache,
            SyncResult,
@@ -42,7 +42,7 @@ from stacktools.cache.store import (
            write_cached_cs,
 )
 
-__all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "Plan", "SourceFile", "SyncResult",
+__all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "CachePlan", "SourceFile", "SyncResult",
            "full_message", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
            "project_use_cache",
            "resolve_config", "set_project_use_cache", "stat_sources", "use_cache_for",

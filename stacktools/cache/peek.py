@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stacktools.cache.config import CacheConfig
 from stacktools.cache.locks import live_pins
-from stacktools.cache.plan import Entry, Inventory, Plan, plan_stacks
+from stacktools.cache.plan import Entry, Inventory, CachePlan, plan_stacks
 from stacktools.cache.safefs import check_own_dir
 from stacktools.cache.store import (
     CACHE_DIRNAME,
@@ -147,7 +147,7 @@ def _open_dir(d: str) -> int:
 
 
 def plan_without_writing(pset, config: CacheConfig, *, partial: bool = False,
-                         consolidation: bool = False, create: bool = False) -> Plan:
+                         consolidation: bool = False, create: bool = False) -> CachePlan:
     """What ``sync`` would do for ``pset`` on this node; creates and writes nothing.
 
     Args:
@@ -158,7 +158,7 @@ def plan_without_writing(pset, config: CacheConfig, *, partial: bool = False,
         create: See :func:`peek_inventory`.
 
     Returns:
-        The :class:`Plan` (``fits`` says whether ``sync`` would run).
+        The :class:`CachePlan` (``fits`` says whether ``sync`` would run).
 
     Raises:
         CacheConfigError: See :func:`peek_inventory`.

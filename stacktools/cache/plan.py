@@ -137,7 +137,7 @@ class Inventory:
 
 
 @dataclass
-class Plan:
+class CachePlan:
     """What a sync of a stack list will do.
 
     ``to_copy`` are the stacks this process will copy (set order); ``cached`` the
@@ -273,7 +273,7 @@ class Plan:
 
 def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 valid: Iterable[str] | Mapping[str, str] | None = None, partial: bool = False,
-                now: float | None = None) -> Plan:
+                now: float | None = None) -> CachePlan:
     """Plan caching ``stacks`` on the node that ``inventory`` describes. Pure.
 
     Parameters
@@ -295,8 +295,8 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
         Unix time for lifetime expiry (default: the snapshot's ``taken_at``).
 
     A stale copy that a running job reads is never replaced: the new version of
-    its stack is copied beside it (``Plan.locations``), and once no job reads the
-    old copy a later plan retires it (``Plan.retire``).
+    its stack is copied beside it (``CachePlan.locations``), and once no job reads the
+    old copy a later plan retires it (``CachePlan.retire``).
     """
     now = inventory.taken_at if now is None else now
     by_key = {e.key: e for e in inventory.entries}
@@ -427,7 +427,7 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
     in_use_bytes = sum(e.size for e in inventory.entries if e.owned and e.in_use and e.key not in seen)
     foreign = max(0, inventory.total_bytes - inventory.free_bytes - inventory.owned_bytes) \
         if inventory.total_bytes else sum(e.size for e in inventory.entries if not e.owned)
-    return Plan(stacks=list(stacks), to_copy=to_copy, cached=cached, waiting=waiting, from_source=from_source,
+    return CachePlan(stacks=list(stacks), to_copy=to_copy, cached=cached, waiting=waiting, from_source=from_source,
                 expire=expire, evict=evict_list, replace=replace, fits=fits,
                 quota_bytes=quota, reserve_bytes=reserve, free_bytes_before=inventory.free_bytes,
                 used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),

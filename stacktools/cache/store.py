@@ -42,7 +42,7 @@ from stacktools.cache.plan import (
     VERSIONS,
     Entry,
     Inventory,
-    Plan,
+    CachePlan,
     SourceFile,
     plan_stacks,
     source_of,
@@ -116,7 +116,7 @@ class SyncResult:
     waited: int = 0
     replanned: bool = False
     use_cache: bool = True
-    plan: Plan | None = None
+    plan: CachePlan | None = None
     _pin: PinFile | None = field(default=None, repr=False)
 
     @property
@@ -394,7 +394,7 @@ class Cache:
 
     # -- plan -----------------------------------------------------------------------
     def plan(self, pset, *, partial: bool = False, consolidation: bool = False,
-             pinned: bool = False, check_content: bool = False) -> Plan:
+             pinned: bool = False, check_content: bool = False) -> CachePlan:
         """Plan caching a particle set (or a list of stack paths); copy nothing.
 
         Parameters
@@ -424,7 +424,7 @@ class Cache:
                 # Warm: nothing to copy, so nothing to expire or evict either.
                 free, total = self._statvfs()
                 cached = stacks if len(valid) == len(stacks) else list({s.key: s for s in stacks}.values())
-                plan = Plan(stacks=stacks, to_copy=[], cached=cached, waiting=[], from_source=[],
+                plan = CachePlan(stacks=stacks, to_copy=[], cached=cached, waiting=[], from_source=[],
                             expire=[], evict=[], fits=True, quota_bytes=self.config.quota_bytes,
                             reserve_bytes=self.config.reserve_bytes, free_bytes_before=free,
                             used_bytes_before=self.index.run(lambda c: c.execute(
@@ -449,7 +449,7 @@ class Cache:
         return _describe_set(plan, pset, consolidation)
 
     # -- execute --------------------------------------------------------------------
-    def execute(self, plan: Plan, *, hold: bool = False, progress: Progress | None = None,
+    def execute(self, plan: CachePlan, *, hold: bool = False, progress: Progress | None = None,
                 on_wait: WaitCallback | None = None, project: str | os.PathLike | None = None,
                 threads: int | None = None) -> SyncResult:
         """Carry out ``plan``: expire, evict, copy; return the source → cached mapping.
@@ -1031,7 +1031,7 @@ def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
 
 
 def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = False,
-                       consolidation: bool = False, now: float | None = None) -> Plan:
+                       consolidation: bool = False, now: float | None = None) -> CachePlan:
     """Plan caching a set on the node an inventory snapshot describes. Copies nothing.
 
     Parameters
@@ -1058,7 +1058,7 @@ def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = Fal
     return _describe_set(plan, pset, consolidation)
 
 
-def _describe_set(plan: Plan, pset, consolidation: bool) -> Plan:
+def _describe_set(plan: CachePlan, pset, consolidation: bool) -> CachePlan:
     """Record the set's project on ``plan`` and, if asked, what consolidating would save."""
     project = getattr(pset, "project_dir", None)
     plan.project = os.path.realpath(project) if project else ""
@@ -1097,7 +1097,7 @@ def missing_ssd_message(ssd: Path) -> str:
             "or set create_ssd_path = true in the config to create it")
 
 
-def full_message(plan: Plan) -> str:
+def full_message(plan: CachePlan) -> str:
     """One line: how much more room the set needs and what holds the space."""
     head = (f"set does not fit: needs {_mb(plan.bytes_to_copy)}, {_mb(plan.shortfall_bytes)} more "
             "than is left after evicting everything evictable")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from stacktools.cache.config import human_bytes
-from stacktools.cache.plan import Entry, Inventory, Plan, SourceFile, plan_stacks
+from stacktools.cache.plan import Entry, Inventory, CachePlan, SourceFile, plan_stacks
 from stacktools.errors import MissingStackError, PlacementError
 from stacktools.placement.nodes import Node
 from stacktools.placement.simulate import apply_plan
@@ -119,7 +119,7 @@ class Candidate:
     room_after_bytes: int
     shortfall_bytes: int
     reason: str
-    plan: Plan = field(repr=False)
+    plan: CachePlan = field(repr=False)
 
     @property
     def bytes_removed(self) -> int:
@@ -172,7 +172,7 @@ class Placement:
                 "reason": self.reason, "candidates": [x.to_dict() for x in self.candidates]}
 
 
-def _room_after(plan: Plan, inv: Inventory) -> int:
+def _room_after(plan: CachePlan, inv: Inventory) -> int:
     reserved = sum(inv.reserved.values())
     room = plan.free_bytes_after - reserved - inv.reserve_bytes
     if inv.quota_bytes is not None:

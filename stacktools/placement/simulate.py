@@ -11,14 +11,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from stacktools.cache.plan import Entry, Inventory, Plan, plan_stacks
+from stacktools.cache.plan import Entry, Inventory, CachePlan, plan_stacks
 from stacktools.errors import PlacementError
 
 if TYPE_CHECKING:
     from stacktools.placement.place import QueuedSet
 
 
-def apply_plan(inventory: Inventory, plan: Plan, *, hold: bool = True,
+def apply_plan(inventory: Inventory, plan: CachePlan, *, hold: bool = True,
                now: float | None = None) -> Inventory:
     """The snapshot after a sync carried out ``plan`` (a new object; the input is kept).
 
@@ -79,7 +79,7 @@ class QueueStep:
     free_bytes: int
     quota_bytes: int | None
     reserve_bytes: int
-    plan: Plan = field(repr=False)
+    plan: CachePlan = field(repr=False)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "plan"}
