@@ -271,6 +271,16 @@ class CachePlan:
         return d
 
 
+def room_bytes(free: int, used: int, quota: int | None, reserve: int) -> int:
+    """Bytes that may still be written: the one statement of the space rule.
+
+    The device must keep ``reserve`` of its ``free`` bytes, and the cache's ``used``
+    bytes (its entries and everything reserved) must stay within ``quota``.
+    """
+    r = free - reserve
+    return r if quota is None else min(r, quota - used)
+
+
 def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 valid: Iterable[str] | Mapping[str, str] | None = None, partial: bool = False,
                 now: float | None = None) -> CachePlan:
@@ -359,10 +369,7 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
 
     def room(freed: int) -> int:
         """Bytes that could still be written after freeing ``freed``."""
-        r = free + freed - reserve
-        if quota is not None:
-            r = min(r, quota - (used - freed))
-        return r
+        return room_bytes(free + freed, used - freed, quota, reserve)
 
     retired = {e.key for e in retire}
     evictable = [e for e in inventory.entries

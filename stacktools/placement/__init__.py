@@ -8,7 +8,13 @@ snapshot, down to a queue of jobs on one node run one after another.
 
 from __future__ import annotations
 
-from stacktools.placement.nodes import Node, NodeSpec, load_nodes, node_inventory, read_nodes_file
+from stacktools.placement.nodes import (
+    Node,
+    NodeSpec,
+    load_nodes,
+    node_inventory,
+    read_nodes_file,
+)
 from stacktools.placement.place import (
     ORDERS,
     Candidate,

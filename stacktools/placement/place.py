@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from stacktools.cache.config import human_bytes
-from stacktools.cache.plan import Entry, Inventory, CachePlan, SourceFile, plan_stacks
-from stacktools.errors import MissingStackError, PlacementError
+from stacktools.cache.plan import (
+    CachePlan,
+    Entry,
+    Inventory,
+    SourceFile,
+    plan_stacks,
+    room_bytes,
+)
+from stacktools.cache.store import stat_sources
+from stacktools.errors import PlacementError
 from stacktools.placement.nodes import Node
 from stacktools.placement.simulate import apply_plan
 
@@ -81,11 +89,7 @@ def set_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
         MissingStackError: A stack is not there.
     """
     out, seen = [], set()
-    for p in paths:
-        try:
-            s = SourceFile.from_path(p)
-        except FileNotFoundError:
-            raise MissingStackError(f"{p}: source stack not found") from None
+    for s in stat_sources(paths):
         if s.key not in seen:
             seen.add(s.key)
             out.append(s)
@@ -174,10 +178,8 @@ class Placement:
 
 def _room_after(plan: CachePlan, inv: Inventory) -> int:
     reserved = sum(inv.reserved.values())
-    room = plan.free_bytes_after - reserved - inv.reserve_bytes
-    if inv.quota_bytes is not None:
-        room = min(room, inv.quota_bytes - plan.used_bytes_after - reserved)
-    return room
+    return room_bytes(plan.free_bytes_after - reserved, plan.used_bytes_after + reserved,
+                      inv.quota_bytes, inv.reserve_bytes)
 
 
 def _candidate(node: Node, qset: QueuedSet) -> Candidate:

@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from stacktools.cache.plan import Entry, Inventory, CachePlan, plan_stacks
+from stacktools.cache.plan import CachePlan, Entry, Inventory, plan_stacks
 from stacktools.errors import PlacementError
 
 if TYPE_CHECKING:
