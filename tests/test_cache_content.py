@@ -9,7 +9,7 @@ from pathlib import Path
 
 import xxhash
 
-from independent import read_bytes
+from tests.independent import read_bytes
 from stacktools.cache import Cache
 
 SSD_ROOT = "stacktools-cache"

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from stacktools.cache import Cache
-from conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def _tree(root: Path) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import independent
-from conftest import _stacktools_command, assert_one_line_error
+from tests import independent
+from tests.helpers import assert_one_line_error
 from stacktools.consolidate import consolidate
 from stacktools.csdataset import CsDataset
 from stacktools.csfile import read_cs, write_cs
@@ -128,8 +127,7 @@ def test_non_utf8_blob_path_size(latin1, run_cli) -> None:
     res = run_cli("size", demo.selected_cs, "--json", "--per-stack", check=True)
     assert json.loads(res.stdout)["particles"] == demo.selected
     # The table prints the name's own bytes, as ls does.
-    res = subprocess.run(_stacktools_command() + ["size", str(demo.selected_cs), "--per-stack"],
-                         capture_output=True, check=True)
+    res = run_cli("size", demo.selected_cs, "--per-stack", check=True, text=False)
     assert b"\xe9" + os.path.basename(new)[1:20] in res.stdout
 
 

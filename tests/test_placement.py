@@ -17,7 +17,7 @@ from stacktools.particles import ParticleSet
 from stacktools.placement import (Node, QueuedSet, apply_plan, load_nodes, place_queue, place_set,
                                   queue_order, read_nodes_file, simulate_queue)
 
-from conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 NOW = 10_000.0
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

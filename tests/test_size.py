@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 from stacktools.csfile import read_cs, write_cs
 from stacktools.demo import make_demo_project
 from stacktools.particles import ParticleSet
