@@ -62,8 +62,13 @@ def invoke_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``stacktools ARGS`` in this process through the real entry point (its error
     handling included), output captured by typer's CliRunner; same result as run_cli."""
     from stacktools.cli.app import main
+    try:  # older Click mixes stderr into stdout unless told not to; newer has no such option
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
     argv, code = sys.argv, 0
-    with CliRunner().isolation(env=env) as (out, err, _):
+    with runner.isolation(env=env) as streams:
+        out, err = streams[:2]
         sys.argv = ["stacktools", *map(str, args)]
         try:
             main()

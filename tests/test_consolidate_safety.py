@@ -27,6 +27,7 @@ from tests import independent
 from tests.helpers import run_cli, tmpfs
 from tests.independent import assert_same_particles
 
+
 def final_files(outdir: Path) -> list[Path]:
     """Files under OUTDIR with a final (non-hidden) name."""
     if not outdir.exists():
