@@ -1,6 +1,6 @@
 """SSD cache: cold sync against `cp -r`, and a warm check against a bare stat loop.
 
-Run: python benchmarks/bench_cache.py [--stacks 100000] [--cold-mb 400] [--repeat 3] [--dir DIR]
+Run: python -m benchmarks.bench_cache [--stacks 100000] [--cold-mb 400] [--repeat 3] [--dir DIR]
 
 Cold: the same stacks copied by `cp -r`, by `cp -r` followed by `sync` (the
 cache fsyncs every copy, plain `cp` does not), and by `Cache.ensure` with 1, 2
@@ -26,28 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import best_of, print_table  # noqa: E402
-
-import stacktools.cache.copy as cache_copy  # noqa: E402
-from stacktools.cache import Cache  # noqa: E402
-from stacktools.demo import make_demo_project  # noqa: E402
+import stacktools.cache.copy as cache_copy
+from benchmarks.common import Results, best_of, make_project, print_table, warm_page_cache
+from stacktools.cache import Cache
 
 
-def cold(work: Path, mb: int, repeat: int) -> None:
+def cold(work: Path, mb: int, repeat: int, results: Results) -> None:
     box = 128
     per = 100
     stack_bytes = per * box * box * 4
     n = max(2, mb * 1_000_000 // stack_bytes)
-    made = make_demo_project(work / "P1", micrographs=n, particles_per_micrograph=per, box=box,
-                             float16_every=0, extended_header_stack=None)
+    made = make_project(work / "P1", stacks=n, per_stack=per, box=box)
     src_dir = made.project_dir / "J5" / "extract"
     paths = [str(p) for p in made.stacks]
     total = sum(os.path.getsize(p) for p in paths)
-    for p in paths:  # warm the page cache for every contender alike
-        with open(p, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
+    warm_page_cache(paths)
 
     def fresh(name: str) -> Path:
         d = work / name
@@ -89,7 +82,7 @@ def cold(work: Path, mb: int, repeat: int) -> None:
         rows.append((name + ", no digest", min(without)))
         rows.append((name, min(with_)))
     print_table(f"Cold sync of {len(paths)} stacks, {total / 1e6:,.0f} MB (best of {repeat})",
-                rows, "cp -r")
+                rows, "cp -r", results)
     from stacktools.cache.digest import digest_file
 
     def digest_only():
@@ -98,6 +91,7 @@ def cold(work: Path, mb: int, repeat: int) -> None:
     hash_t = best_of(digest_only, repeat)
     print(f"\nreading back and hashing {total / 1e6:,.0f} MB from the page cache alone (XXH3-128): "
           f"{hash_t * 1e3:,.1f} ms, {total / hash_t / 1e6:,.0f} MB/s")
+    results.add("read back and hash (XXH3-128), page cache", hash_t, params={"bytes": total})
     print("\nthroughput: " + ", ".join(f"{name}: {total / t / 1e6:,.0f} MB/s" for name, t in rows))
     times = dict(rows)
     for t in (1, 2, 4):
@@ -105,7 +99,7 @@ def cold(work: Path, mb: int, repeat: int) -> None:
         print(f"digest cost, {t} thread(s): {times[name] / times[name + ', no digest'] - 1:+.1%}")
 
 
-def warm(work: Path, n: int, repeat: int) -> None:
+def warm(work: Path, n: int, repeat: int, results: Results) -> None:
     src = work / "src"
     ssd = work / "ssd"
     ssd.mkdir(parents=True)
@@ -158,7 +152,7 @@ def warm(work: Path, n: int, repeat: int) -> None:
             ("Cache.sources + Cache.check (validity only)", best_of(check_only, repeat)),
             ("Cache.ensure (pin, check, record access)", best_of(ensure, repeat))]
     print_table(f"Warm check of {n:,} cached stacks (best of {repeat})", rows,
-                "os.stat loop over the sources")
+                "os.stat loop over the sources", results)
     both = dict(rows)["os.stat loop over sources and copies"]
     print(f"\nCache.ensure / stat of sources and copies: {dict(rows)['Cache.ensure (pin, check, record access)'] / both:.2f}×")
     counts = _count_stats(ssd, paths)
@@ -192,12 +186,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     args = ap.parse_args()
+    results = Results("bench_cache", {"stacks": args.stacks, "cold_mb": args.cold_mb,
+                                      "repeat": args.repeat})
     work = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=args.dir))
     try:
-        cold(work / "cold", args.cold_mb, args.repeat)
-        warm(work / "warm", args.stacks, args.repeat)
+        cold(work / "cold", args.cold_mb, args.repeat, results)
+        warm(work / "warm", args.stacks, args.repeat, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results.report()
 
 
 if __name__ == "__main__":

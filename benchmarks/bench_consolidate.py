@@ -19,7 +19,7 @@ source) are read back into the page cache, and ``sync`` is run. The table gives 
 median and the best time with their ratios to ``cp``, and the peak RSS
 (``/usr/bin/time``). Usage::
 
-    python benchmarks/bench_consolidate.py [--sizes small,large] [--repeats 5]
+    python -m benchmarks.bench_consolidate [--sizes small,large] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import Results, make_project, stacktools_command, warm_page_cache
+
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 SIZES = {"small": 40, "large": 160}
 
 NAIVE = r'''
@@ -56,13 +57,6 @@ for path in np.unique(data["blob/path"]):
         dst.set_image_stack()
         dst.voxel_size = vs
 '''
-
-
-def make_data(root: Path, micrographs: int):
-    from stacktools.demo import make_demo_project
-    return make_demo_project(root, micrographs=micrographs, particles_per_micrograph=(250, 250),
-                             box=256, float16_every=0, extended_header_stack=None,
-                             select_fraction=0.25)
 
 
 def reuse_data(proj: Path):
@@ -92,13 +86,6 @@ def write_star(made, links: Path, star: Path) -> None:
         stem = Path(p.decode()).stem
         lines.append(f"{int(i) + 1:06d}@{links / (stem + '.mrcs')} {stem}.mrc 1")
     star.write_text("\n".join(lines) + "\n")
-
-
-def warm(paths) -> None:
-    for p in paths:
-        with open(p, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
 
 
 def warm_selected(made) -> None:
@@ -165,7 +152,8 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     else:
         shutil.rmtree(root, ignore_errors=True)
         print(f"[{name}] generating {micrographs} stacks ...", file=sys.stderr, flush=True)
-        made = make_data(root / "P1", micrographs)
+        made = make_project(root / "P1", stacks=micrographs, per_stack=250, box=256,
+                            select_fraction=0.25)
         (root / "P1" / "done").touch()
     report = size_particles(ParticleSet.open(made.selected_cs, made.project_dir))
     out_bytes = report.consolidated_bytes
@@ -184,13 +172,13 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     naive = root / "naive.py"
     naive.write_text(NAIVE)
     out = root / "out"
-    py = str(BIN / "python")
-    st = str(BIN / "stacktools")
+    py = sys.executable
+    st = stacktools_command()
     tools = {
         "cp": ["cp", str(floor_src), str(out / "floor.bin")],
-        "stacktools consolidate": [st, "consolidate", str(made.selected_cs), "--project-dir",
+        "stacktools consolidate": [*st, "consolidate", str(made.selected_cs), "--project-dir",
                                    str(made.project_dir), "--out", str(out / "st"), "--quiet", "--json"],
-        "stacktools consolidate --dry-run": [st, "consolidate", str(made.selected_cs),
+        "stacktools consolidate --dry-run": [*st, "consolidate", str(made.selected_cs),
                                              "--project-dir", str(made.project_dir), "--out",
                                              str(out / "dry"), "--quiet", "--json", "--dry-run"],
         "stacktools, Python API (no start-up)": [py, "-c", API_RUN, str(made.selected_cs),
@@ -209,9 +197,10 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     if only:
         tools = {k: v for k, v in tools.items() if any(k.startswith(o) for o in only) or k == "cp"}
     if not shutil.which("relion_stack_create"):
+        print(f"[{name}] relion_stack_create not found: RELION rows skipped", file=sys.stderr)
         tools = {k: v for k, v in tools.items() if not k.startswith("relion")}
     print(f"[{name}] warming the page cache ...", file=sys.stderr, flush=True)
-    warm([floor_src])
+    warm_page_cache([floor_src])
     times: dict[str, list[float]] = {k: [] for k in tools}
     rss: dict[str, int] = {k: 0 for k in tools}
     for rep in range(-1, repeats):  # round -1 warms up and is not counted
@@ -219,7 +208,7 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             warm_selected(made)
-            warm([floor_src])
+            warm_page_cache([floor_src])
             os.sync()
             dt, peak = run(cmd, root)
             if rep < 0:
@@ -239,7 +228,7 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     rss["stacktools consolidate --verify"] = peak
     new_cs = out / "st" / f"{made.selected_cs.stem}_consolidated.cs"
     warm_selected(made)
-    dt, peak = run([st, "verify", str(new_cs), "--against", str(made.selected_cs),
+    dt, peak = run([*st, "verify", str(new_cs), "--against", str(made.selected_cs),
                     "--project-dir", str(made.project_dir), "--quiet", "--json"], root)
     times["stacktools verify"] = [dt]
     rss["stacktools verify"] = peak
@@ -285,6 +274,12 @@ def main() -> None:
                            keep=args.keep_data)
     if not args.keep_data:
         shutil.rmtree(args.data, ignore_errors=True)
+    results = Results("bench_consolidate", {"repeats": args.repeats})
+    for r in rows:
+        results.add(r["tool"], r["seconds"], "cp", ratio=r["ratio"],
+                    params={"size": r["size"], "source_bytes": r["source_bytes"],
+                            "output_bytes": r["output_bytes"]},
+                    best_seconds=r["best"], best_ratio=r["best_ratio"], peak_rss_bytes=r["rss"])
     for name in dict.fromkeys(r["size"] for r in rows):
         sub = [r for r in rows if r["size"] == name]
         print(f"\n{name}: {sub[0]['source_bytes'] / 1e9:.2f} GB of source stacks, "
@@ -297,6 +292,7 @@ def main() -> None:
                   f"{r['best']:.2f} s | {r['best_ratio']:.2f}× | {r['rss'] / 2**20:.0f} MiB |")
         print("\n¹ median over rounds of (tool time / cp time in the same round); rows run "
               "once: median time / median cp time. ² best time / best cp time.")
+    results.report()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """.cs operations at 1,000,000 rows: stacktools against np.load and cryosparc-tools.
 
-Run: python benchmarks/bench_cs.py [--rows 1000000] [--repeat 5]
+Run: python -m benchmarks.bench_cs [--rows 1000000] [--repeat 5]
 
 Data (generated in a temporary directory, deleted afterwards): A, a refinement-like
 particles file (uid, blob/*, ctf/*, alignments3D/*; 1M rows); B, a file of the same
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import best_of  # noqa: E402
-
-from stacktools.cs import rows as ds  # noqa: E402
-from stacktools.cs.dataset import CsDataset  # noqa: E402
-from stacktools.cs.info import cs_info  # noqa: E402
-from stacktools.demo import BLOB_DTYPE, CTF_DTYPE, LOCATION_DTYPE, PICK_DTYPE  # noqa: E402
-from stacktools.formats.cs import read_cs  # noqa: E402
+from benchmarks.common import Results, best_of, command, stacktools_command
+from stacktools.cs import rows as ds
+from stacktools.cs.dataset import CsDataset
+from stacktools.cs.info import cs_info
+from stacktools.demo import BLOB_DTYPE, CTF_DTYPE, LOCATION_DTYPE, PICK_DTYPE
+from stacktools.formats.cs import read_cs
 
 ALIGN3D = [("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
            ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4"),
@@ -88,7 +85,7 @@ def save(path: Path, arr: np.ndarray) -> None:
 
 
 def wall(cmd: list[str], repeat: int) -> float:
-    return best_of(lambda: subprocess.run(cmd, check=True, capture_output=True), repeat)
+    return best_of(command(cmd), repeat)
 
 
 def main() -> None:
@@ -146,7 +143,7 @@ def main() -> None:
         assert len(da.query(QUERY_DICT)) == len(CsDataset(a).query(QUERY))
         del a, b, p, da, db, dp
 
-        exe = [str(Path(sys.executable).parent / "stacktools")]
+        exe = stacktools_command()
         out = root / "out.cs"
         w = {
             "python: import numpy; np.load A+B": wall([sys.executable, "-c",
@@ -163,6 +160,9 @@ def main() -> None:
         base = {"read_cs A": "np.load A", "info": "np.load A", "info --no-stats": "np.load A",
                 "join in memory": "np.load A+P", "join read + op": "np.load A+P"}
         ct = {"read_cs A": "load A"}
+        results = Results("bench_cs", {"rows": n, "repeat": rep})
+        for name in ("np.load A", "np.load A+B", "np.load A+P"):
+            results.add(name, t[name], name, t[name])
         print("\n| operation (1M rows) | stacktools | np.load of the inputs | ratio | cryosparc-tools | ratio |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name, secs in t.items():
@@ -175,10 +175,15 @@ def main() -> None:
             cs_cell = f"{cs_t * 1000:.0f} ms | {secs / cs_t:.2f}×" if cs_t else "— | —"
             print(f"| {name} | {secs * 1000:.0f} ms | {ref}: {t[ref] * 1000:.0f} ms | "
                   f"{secs / t[ref]:.2f}× | {cs_cell} |")
+            results.add(name, secs, ref, t[ref], cryosparc_tools_seconds=cs_t)
+            if cs_t:
+                results.add(f"cryosparc-tools: {cname}", cs_t, ref, t[ref])
         print("\n| command, end to end (process start-up, read, op, write) | wall |")
         print("| --- | --- |")
         for name, secs in w.items():
             print(f"| `{name}` | {secs * 1000:.0f} ms |")
+            results.add(name, secs, params={"end_to_end": True})
+        results.report()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Size 1,000,000 particles in 10,000 stacks: stacktools against header-reading loops.
 
-Run: python benchmarks/bench_size.py [--stacks 10000] [--per-stack 100]
+Run: python -m benchmarks.bench_size [--stacks 10000] [--per-stack 100]
 
 The stacks are sparse files (headers real, pixels holes), so the data set costs little
 disk. Baselines over the same files, warm page cache:
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,12 +20,9 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import best_of, print_table  # noqa: E402
-
-from stacktools.demo import make_demo_project  # noqa: E402
-from stacktools.particles import ParticleSet  # noqa: E402
-from stacktools.size import size_particles  # noqa: E402
+from benchmarks.common import Results, best_of, command, make_project, print_table, stacktools_command
+from stacktools.particles import ParticleSet
+from stacktools.size import size_particles
 
 
 def main() -> None:
@@ -36,11 +31,11 @@ def main() -> None:
     ap.add_argument("--per-stack", type=int, default=100)
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     args = ap.parse_args()
+    results = Results("bench_size", {"stacks": args.stacks, "per_stack": args.per_stack, "box": 256})
     root = Path(tempfile.mkdtemp(prefix="bench-size-"))
     try:
-        proj = make_demo_project(root / "P1", micrographs=args.stacks,
-                                 particles_per_micrograph=(args.per_stack, args.per_stack),
-                                 box=256, sparse=True, select_fraction=0.25, float16_every=0)
+        proj = make_project(root / "P1", stacks=args.stacks, per_stack=args.per_stack, box=256,
+                            sparse=True, select_fraction=0.25, extended_header_stack=1)
         cs = proj.extracted_cs
         paths = [str(p) for p in ParticleSet.open(cs, proj.project_dir).stack_paths]
         n = proj.particles
@@ -90,13 +85,12 @@ def main() -> None:
             ("stacktools: size_particles(ParticleSet.open(cs)) end to end", best_of(ours_full)),
         ]
         print_table(f"Sizing {n:,} particles in {len(paths):,} stacks (best of 3)", rows,
-                    "bare os.open + os.pread(1024) loop")
-        exe = Path(sys.executable).parent / "stacktools"
-        if exe.exists():
-            t = best_of(lambda: subprocess.run([str(exe), "size", str(cs), "--project-dir",
-                                                str(proj.project_dir), "--json"],
-                                               check=True, capture_output=True))
-            print(f"\n`stacktools size ... --json` as a command, start-up included: {t:.2f} s")
+                    "bare os.open + os.pread(1024) loop", results)
+        t = best_of(command([*stacktools_command(), "size", str(cs), "--project-dir",
+                             str(proj.project_dir), "--json"]))
+        print(f"\n`stacktools size ... --json` as a command, start-up included: {t:.2f} s")
+        results.add("stacktools size --json, as a command", t)
+        results.report()
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,6 @@
 """CLI start-up: `stacktools --help` against `python -c "import numpy"`.
 
-Run: python benchmarks/bench_startup.py [--repeat 15]
+Run: python -m benchmarks.bench_startup [--repeat 15]
 
 Both run as fresh processes; the table gives the median wall time.
 """
@@ -10,22 +10,15 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import median_of, print_table  # noqa: E402
+from benchmarks.common import Results, command, median_of, print_table, stacktools_command
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
-    exe = Path(sys.executable).parent / "stacktools"
-    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "stacktools.cli.app"]
-
-    def run(cmd):
-        return lambda: subprocess.run(cmd, check=True, capture_output=True)
-
+    cli = stacktools_command()
     cases = [
         ("python -c 'import numpy'", [sys.executable, "-c", "import numpy"]),
         ("python -c 'pass'", [sys.executable, "-c", "pass"]),
@@ -36,8 +29,9 @@ def main() -> None:
     ]
     for _, cmd in cases:  # warm the file cache
         subprocess.run(cmd, capture_output=True)
-    rows = [(name, median_of(run(cmd), args.repeat)) for name, cmd in cases]
-    print_table(f"CLI start-up (median of {args.repeat})", rows, "python -c 'import numpy'")
+    rows = [(name, median_of(command(cmd), args.repeat)) for name, cmd in cases]
+    results = Results("bench_startup", {"repeat": args.repeat})
+    print_table(f"CLI start-up (median of {args.repeat})", rows, "python -c 'import numpy'", results)
     heavy = subprocess.run([sys.executable, "-X", "importtime", "-c",
                                                   "import stacktools.cli.app"],
                            capture_output=True, text=True).stderr
@@ -45,6 +39,7 @@ def main() -> None:
     print("\nheavy modules imported by the CLI at start-up:",
           ", ".join(m for m in ("pandas", "starfile", "matplotlib", "sqlite3", "mrcfile", "rich")
                     if m in loaded) or "none")
+    results.report()
 
 
 if __name__ == "__main__":

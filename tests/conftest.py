@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stacktools.demo import DemoProject, make_demo_project
+from tests import helpers
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(__file__).resolve().parent / "data"
@@ -40,32 +41,7 @@ def demo(_demo_template: DemoProject, tmp_path: Path) -> DemoProject:
                        _demo_template.particles, _demo_template.selected)
 
 
-def _stacktools_command() -> list[str]:
-    import sys
-    exe = Path(sys.executable).parent / "stacktools"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "stacktools.cli.app"]
-
-
 @pytest.fixture
 def run_cli():
-    """Run the ``stacktools`` command in a subprocess; returns CompletedProcess (text)."""
-    import subprocess
-
-    def run(*args, check: bool = False, **kw):
-        res = subprocess.run(_stacktools_command() + [str(a) for a in args],
-                             capture_output=True, text=True, **kw)
-        if check and res.returncode != 0:
-            raise AssertionError(f"stacktools {' '.join(map(str, args))} failed:\n{res.stderr}")
-        return res
-
-    return run
-
-
-def assert_one_line_error(res, *fragments: str) -> None:
-    """A CLI failure: non-zero exit, one line on stderr naming what and where, no traceback."""
-    assert res.returncode != 0, res.stdout
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert "Traceback" not in res.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
+    """Run the ``stacktools`` command in a subprocess (tests.helpers.run_cli)."""
+    return helpers.run_cli

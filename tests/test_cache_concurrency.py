@@ -6,7 +6,9 @@ from the cache's ledger of copies, never inferred from timing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import json
 import os
 import random
@@ -15,21 +17,23 @@ import time
 from pathlib import Path
 
 import pytest
-from cache_helpers import (
+
+from stacktools.cache import Cache
+from stacktools.errors import CacheFullError
+from tests.helpers import (
+    EVICTING_WORKER,
     PY,
     SLOW_WORKER,
-    STACKTOOLS,
     final_files,
     kill_slow_worker,
     ledger_copies,
     no_lock_held,
     project,
+    run_cli,
     same_stack,
     subset_cs,
+    tmpfs,
 )
-
-from stacktools.cache import Cache
-from stacktools.errors import CacheFullError
 
 
 @pytest.fixture(scope="module")
@@ -162,37 +166,21 @@ def test_files_deleted_during_a_run(proj, tmp_path):
     assert Cache(ssd, reserve_mb=0).status()["entries"] == len(paths)
 
 
-def _tmpfs(path: Path, size: str, inodes: int | None = None) -> bool:
-    path.mkdir()
-    opts = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
-                       capture_output=True)
-    return r.returncode == 0
-
-
 @pytest.fixture
 def small_fs(tmp_path):
-    mounts = []
-
-    def make(size: str, inodes: int | None = None) -> Path | None:
-        p = tmp_path / f"fs{len(mounts)}"
-        if not _tmpfs(p, size, inodes):
-            return None
-        mounts.append(p)
-        return p
-    yield make
-    for m in mounts:
-        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+    """Mounts a new tmpfs of the size asked for; all are unmounted after the test."""
+    names = (tmp_path / f"fs{i}" for i in itertools.count())
+    with contextlib.ExitStack() as mounts:
+        def make(size: str, inodes: int | None = None) -> Path:
+            return mounts.enter_context(tmpfs(next(names), size, inodes))
+        yield make
 
 
 def test_disk_full_set_too_big_copies_nothing(proj, small_fs):
     made, pset = proj
     ssd = small_fs("2m")
-    if ssd is None:
-        pytest.skip("cannot mount a tmpfs here (see the injected-ENOSPC test)")
-    p = subprocess.run([*STACKTOOLS, "cache", "sync", made.extracted_cs, "--project-dir",
-                        made.project_dir, "--ssd-path", ssd, "--reserve-mb", "0", "--json"],
-                       capture_output=True, text=True)
+    p = run_cli("cache", "sync", made.extracted_cs, "--project-dir", made.project_dir,
+                "--ssd-path", ssd, "--reserve-mb", "0", "--json")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "does not fit" in p.stderr
     assert final_files(ssd) == []
 
@@ -207,8 +195,6 @@ class _LyingCache(Cache):
 def test_disk_full_during_copy_leaves_no_corrupt_entry(proj, small_fs):
     made, pset = proj
     ssd = small_fs("1m")
-    if ssd is None:
-        pytest.skip("cannot mount a tmpfs here (see the injected-ENOSPC test)")
     paths = [str(p) for p in pset.stack_paths]
     cache = _LyingCache(ssd, reserve_mb=0, threads=2)
     with pytest.raises(CacheFullError, match="SSD full"):
@@ -231,15 +217,8 @@ def test_disk_full_during_copy_leaves_no_corrupt_entry(proj, small_fs):
 def test_out_of_inodes_is_a_clean_error(proj, small_fs):
     made, pset = proj
     ssd = small_fs("64m", inodes=40)
-    if ssd is None:
-        pytest.skip("cannot mount a tmpfs here")
-    paths = [str(p) for p in pset.stack_paths]
-    p = subprocess.run([PY, "-c", "import sys, json; from stacktools.cli.app import main; "
-                        "sys.argv=['stacktools']+json.loads(sys.argv[1]); main()",
-                        json.dumps(["cache", "sync", str(made.extracted_cs), "--project-dir",
-                                    str(made.project_dir), "--ssd-path", str(ssd),
-                                    "--reserve-mb", "0", "--quiet", "--json"])],
-                       capture_output=True, text=True)
+    p = run_cli("cache", "sync", made.extracted_cs, "--project-dir", made.project_dir,
+                "--ssd-path", ssd, "--reserve-mb", "0", "--quiet", "--json")
     if p.returncode == 0:
         pytest.skip("tmpfs inode limit not enforced here")
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
@@ -283,9 +262,8 @@ def test_waiter_says_what_it_waits_on(proj, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert slow.stdout.readline().strip() == "ready"
     cs = subset_cs(pset, list(range(6)), tmp_path / "six.cs")
-    fast = subprocess.run([*STACKTOOLS, "cache", "sync", cs, "--project-dir", made.project_dir,
-                           "--ssd-path", ssd, "--reserve-mb", "0", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    fast = run_cli("cache", "sync", cs, "--project-dir", made.project_dir,
+                   "--ssd-path", ssd, "--reserve-mb", "0", "--json", timeout=120)
     out, err = slow.communicate(timeout=120)
     assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + err
     a, b = json.loads(out.splitlines()[-1]), json.loads(fast.stdout)
@@ -296,7 +274,6 @@ def test_waiter_says_what_it_waits_on(proj, tmp_path):
 
 def test_racing_evictors_never_remove_what_is_in_use(proj, tmp_path):
     """Processes evict each other's entries under a tight quota while each reads its own."""
-    from cache_helpers import EVICTING_WORKER
     made, pset = proj
     ssd = tmp_path / "ssd"
     ssd.mkdir()

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import xxhash
-from independent import read_bytes
 
 from stacktools.cache import Cache
+from tests.independent import read_bytes
 
 SSD_ROOT = "stacktools-cache"
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
-from cache_helpers import final_files, project, run_cli
 
 from stacktools.cache import Cache
 from stacktools.cache.index import Index
 from stacktools.errors import CacheError, DiskFullError
+from tests import helpers
+from tests.helpers import final_files, project, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,8 @@ def proj(tmp_path_factory):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    d = tmp_path / "ssd"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with helpers.tmpfs(tmp_path / "ssd", "1m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=True)
 
 
 def _fill(d: Path) -> None:
@@ -71,7 +64,7 @@ def test_upkeep_on_a_full_ssd(proj, tmpfs, cmd):
     res = Cache(tmpfs, reserve_mb=0).ensure(pset)
     assert res.copied == len(pset.stack_paths)
     _fill(tmpfs)
-    p = run_cli("cache", *cmd, "--ssd-path", tmpfs, check=False)
+    p = run_cli("cache", *cmd, "--ssd-path", tmpfs)
     assert "Traceback" not in p.stderr
     assert p.returncode == 0 or (p.returncode == 2 and p.stderr.count("\n") == 1), p.stderr
     assert _corrupt_marks(tmpfs) == []

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import pytest
-from conftest import _stacktools_command
 
 from cli.cache import shorten_middle
 from stacktools.cache import Cache
 from stacktools.cache.locks import FileLock, key_hash
+from tests.helpers import start_cli
 
 
 def _sync_args(demo, ssd, *extra):
@@ -73,10 +72,8 @@ def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
         lk = FileLock(cache.locks_dir / f"{key_hash(k)}.lock")
         lk.acquire(note=f"pid {os.getpid()} (test holder)")
         held[os.fstat(lk.fd).st_ino] = lk
-    proc = subprocess.Popen(
-        _stacktools_command() + [str(a) for a in _sync_args(demo, ssd, "--threads", "1", "--json",
-                                                             *(["--quiet"] if quiet else []))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*_sync_args(demo, ssd, "--threads", "1", "--json",
+                                 *(["--quiet"] if quiet else [])))
     try:
         released = 0
         # Release each entry lock only once the sync is blocked on it: every stack is a wait.

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cache_helpers import PY, final_files, kill_slow_worker, project, run_cli
+
+from tests.helpers import PY, final_files, kill_slow_worker, project, run_cli
 
 # Kills itself with SIGKILL at one exact point of the first copy.
 POINT_WORKER = r"""
@@ -60,7 +61,7 @@ def _cache_files(ssd: Path) -> list[Path]:
 
 
 def _clear_and_check(ssd: Path, foreign: Path) -> None:
-    run_cli("cache", "clear", "--yes", "--ssd-path", ssd)
+    run_cli("cache", "clear", "--yes", "--ssd-path", ssd, check=True)
     assert _cache_files(ssd) == [foreign], "clear left a file the cache made"
     assert foreign.read_bytes() == b"a user's own file, not a copy"
 

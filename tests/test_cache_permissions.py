@@ -6,9 +6,9 @@ import os
 import stat
 
 import pytest
-from cache_helpers import project, run_cli
 
 from stacktools.cache import Cache
+from tests.helpers import project, run_cli
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_status_warns_about_a_world_writable_root(tmp_path):
     assert cache.status()["warnings"] == []
     os.chmod(cache.root, 0o777)
     assert "sticky" in cache.status()["warnings"][0]
-    p = run_cli("cache", "status", "--ssd-path", ssd)
+    p = run_cli("cache", "status", "--ssd-path", ssd, check=True)
     assert "warning:" in p.stderr and "sticky" in p.stderr
     os.chmod(cache.root, 0o1777)
     assert Cache(ssd, reserve_mb=0).status()["warnings"] == []

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-from conftest import _stacktools_command
-from independent import read_bytes
-
 from stacktools.cache import Cache
+from tests.helpers import start_cli
+from tests.independent import read_bytes
 
 JOB = ("import os, sys, time\n"
        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
@@ -39,11 +38,9 @@ def test_pin_outlives_a_killed_wrapper_while_the_job_runs(tmp_path, demo):
     ssd = tmp_path / "ssd"
     ssd.mkdir()
     ready, stop = tmp_path / "job.pid", tmp_path / "job.stop"
-    wrapper = subprocess.Popen(
-        _stacktools_command() + ["cache", "sync", str(demo.extracted_cs), "-p", str(demo.project_dir),
-                                 "--ssd-path", str(ssd), "--reserve-mb", "0", "--quiet", "--",
-                                 sys.executable, "-c", JOB, str(ready), str(stop)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wrapper = start_cli("cache", "sync", demo.extracted_cs, "-p", demo.project_dir,
+                        "--ssd-path", ssd, "--reserve-mb", "0", "--quiet", "--",
+                        sys.executable, "-c", JOB, ready, stop, stdout=subprocess.DEVNULL)
     job = None
     try:
         _wait_for(lambda: ready.exists() or wrapper.poll() is not None, "the job to start")

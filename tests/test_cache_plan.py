@@ -160,9 +160,8 @@ def test_live_sync_does_what_its_plan_says(stacks12, data):
 
 
 def test_plan_against_exported_snapshot_matches_live_plan(stacks12, tmp_path):
-    from cache_helpers import cli_json
-
     from stacktools.cache import plan_for_inventory
+    from tests.helpers import cli_json
     ssd = tmp_path / "ssd"
     ssd.mkdir()
     sizes = [os.path.getsize(p) for p in stacks12]

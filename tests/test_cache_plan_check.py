@@ -7,9 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from conftest import assert_one_line_error
-
 from stacktools.cache import Cache
+from tests.helpers import assert_one_line_error
 
 
 def _tree(root: Path) -> dict:

@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cache_helpers import final_files, project, run_cli, subset_cs
-from independent import read_particle
 
 from stacktools.cache import Cache
 from stacktools.cache.locks import key_hash
+from tests.helpers import final_files, project, run_cli, subset_cs
+from tests.independent import read_particle
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def outside(tmp_path):
 
 
 def _cli(cmd: list, ssd: Path) -> None:
-    p = run_cli(*cmd, "--ssd-path", ssd, check=False)
+    p = run_cli(*cmd, "--ssd-path", ssd)
     assert p.returncode in (0, 1, 2), p.stderr
     assert "Traceback" not in p.stderr
     if p.returncode == 2:
@@ -113,7 +113,7 @@ def test_an_old_manifests_dir_or_symlink_is_left_alone(proj, tmp_path, outside):
     (root / "manifests").mkdir()
     (root / "manifests" / "abc.json").write_text("{}")
     cache.ensure(pset)
-    status = run_cli("cache", "status", "--json", "--ssd-path", ssd, check=False)
+    status = run_cli("cache", "status", "--json", "--ssd-path", ssd)
     assert status.returncode == 0, status.stderr
     assert not [f for f in json.loads(status.stdout)["foreign_paths"] if "/manifests" in f["path"]]
     assert (root / "manifests" / "abc.json").read_text() == "{}"
@@ -137,11 +137,11 @@ def test_foreign_temporaries_stay_and_status_lists_them(proj, tmp_path):
     foreign.write_bytes(b"someone's data")
     stray = cache.root / "locks" / "notes.txt"
     stray.write_text("mine")
-    st = json.loads(run_cli("cache", "status", "--json", "--ssd-path", ssd).stdout)
+    st = json.loads(run_cli("cache", "status", "--json", "--ssd-path", ssd, check=True).stdout)
     listed = {i["path"] for i in st["foreign_paths"]}
     assert str(foreign) in listed and str(stray) in listed
-    run_cli("cache", "clean", "--lifetime-days", "0", "--ssd-path", ssd)
-    run_cli("cache", "clear", "--yes", "--ssd-path", ssd)
+    run_cli("cache", "clean", "--lifetime-days", "0", "--ssd-path", ssd, check=True)
+    run_cli("cache", "clear", "--yes", "--ssd-path", ssd, check=True)
     assert foreign.read_bytes() == b"someone's data"
     assert stray.read_text() == "mine"
     assert final_files(ssd) == []
@@ -156,9 +156,9 @@ def test_a_foreign_file_at_an_entry_is_never_replaced(proj, tmp_path):
     dest.parent.mkdir(parents=True)
     dest.write_bytes(b"not a copy")  # stale: size and mtime differ from the source
     p = run_cli("cache", "sync", made.extracted_cs, "--project-dir", made.project_dir,
-                "--ssd-path", ssd, "--reserve-mb", "0", "--quiet", check=False)
+                "--ssd-path", ssd, "--reserve-mb", "0", "--quiet")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "did not make" in p.stderr
-    run_cli("cache", "clear", "--yes", "--ssd-path", ssd)
+    run_cli("cache", "clear", "--yes", "--ssd-path", ssd, check=True)
     assert dest.read_bytes() == b"not a copy"
 
 

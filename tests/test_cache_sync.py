@@ -9,11 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from cache_helpers import cli_json, final_files, ledger_copies, run_cli
 
 from stacktools.cache import Cache
 from stacktools.errors import CacheFullError, PathEscapeError
 from stacktools.particles import ParticleSet
+from tests.helpers import cli_json, final_files, ledger_copies, run_cli
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_cli_contract_plan_equals_sync(ssd, demo):
     assert status["entries"] == sync["copied"] and status["bytes"] == sync["bytes_copied"]
     inv = cli_json("cache", "status", "--ssd-path", ssd, "--inventory")["inventory"]
     assert {e["key"] for e in inv["entries"]} == {os.path.realpath(p) for p in sync["paths"]}
-    run_cli("cache", "clear", "--ssd-path", ssd, "--yes")
+    run_cli("cache", "clear", "--ssd-path", ssd, "--yes", check=True)
     assert cli_json("cache", "status", "--ssd-path", ssd)["entries"] == 0
     assert final_files(ssd) == []
 
@@ -84,14 +84,13 @@ def test_execute_runs_the_plan_object(ssd, pset):
 def test_does_not_fit_fails_before_copying(ssd, demo):
     total = sum(os.path.getsize(p) for p in demo.stacks)
     p = run_cli("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir,
-                "--ssd-path", ssd, "--reserve-mb", "0", "--quota-mb", str(total / 2e6), "--json",
-                check=False)
+                "--ssd-path", ssd, "--reserve-mb", "0", "--quota-mb", str(total / 2e6), "--json")
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "does not fit" in p.stderr and "MB" in p.stderr
     assert "Traceback" not in p.stderr
     assert final_files(ssd) == []
     r = run_cli("cache", "plan", demo.selected_cs, "--project-dir", demo.project_dir, "--ssd-path", ssd,
-                "--reserve-mb", "0", "--quota-mb", str(total / 2e6), "--json", check=False)
+                "--reserve-mb", "0", "--quota-mb", str(total / 2e6), "--json")
     assert r.returncode == 1  # "does not fit", as `cache place` says it
     plan = json.loads(r.stdout)
     assert plan["fits"] is False and plan["shortfall_bytes"] > 0
@@ -340,17 +339,17 @@ def test_write_cs_points_at_cache(ssd, demo, tmp_path):
 
 
 def test_project_default_and_command_while_pinned(ssd, demo):
-    run_cli("cache", "default", "--project-dir", demo.project_dir, "--off")
+    run_cli("cache", "default", "--project-dir", demo.project_dir, "--off", check=True)
     d = cli_json("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir,
                  "--ssd-path", ssd, "--reserve-mb", "0", "--quiet")
     assert d["use_cache"] is False and d["copied"] == 0
     assert all(k == v for k, v in d["paths"].items())
-    run_cli("cache", "default", "--project-dir", demo.project_dir, "--unset")
+    run_cli("cache", "default", "--project-dir", demo.project_dir, "--unset", check=True)
     assert cli_json("cache", "default", "--project-dir", demo.project_dir)["use_cache"] is None
     p = run_cli("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir,
                 "--ssd-path", ssd, "--reserve-mb", "0", "--quiet", "--",
                 "python", "-c", "import os,sys; sys.exit(len(os.listdir(sys.argv[1])) + 3)",
-                str(ssd / "stacktools-cache" / "pins"), check=False)
+                str(ssd / "stacktools-cache" / "pins"))
     assert p.returncode == 4  # one live pin while the command ran
     assert list((ssd / "stacktools-cache" / "pins").iterdir()) == []
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from rich.text import Text
 from stacktools.cli.app import app, literal_help
 from typer.core import TyperArgument, TyperOption
-from typer.testing import CliRunner
+
+from tests.helpers import invoke_cli
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\]")
 
@@ -32,9 +33,9 @@ COMMANDS = dict(_commands(typer.main.get_command(app)))
 
 
 def _render(path: tuple[str, ...]) -> str:
-    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
-    assert res.exit_code == 0, res.output
-    return res.output
+    res = invoke_cli(*path, "--help", env={"COLUMNS": "200"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
 
 
 def _rows(rendered: str) -> list[str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mrcfile
@@ -23,8 +21,7 @@ from stacktools.formats.mrc import read_header, read_particle
 from stacktools.particles import ParticleSet, resolve_blob_path
 from stacktools.size import size_particles
 from stacktools.verify import verify
-
-CLI = [sys.executable, "-m", "stacktools.cli.app"]
+from tests.helpers import run_cli
 
 
 def particles_of(cs: Path, project: Path) -> list[np.ndarray]:
@@ -179,9 +176,8 @@ def test_dry_run_writes_nothing(demo, tmp_path):
     assert res.dry_run and not out.exists()
     assert res.bytes_written == size_particles(
         ParticleSet.open(demo.selected_cs, demo.project_dir)).consolidated_bytes
-    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
-                                 str(demo.project_dir), "--out", str(out), "--dry-run"],
-                          capture_output=True, text=True)
+    proc = run_cli("consolidate", demo.selected_cs, "--project-dir",
+                   demo.project_dir, "--out", out, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "would write" in proc.stdout and "saved" in proc.stdout
     assert not out.exists()
@@ -189,19 +185,17 @@ def test_dry_run_writes_nothing(demo, tmp_path):
 
 def test_cli_json_contract_and_verify(demo):
     out = demo.project_dir / "J8"
-    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
-                                 str(demo.project_dir), "--out", str(out), "--json",
-                                 "--passthrough", str(demo.passthrough_cs), "--verify"],
-                          capture_output=True, text=True)
+    proc = run_cli("consolidate", demo.selected_cs, "--project-dir",
+                   demo.project_dir, "--out", out, "--json",
+                   "--passthrough", demo.passthrough_cs, "--verify")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     for key in ("cs", "stacks", "particles", "bytes_written"):
         assert key in doc
     assert Path(doc["cs"]).parent == out and Path(doc["cs"]).is_file()
     assert doc["particles"] == demo.selected and doc["verified"] is True
-    ver = subprocess.run(CLI + ["verify", doc["cs"], "--against", str(demo.selected_cs),
-                                "--project-dir", str(demo.project_dir), "--json"],
-                         capture_output=True, text=True)
+    ver = run_cli("verify", doc["cs"], "--against", demo.selected_cs,
+                  "--project-dir", demo.project_dir, "--json")
     assert ver.returncode == 0, ver.stderr
     assert json.loads(ver.stdout)["ok"] is True
     # Flip one byte of one output particle: verify must find exactly that particle.
@@ -213,9 +207,8 @@ def test_cli_json_contract_and_verify(demo):
         fh.write(bytes([b[0] ^ 0x01]))
     res = verify(doc["cs"], demo.selected_cs, project_dir=demo.project_dir)
     assert not res.ok and res.particle_mismatches == 1 and res.field_mismatches == 0
-    bad = subprocess.run(CLI + ["verify", doc["cs"], "--against", str(demo.selected_cs),
-                                "--project-dir", str(demo.project_dir), "--quiet"],
-                         capture_output=True, text=True)
+    bad = run_cli("verify", doc["cs"], "--against", demo.selected_cs,
+                  "--project-dir", demo.project_dir, "--quiet")
     assert bad.returncode == 1
 
 
@@ -314,9 +307,9 @@ def test_dry_run_checks_the_passthrough(demo, tmp_path):
     with pytest.raises(FieldError, match="no row for uid"):
         consolidate(demo.selected_cs, out, project_dir=demo.project_dir, passthrough=short,
                     dry_run=True)
-    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
-                                 str(demo.project_dir), "--out", str(out), "--passthrough",
-                                 str(short), "--dry-run"], capture_output=True, text=True)
+    proc = run_cli("consolidate", demo.selected_cs, "--project-dir",
+                   demo.project_dir, "--out", out, "--passthrough",
+                   short, "--dry-run")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no row for uid" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
@@ -364,7 +357,7 @@ def _source_blobs(demo) -> list[bytes]:
 
 
 def _check_outputs(res, out: Path, demo) -> None:
-    from independent import assert_same_particles
+    from tests.independent import assert_same_particles
     names = [Path(o["path"]).name for o in res.outputs]
     assert len(set(names)) == len(names)
     for o in res.outputs:
@@ -428,9 +421,8 @@ def test_outputs_never_leave_out(demo, tmp_path):
     elsewhere.mkdir()
     out.mkdir()
     (out / "stacks").symlink_to(elsewhere)
-    proc = subprocess.run(CLI + ["consolidate", str(demo.selected_cs), "--project-dir",
-                                 str(demo.project_dir), "--out", str(out)],
-                          capture_output=True, text=True)
+    proc = run_cli("consolidate", demo.selected_cs, "--project-dir",
+                   demo.project_dir, "--out", out)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "outside" in proc.stderr and "Traceback" not in proc.stderr
     assert list(elsewhere.iterdir()) == []

@@ -13,10 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import independent
 import numpy as np
 import pytest
-from independent import assert_same_particles
 
 import stacktools.consolidate as consolidate_mod
 from stacktools.consolidate import MANIFEST, consolidate
@@ -24,8 +22,9 @@ from stacktools.errors import DiskFullError, OutputError, SourceOverwriteError
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.formats.mrc import make_header
 from stacktools.particles import ParticleSet
-
-CLI = [sys.executable, "-m", "stacktools.cli.app"]
+from tests import independent
+from tests.helpers import run_cli, tmpfs
+from tests.independent import assert_same_particles
 
 
 def final_files(outdir: Path) -> list[Path]:
@@ -33,10 +32,6 @@ def final_files(outdir: Path) -> list[Path]:
     if not outdir.exists():
         return []
     return [p for p in outdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True)
 
 
 def _index_past_end(demo):
@@ -150,17 +145,8 @@ def test_injected_disk_full_removes_everything(demo, monkeypatch):
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                          capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root): "
-                    + proc.stderr.decode().strip())
-    try:
+    with tmpfs(tmp_path / "tiny", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_filesystem(demo, tiny_fs, monkeypatch):

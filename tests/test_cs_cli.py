@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import starfile
-from conftest import assert_one_line_error
 
 from stacktools.formats.cs import read_cs
+from tests.helpers import assert_one_line_error, invoke_cli
 
 J24 = "cryosparc_P12_J24_001_particles.cs"
 J2 = "cryosparc_J2_particles_exported.cs"
 EMPTY = "4k_dataset.cs"
 
 
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-    def json(self) -> dict:
-        return json.loads(self.stdout)
-
-
 @pytest.fixture
-def cs(monkeypatch, capsys):
+def cs():
     """Run ``stacktools cs ARGS`` in this process through the real entry point."""
-    from stacktools.cli.app import main
-
-    def run(*args) -> Result:
-        monkeypatch.setattr(sys, "argv", ["stacktools", "cs", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-
-    return run
+    return functools.partial(invoke_cli, "cs")
 
 
 @pytest.fixture
@@ -55,7 +35,7 @@ def files(real_data: Path, tmp_path: Path) -> Path:
 def test_info_json_and_table(cs, files: Path) -> None:
     r = cs("info", files / J24, "--json")
     assert r.returncode == 0, r.stderr
-    info = r.json()
+    info = json.loads(r.stdout)
     assert info["rows"] == 2019 and info["format"] == "numpy"
     assert info["box"] == [180] and info["psize_A"] == [2.95] and info["stacks"] == 50
     assert [f["name"] for f in info["groups"]["ctf"]][:2] == ["ctf/type", "ctf/exp_group_id"]
@@ -66,13 +46,13 @@ def test_info_json_and_table(cs, files: Path) -> None:
     assert info["stats"]["blob/path"]["distinct"] == 50
     r = cs("info", files / J24)
     assert r.returncode == 0 and "NumPy" in r.stdout and "2,019" in r.stdout and "180 px" in r.stdout
-    empty = cs("info", files / EMPTY, "--json").json()
+    empty = json.loads(cs("info", files / EMPTY, "--json").stdout)
     assert empty["rows"] == 0 and "alignments_class_2" in empty["groups"]
 
 
 def test_show(cs, files: Path) -> None:
     r = cs("show", files / J2, "--fields", "uid,alignments2D/class", "--head", "3", "--json")
-    data = r.json()
+    data = json.loads(r.stdout)
     a = read_cs(files / J2)
     assert data["data"] == [{"uid": int(a["uid"][i]), "alignments2D/class": int(a["alignments2D/class"][i])}
                             for i in range(3)]
@@ -88,7 +68,7 @@ def test_filter_and_output_rules(cs, files: Path) -> None:
     assert r.returncode == 0, r.stderr
     a, sel = read_cs(src), read_cs(out)
     assert sel.dtype == a.dtype and sel.tobytes() == a[np.isin(a["alignments2D/class"], [1, 4, 7])].tobytes()
-    assert r.json()["rows"] == len(sel)
+    assert json.loads(r.stdout)["rows"] == len(sel)
     # An existing output is only replaced with --force; inputs never.
     again = cs("filter", src, "--where", "uid > 0", "-o", out)
     assert_one_line_error(again, "sel.cs", "already exists", "--force")
@@ -133,7 +113,7 @@ def test_set_operations_contract(cs, files: Path) -> None:
         out = read_cs(files / f"{op}.cs")
         assert out.dtype == a.dtype
         assert out.tobytes() == expected.tobytes(), op
-        assert r.json()["rows"] == len(expected)
+        assert json.loads(r.stdout)["rows"] == len(expected)
 
 
 def test_join_contract(cs, demo) -> None:
@@ -151,7 +131,7 @@ def test_dedupe_cli(cs, demo) -> None:
     doubled = np.concatenate([main, main[:10]])
     np.save(open(demo.project_dir / "dup.cs", "wb"), doubled)
     r = cs("dedupe", demo.project_dir / "dup.cs", "-o", demo.project_dir / "d.cs", "--json")
-    assert r.json()["removed_repeated_uid"] == 10
+    assert json.loads(r.stdout)["removed_repeated_uid"] == 10
     assert read_cs(demo.project_dir / "d.cs").tobytes() == main.tobytes()
     r = cs("dedupe", demo.selected_cs, "-o", demo.project_dir / "d2.cs", "--distance", "1e6",
            "--passthrough", demo.passthrough_cs, "--by", "pick_stats/ncc_score", "--json")
@@ -162,19 +142,19 @@ def test_dedupe_cli(cs, demo) -> None:
     from stacktools.cs.rows import join
     full = join(main, read_cs(demo.passthrough_cs))
     assert len(out) == len(np.unique(full["location/micrograph_uid"]))
-    assert r.json()["removed_by_distance"] == len(main) - len(out)
+    assert json.loads(r.stdout)["removed_by_distance"] == len(main) - len(out)
 
 
 def test_split_and_sample(cs, files: Path) -> None:
     r = cs("split", files / J2, "--by", "alignments2D/class", "-o", files / "parts", "--json")
     assert r.returncode == 0, r.stderr
-    parts = r.json()["files"]
+    parts = json.loads(r.stdout)["files"]
     assert sum(p["rows"] for p in parts) == 22
     first = read_cs(parts[0]["output"])
     assert (first["alignments2D/class"] == parts[0]["value"]).all()
     assert Path(parts[0]["output"]).name.startswith("cryosparc_J2_particles_exported_class_")
     r = cs("split", files / J2, "--into", "4", "--seed", "2", "-o", files / "rand", "--json")
-    assert [p["rows"] for p in r.json()["files"]] == [6, 6, 5, 5]
+    assert [p["rows"] for p in json.loads(r.stdout)["files"]] == [6, 6, 5, 5]
     r1 = cs("sample", files / J24, "-n", "100", "--seed", "7", "-o", files / "s1.cs")
     r2 = cs("sample", files / J24, "-n", "100", "--seed", "7", "-o", files / "s2.cs")
     assert r1.returncode == r2.returncode == 0
@@ -223,7 +203,7 @@ def test_subprocess_error_is_one_line(run_cli, files: Path) -> None:
 def test_info_reports_csdat_format(cs, files: Path) -> None:
     from cryosparc.dataset import CSDAT_FORMAT, Dataset
     Dataset.load(str(files / J2)).save(str(files / "new.cs"), format=CSDAT_FORMAT)
-    info = cs("info", files / "new.cs", "--json").json()
+    info = json.loads(cs("info", files / "new.cs", "--json").stdout)
     assert info["format"] == "csdat" and info["rows"] == 22 and info["box"] == [300]
     r = cs("filter", files / "new.cs", "--where", "alignments2D/class == 4", "-o", files / "c4.cs")
     assert r.returncode == 0, r.stderr

@@ -7,30 +7,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import independent
 import numpy as np
 import pytest
-from conftest import _stacktools_command, assert_one_line_error
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from stacktools.consolidate import consolidate
 from stacktools.cs.dataset import CsDataset
-from stacktools.errors import (
-    CsFormatError,
-    ExpressionError,
-    FieldError,
-    MissingStackError,
-    PathEscapeError,
-)
+from stacktools.errors import CsFormatError, ExpressionError, FieldError, MissingStackError, PathEscapeError
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.formats.tabular import from_pandas
 from stacktools.particles import ParticleSet
 from stacktools.size import size_particles
 from stacktools.verify import verify
+from tests import independent
+from tests.helpers import assert_one_line_error
 
 DATA = Path(__file__).resolve().parent / "data"
 WIDE_CLASSES = 66  # 1,213 fields once added to the demo's selected particles
@@ -134,8 +127,7 @@ def test_non_utf8_blob_path_size(latin1, run_cli) -> None:
     res = run_cli("size", demo.selected_cs, "--json", "--per-stack", check=True)
     assert json.loads(res.stdout)["particles"] == demo.selected
     # The table prints the name's own bytes, as ls does.
-    res = subprocess.run(_stacktools_command() + ["size", str(demo.selected_cs), "--per-stack"],
-                         capture_output=True, check=True)
+    res = run_cli("size", demo.selected_cs, "--per-stack", check=True, text=False)
     assert b"\xe9" + os.path.basename(new)[1:20] in res.stdout
 
 

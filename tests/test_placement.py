@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from stacktools.placement import (
     set_sources,
     simulate_queue,
 )
+from tests.helpers import assert_one_line_error
 
 NOW = 10_000.0
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

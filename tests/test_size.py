@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from stacktools.demo import make_demo_project
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.particles import ParticleSet
 from stacktools.size import formula_bytes, size_particles
+from tests.helpers import assert_one_line_error
 
 
 def test_guide_worked_examples() -> None:

@@ -1,7 +1,11 @@
-"""Helpers for the cache tests: small projects, subsets, and a slow worker process."""
+"""Shared test helpers: running the CLI, small cache projects, and slow worker processes.
+
+Fixtures stay in conftest.py; byte checks use tests/independent.py, not stacktools.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,14 +16,99 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
 from stacktools.demo import make_demo_project
 from stacktools.formats.cs import write_cs
 from stacktools.particles import ParticleSet
+from tests.independent import header, read_particle
 
 PY = sys.executable
-STACKTOOLS = [PY, "-m", "stacktools.cli.app"]
 
+
+# --- the CLI: one command, run as a subprocess (or started in the background), or
+# in this process through the same entry point -----------------------------------------
+
+def stacktools_command() -> list[str]:
+    """The installed ``stacktools`` script beside this interpreter, else ``python -m``."""
+    exe = Path(PY).parent / "stacktools"
+    return [str(exe)] if exe.exists() else [PY, "-m", "stacktools.cli.app"]
+
+
+def run_cli(*args, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run ``stacktools ARGS`` in a subprocess; text output unless ``text=False``."""
+    res = subprocess.run(stacktools_command() + [str(a) for a in args],
+                         **{"capture_output": True, "text": True, **kw})
+    if check and res.returncode != 0:
+        raise AssertionError(f"stacktools {' '.join(map(str, args))} failed "
+                             f"({res.returncode}):\n{res.stderr}")
+    return res
+
+
+def cli_json(*args) -> dict:
+    """``stacktools ARGS --json``, which must succeed; its parsed output."""
+    return json.loads(run_cli(*args, "--json", check=True).stdout)
+
+
+def start_cli(*args, **kw) -> subprocess.Popen:
+    """Start ``stacktools ARGS`` in the background; stdout and stderr piped, text."""
+    return subprocess.Popen(stacktools_command() + [str(a) for a in args],
+                            **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+                               "text": True, **kw})
+
+
+def invoke_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``stacktools ARGS`` in this process through the real entry point (its error
+    handling included), output captured by typer's CliRunner; same result as run_cli."""
+    from stacktools.cli.app import main
+    try:  # older Click mixes stderr into stdout unless told not to; newer has no such option
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    argv, code = sys.argv, 0
+    with runner.isolation(env=env) as streams:
+        out, err = streams[:2]
+        sys.argv = ["stacktools", *map(str, args)]
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            sys.argv = argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["stacktools", *map(str, args)], code, stdout, stderr)
+
+
+def assert_one_line_error(res, *fragments: str) -> None:
+    """A CLI failure: non-zero exit, one line on stderr naming what and where, no traceback."""
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, inodes: int | None = None):
+    """A tmpfs of ``size`` mounted at ``path`` (made here) for the block; the test skips
+    where mounting is refused (it needs root)."""
+    path.mkdir()
+    opts = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+# --- cache projects and what the cache left on the SSD ----------------------------------
 
 def project(root: Path, micrographs: int = 24, per: tuple[int, int] = (8, 16), box: int = 32):
     """A small project; returns (DemoProject, ParticleSet of all particles)."""
@@ -33,17 +122,6 @@ def subset_cs(pset: ParticleSet, stacks: list[int], out: Path) -> Path:
     keep = np.isin(pset.stack_codes, stacks)
     write_cs(out, pset.data[keep])
     return out
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([*STACKTOOLS, *map(str, args)], capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise AssertionError(f"stacktools {' '.join(map(str, args))} failed ({p.returncode}): {p.stderr}")
-    return p
-
-
-def cli_json(*args: str) -> dict:
-    return json.loads(run_cli(*args, "--json").stdout)
 
 
 def ledger_copies(ssd: Path) -> list[str]:
@@ -81,7 +159,6 @@ def no_lock_held(ssd: Path) -> bool:
 
 def same_stack(src, dst) -> None:
     """Assert that ``dst`` holds ``src``'s bytes, read with the independent reader only."""
-    from independent import header, read_particle
     assert os.path.getsize(dst) == os.path.getsize(src), f"{dst}: size differs from {src}"
     h = header(src)
     assert header(dst) == h, f"{dst}: MRC header differs from {src}"

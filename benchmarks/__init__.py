@@ -1,0 +1,1 @@
+"""Benchmarks of stacktools against its peers; run each as ``python -m benchmarks.NAME``."""
