@@ -76,9 +76,6 @@ class SizeReport:
         return d
 
 
-MODE_NAMES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
-
-
 def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = DEFAULT_NSYMBT,
                    header_length: int = DEFAULT_HEADER_LENGTH) -> SizeReport:
     """Size a particle set from its stacks' headers.
@@ -94,7 +91,7 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
     """
     import numpy as np
 
-    from stacktools.formats.mrc import HEADER_BYTES
+    from stacktools.formats.mrc import HEADER_BYTES, mode_name
 
     hdr_list = pset.check() if validate else pset.stack_headers()
     counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)
@@ -102,7 +99,7 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
     cache = consolidated = ext = total_nz = 0
     per_stack = []
     for h, n in zip(hdr_list, counts.tolist()):
-        name = MODE_NAMES.get(h.mode, str(h.mode))
+        name = mode_name(h.mode)
         modes[name] = modes.get(name, 0) + n
         cache += h.file_size
         ext += h.nsymbt
