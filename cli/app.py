@@ -101,10 +101,25 @@ def main() -> None:
 
 
 def _one_line(err: BaseException) -> str:
+    from stacktools.errors import HintedError, describe_os_error
     if isinstance(err, OSError):
-        from stacktools.errors import describe_os_error
         return describe_os_error(err)
-    return " ".join(str(err).split())
+    text = err.spelled(cli_option) if isinstance(err, HintedError) else str(err)
+    return " ".join(text.split())
+
+
+def cli_option(name: str, value: object) -> str:
+    """How the command line sets a library option: ``force=True`` is ``--force``.
+
+    Args:
+        name: The keyword argument's name.
+        value: Its value.
+
+    Returns:
+        The flag, followed by the value unless the value is True.
+    """
+    flag = "--" + name.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
 
 
 if __name__ == "__main__":

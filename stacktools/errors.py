@@ -7,9 +7,42 @@ there is one, the row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class StacktoolsError(Exception):
     """Base class for every error stacktools raises on bad input or environment."""
+
+
+def _as_keyword(name: str, value: object) -> str:
+    """How a Python caller sets an option: ``force=True``, ``dtype='float32'``."""
+    return f"{name}={value!r}"
+
+
+class HintedError(StacktoolsError):
+    """An error that another option of the same call would avoid.
+
+    ``detail`` says what is wrong. ``hint`` is a :meth:`str.format` template whose
+    ``{name}`` fields are options, with their values in ``options``; ``str(err)``
+    spells them as keyword arguments (``force=True``) and :meth:`spelled` as another
+    front end does (the command line's ``--force``). ``detail`` is never formatted,
+    so braces in a path are safe.
+    """
+
+    def __init__(self, detail: str, hint: str = "", **options: object) -> None:
+        self.detail, self.hint, self.options = detail, hint, options
+        super().__init__(self.spelled(_as_keyword))
+
+    def spelled(self, spell: Callable[[str, object], str]) -> str:
+        """The message with each option written as ``spell(name, value)``.
+
+        Args:
+            spell: Writes one option, from its keyword name and value.
+
+        Returns:
+            ``detail`` followed by the filled-in ``hint``.
+        """
+        return self.detail + self.hint.format(**{k: spell(k, v) for k, v in self.options.items()})
 
 
 class CsFormatError(StacktoolsError):
@@ -60,6 +93,10 @@ class OutputError(StacktoolsError):
     """An output cannot be written: it exists, is a source, or the disk is full."""
 
 
+class OutputExistsError(HintedError, OutputError):
+    """Outputs that are not this run's own are in the way; the ``force`` option replaces them."""
+
+
 class DiskFullError(OutputError):
     """The output device ran out of space (or quota) while writing."""
 
@@ -68,7 +105,7 @@ class SourceOverwriteError(OutputError):
     """An output would be written onto a source file or into a source directory."""
 
 
-class ModeMismatchError(StackError):
+class ModeMismatchError(HintedError, StackError):
     """Stacks with different pixel modes would have to share one output stack."""
 
 
