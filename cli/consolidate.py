@@ -69,7 +69,7 @@ def consolidate(
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
                               dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project)
-    total = sum(s.nbytes for s in plan.stacks)
+    total = plan.nbytes
     quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
     with byte_progress("consolidating", total, quiet) as advance:
         result = run_plan(plan, threads=threads, verify=verify, dry_run=dry_run,
@@ -120,17 +120,12 @@ def verify(
 
     Exit status: 0 when everything matches, 1 when something differs, 2 on bad input.
     """
-    from stacktools.formats.cs import read_cs
     from stacktools.verify import verify as run
+    from stacktools.verify import verify_bytes
 
-    total = 0
     quiet = quiet or as_json or not sys.stderr.isatty()
-    if not quiet:
-        from stacktools.particles import ParticleSet
-        pnew = ParticleSet(read_cs(new_cs), project_dir or Path(against).resolve().parent.parent,
-                           source=new_cs, allow_outside_project=allow_outside_project)
-        total = sum(h.particle_bytes * len(g.rows)
-                    for h, g in zip(pnew.stack_headers(), pnew.groups()))
+    total = 0 if quiet else verify_bytes(new_cs, against, project_dir=project_dir,
+                                         allow_outside_project=allow_outside_project)
     with byte_progress("verifying", total, quiet) as advance:
         result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance,
                      allow_outside_project=allow_outside_project)

@@ -7,6 +7,8 @@ import typer
 # How the command line spells each library option that an error may hint at.
 FLAGS = {
     "overwrite": "--force",
+    "force": "--force",
+    "dtype": "--dtype",
     "allow_outside_project": "--allow-outside-project",
     "project_dir": "--project-dir",
     "passthrough": "--passthrough",

@@ -19,11 +19,29 @@ from stacktools import api as _api  # light: the verbs import their modules when
 __version__ = "0.1.0"  # the one definition; pyproject.toml reads it
 
 if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first use
-    from stacktools.api import (consolidate_particles, cs_info, cs_to_star, formula_bytes, load_cs,
-                                load_nodes, open_cache, open_particles, place_queue, place_set,
-                                plan_consolidation, read_cs, read_header, read_particle, read_star,
-                                simulate_queue, size_particles, star_to_cs, verify_consolidated,
-                                write_cs, write_star)
+    from stacktools.api import (
+        consolidate_particles,
+        cs_info,
+        cs_to_star,
+        formula_bytes,
+        load_cs,
+        load_nodes,
+        open_cache,
+        open_particles,
+        place_queue,
+        place_set,
+        plan_consolidation,
+        read_cs,
+        read_header,
+        read_particle,
+        read_star,
+        simulate_queue,
+        size_particles,
+        star_to_cs,
+        verify_consolidated,
+        write_cs,
+        write_star,
+    )
     from stacktools.cache import Cache, Inventory, plan_stacks
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset

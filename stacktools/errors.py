@@ -99,6 +99,10 @@ class OutputError(StacktoolsError):
     """An output cannot be written: it exists, is a source, or the disk is full."""
 
 
+class OutputExistsError(OutputError):
+    """Outputs that are not this run's own are in the way; the ``force`` option replaces them."""
+
+
 class DiskFullError(OutputError):
     """The output device ran out of space (or quota) while writing."""
 

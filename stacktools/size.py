@@ -76,8 +76,6 @@ class SizeReport:
         return d
 
 
-
-
 def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = DEFAULT_NSYMBT,
                    header_length: int = DEFAULT_HEADER_LENGTH) -> SizeReport:
     """Size a particle set from its stacks' headers.

@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -23,12 +23,30 @@ from stacktools.formats.mrc import StackHeader, read_header
 from stacktools.particles import ParticleSet
 from stacktools.stacks import read_to_array
 
-if TYPE_CHECKING:
-    from stacktools.consolidate import OutputStack
-
 MAX_PROBLEMS = 20
 # Two buffers of this size per thread (the stack and its sources) bound the memory.
 VERIFY_CHUNK_BYTES = 4 * 2**20
+
+
+class PlannedStack(Protocol):
+    """What :func:`check_stack` needs of a stack a consolidation planned to write.
+
+    :class:`stacktools.consolidate.OutputStack` is one; position ``k`` holds particle
+    ``indices[k]`` of source ``codes[k]``.
+    """
+
+    path: Path
+    nx: int
+    ny: int
+    mode: int
+    codes: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
 
 
 @dataclass
@@ -95,12 +113,18 @@ def mismatched_particles(header: StackHeader, positions: np.ndarray,
     return np.sort(np.asarray(bad, np.int64))
 
 
-def check_stack(stack: "OutputStack", sources: Sequence[StackHeader], *,
+def check_stack(stack: PlannedStack, sources: Sequence[StackHeader], *,
                 chunk_bytes: int = VERIFY_CHUNK_BYTES) -> str | None:
     """Check a written output stack of a consolidation plan.
 
-    Returns ``None`` when the file has exactly the planned header, size and
-    particles, or a one-line description of the first difference.
+    Args:
+        stack: The planned stack; its file is read.
+        sources: The headers of the stacks its particles come from.
+        chunk_bytes: Bytes read per side at a time.
+
+    Returns:
+        ``None`` when the file has exactly the planned header, size and particles,
+        or a one-line description of the first difference.
     """
     try:
         h = read_header(stack.path)
@@ -117,6 +141,33 @@ def check_stack(stack: "OutputStack", sources: Sequence[StackHeader], *,
         k = int(bad[0])
         return f"{stack.path}: particle {k} differs from its source (and {len(bad) - 1} more)"
     return None
+
+
+def _project_of(against: str | os.PathLike, project_dir: str | os.PathLike | None
+                ) -> str | os.PathLike:
+    """The project both sets resolve against: given, or the parent of ``against``'s job."""
+    return Path(against).resolve().parent.parent if project_dir is None else project_dir
+
+
+def verify_bytes(new_cs: str | os.PathLike, against: str | os.PathLike, *,
+                 project_dir: str | os.PathLike | None = None,
+                 allow_outside_project: bool = False) -> int:
+    """The pixel bytes :func:`verify` will compare: the total its ``progress`` counts to.
+
+    Only the new set's stack headers are read.
+
+    Args:
+        new_cs, against, project_dir, allow_outside_project: As for :func:`verify`.
+
+    Returns:
+        The bytes of the new set's particles.
+
+    Raises:
+        StacktoolsError: The new set or one of its stacks is unreadable.
+    """
+    new = ParticleSet(csfile.read_cs(new_cs), _project_of(against, project_dir), source=new_cs,
+                      allow_outside_project=allow_outside_project)
+    return sum(h.particle_bytes * len(g.rows) for h, g in zip(new.stack_headers(), new.groups()))
 
 
 def _raw_rows(a: np.ndarray) -> np.ndarray:
@@ -155,8 +206,7 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     VerifyResult
         Bad input (missing stacks, truncated files) raises instead.
     """
-    if project_dir is None:
-        project_dir = Path(against).resolve().parent.parent
+    project_dir = _project_of(against, project_dir)
     new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs,
                       allow_outside_project=allow_outside_project)
     old = ParticleSet(csfile.read_cs(against), project_dir, source=against,

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from stacktools.consolidate import MANIFEST, consolidate
 from stacktools.demo import make_demo_project
-from stacktools.errors import ModeMismatchError, OutputError
+from stacktools.errors import ModeMismatchError, OutputError, OutputExistsError
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.formats.mrc import read_header, read_particle
 from stacktools.particles import ParticleSet, resolve_blob_path
 from stacktools.size import size_particles
-from stacktools.verify import verify
+from stacktools.verify import verify, verify_bytes
 from tests.helpers import run_cli
 
 
@@ -207,6 +207,9 @@ def test_cli_json_contract_and_verify(demo):
         fh.write(bytes([b[0] ^ 0x01]))
     res = verify(doc["cs"], demo.selected_cs, project_dir=demo.project_dir)
     assert not res.ok and res.particle_mismatches == 1 and res.field_mismatches == 0
+    # The progress total the CLI shows is what verify reads: every output pixel.
+    total = verify_bytes(doc["cs"], demo.selected_cs, project_dir=demo.project_dir)
+    assert total == res.bytes_checked == doc["bytes_written"] - 1024 * doc["stacks"]
     bad = run_cli("verify", doc["cs"], "--against", demo.selected_cs,
                   "--project-dir", demo.project_dir, "--quiet")
     assert bad.returncode == 1
@@ -232,8 +235,17 @@ def test_rerun_keeps_complete_stacks_and_rewrites_bad_ones(demo):
 def test_other_consolidation_in_outdir_needs_force(demo):
     out = demo.project_dir / "J8"
     consolidate(demo.selected_cs, out, project_dir=demo.project_dir)
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="force=True"):
         consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32")
+    # The library names its own keyword; the command line names its flag.
+    with pytest.raises(OutputExistsError) as err:
+        consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32")
+    assert "--force" not in str(err.value)
+    proc = run_cli("consolidate", demo.selected_cs, "--project-dir", demo.project_dir,
+                   "--out", out, "--dtype", "float32")
+    assert proc.returncode == 2
+    assert proc.stderr == (f"stacktools: error: {out}: holds a consolidation of another set or "
+                           "with other options; choose another directory or use --force\n")
     res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32",
                       force=True)
     assert verify(res.cs, demo.selected_cs, project_dir=demo.project_dir).ok
@@ -319,7 +331,7 @@ def test_dry_run_refuses_another_consolidation_without_force(demo):
     out = demo.project_dir / "J8"
     consolidate(demo.selected_cs, out, project_dir=demo.project_dir)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="force=True"):
         consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32",
                     dry_run=True)
     res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir, dtype="float32",

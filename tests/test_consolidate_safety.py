@@ -16,9 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import stacktools.consolidate as consolidate_mod
+import stacktools.consolidate.run as consolidate_mod
 from stacktools.consolidate import MANIFEST, consolidate
-from stacktools.errors import DiskFullError, OutputError, SourceOverwriteError
+from stacktools.errors import (
+    DiskFullError,
+    ModeMismatchError,
+    OutputError,
+    SourceOverwriteError,
+)
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.formats.mrc import make_header
 from stacktools.particles import ParticleSet
@@ -109,10 +114,34 @@ def test_refuses_source_locations(demo):
     assert sorted(p.name for p in extract.iterdir()) == before
 
 
+def test_refuses_an_output_that_is_an_input(demo):
+    out = demo.project_dir / "J8"
+    out.mkdir()
+    before = demo.selected_cs.read_bytes()
+    name = out / f"{demo.selected_cs.stem}_consolidated.cs"
+    # The input's directory is refused as OUTDIR outright.
+    with pytest.raises(SourceOverwriteError, match="holds source stacks"):
+        consolidate(demo.selected_cs, demo.selected_cs.parent, project_dir=demo.project_dir)
+    # The input under the new .cs's name, as a link or another name of the same file.
+    for link in (os.symlink, os.link):
+        link(demo.selected_cs, name)
+        with pytest.raises(SourceOverwriteError, match="is the same file as a source"):
+            consolidate(demo.selected_cs, out, project_dir=demo.project_dir, force=True)
+        proc = run_cli("consolidate", str(demo.selected_cs), "--project-dir",
+                       str(demo.project_dir), "--out", str(out), "--force")
+        assert proc.returncode == 2 and proc.stderr == (
+            f"stacktools: error: {name}: is the same file as a source; refusing to overwrite it\n")
+        assert demo.selected_cs.read_bytes() == before and os.listdir(out) == [name.name]
+        name.unlink()
+
+
 def test_mixed_modes_packed_is_exit_2(demo):
     proc = run_cli("consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir),
                    "--out", str(demo.project_dir / "J8"), "--layout", "packed")
     assert proc.returncode == 2 and "--dtype float32" in proc.stderr
+    with pytest.raises(ModeMismatchError, match="use dtype='float32' or the per-stack layout"):
+        consolidate(demo.selected_cs, demo.project_dir / "J8", project_dir=demo.project_dir,
+                    layout="packed")
 
 
 def test_injected_disk_full_removes_everything(demo, monkeypatch):
@@ -181,7 +210,7 @@ def test_concurrent_run_is_refused(demo):
 # file's lifetime) and announced on stdout, so a test can kill it at a chosen step.
 SLOW_RUN = """
 import os, sys, time
-import stacktools.consolidate as co
+import stacktools.consolidate.run as co
 import stacktools.stacks as sc
 delay = float(os.environ.get("STACKTOOLS_TEST_DELAY", "0.25"))
 def slowed(real, what):
@@ -191,7 +220,7 @@ def slowed(real, what):
         return real(*args, **kw)
     return run
 sc._transfer = slowed(sc._transfer, "copy")
-co._unlink_own = slowed(co._unlink_own, "unlink")
+co.unlink_own = slowed(co.unlink_own, "unlink")
 from stacktools.cli.app import main
 sys.argv = ["stacktools"] + sys.argv[1:]
 main()
@@ -249,9 +278,8 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
 
 
 def test_failed_verification_leaves_nothing(demo, monkeypatch):
-    import stacktools.verify as verify_mod
     from stacktools.errors import VerificationError
-    monkeypatch.setattr(verify_mod, "check_stack", lambda stack, sources, **kw:
+    monkeypatch.setattr(consolidate_mod, "check_stack", lambda stack, sources, **kw:
                         f"{stack.path}: particle 0 differs from its source")
     out = demo.project_dir / "J8"
     with pytest.raises(VerificationError, match="differs"):

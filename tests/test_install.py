@@ -58,3 +58,11 @@ def test_pip_install_gives_working_cli(tmp_path: Path, editable: bool) -> None:
     else:
         assert Path(where[0]).is_relative_to(venv)
     assert where[1] == "True", "a generic top-level 'cli' module must not be installed"
+    # Every subpackage of the checkout is installed (setuptools lists them one by one).
+    subpackages = sorted(".".join(p.parent.relative_to(REPO).parts)
+                         for p in (REPO / "stacktools").rglob("__init__.py")
+                         if p.parent != REPO / "stacktools" / "cli")
+    res = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]",
+                          *subpackages], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr

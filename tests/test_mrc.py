@@ -17,6 +17,9 @@ from stacktools.errors import (
 )
 from stacktools.formats.mrc import (
     make_header,
+    mode_dtype,
+    mode_name,
+    mode_of_dtype,
     read_header,
     read_particle,
     read_particles,
@@ -134,3 +137,13 @@ def test_made_header_is_valid_mrc2014(tmp_path: Path, mode: int) -> None:
         assert np.array_equal(m.data, data)
         assert float(m.voxel_size.x) == pytest.approx(1.25)
     assert read_header(p).voxel_size == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_mode_table_accessors(mode: int) -> None:
+    dt = mode_dtype(mode)
+    assert dt == np.dtype(MODES[mode]).newbyteorder("<") and dt.byteorder in "<|"
+    assert mode_dtype(mode, ">").str == np.dtype(MODES[mode]).newbyteorder(">").str
+    assert mode_of_dtype(dt) == mode_of_dtype(np.dtype(MODES[mode]).name) == mode
+    assert mode_name(mode) == np.dtype(MODES[mode]).name
+    assert mode_name(3) == "3"  # complex int16: not a mode stacktools reads

@@ -32,7 +32,7 @@ from stacktools.cache.config import (
            use_cache_for,
 )
 from stacktools.cache.peek import peek_inventory, plan_without_writing
-from stacktools.cache.plan import Entry, Inventory, CachePlan, SourceFile, plan_stacks
+from stacktools.cache.plan import CachePlan, Entry, Inventory, SourceFile, plan_stacks
 from stacktools.cache.store import (
            Cache,
            SyncResult,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stacktools.cache.config import CacheConfig
 from stacktools.cache.locks import live_pins
-from stacktools.cache.plan import Entry, Inventory, CachePlan, plan_stacks
+from stacktools.cache.plan import CachePlan, Entry, Inventory, plan_stacks
 from stacktools.cache.safefs import check_own_dir
 from stacktools.cache.store import (
     CACHE_DIRNAME,

@@ -40,9 +40,9 @@ from stacktools.cache.index import Index
 from stacktools.cache.locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from stacktools.cache.plan import (
     VERSIONS,
+    CachePlan,
     Entry,
     Inventory,
-    CachePlan,
     SourceFile,
     plan_stacks,
     source_of,

@@ -15,7 +15,11 @@ from typing import Sequence
 
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
-from mrcfile.utils import dtype_from_mode, machine_stamp_from_byte_order
+from mrcfile.utils import (
+    dtype_from_mode,
+    machine_stamp_from_byte_order,
+    mode_from_dtype,
+)
 
 from stacktools.errors import (
     IndexOutOfRangeError,
@@ -33,24 +37,41 @@ _SLOW_READ_S = 50e-6
 
 
 def mode_dtype(mode: int, byte_order: str = "<") -> np.dtype:
-    """The pixel dtype of an MRC mode (mrcfile's table: the one home of it)."""
+    """The pixel dtype of an MRC mode, from mrcfile's mode table.
+
+    Args:
+        mode: MRC mode number (0, 1, 2, 6 or 12).
+        byte_order: ``"<"``, ``">"`` or ``"="``; stacktools writes ``"<"``.
+
+    Returns:
+        The dtype, in ``byte_order``.
+
+    Raises:
+        ValueError: ``mode`` is not an MRC mode.
+    """
     return dtype_from_mode(mode).newbyteorder(byte_order)
 
 
+def mode_of_dtype(dtype: str | np.dtype) -> int:
+    """The MRC mode that stores pixels of ``dtype`` (``"float32"`` is 2), from mrcfile's table.
+
+    Raises:
+        ValueError: no MRC mode stores that dtype.
+    """
+    return int(mode_from_dtype(np.dtype(dtype)))
+
+
 def mode_name(mode: int) -> str:
-    """A mode's pixel type by name (``"float16"`` for 12), or the number if unknown."""
-    try:
-        return mode_dtype(mode).name
-    except ValueError:
-        return str(mode)
+    """A mode's pixel type as people name it.
 
+    Args:
+        mode: MRC mode number.
 
-def mode_for(dtype_name: str) -> int:
-    """The MRC mode that stores pixels of ``dtype_name`` (``"float32"`` -> 2)."""
-    for mode in SUPPORTED_MODES:
-        if mode_dtype(mode).name == dtype_name:
-            return mode
-    raise ValueError(f"no MRC mode stores {dtype_name}")
+    Returns:
+        The dtype's name (``"float16"`` for 12), or the number for a mode
+        stacktools does not read.
+    """
+    return mode_dtype(mode).name if mode in SUPPORTED_MODES else str(mode)
 
 
 @dataclass(slots=True)
@@ -79,7 +100,7 @@ class StackHeader:
 
     @property
     def itemsize(self) -> int:
-        return dtype_from_mode(self.mode).itemsize
+        return mode_dtype(self.mode).itemsize
 
     @property
     def particle_bytes(self) -> int:

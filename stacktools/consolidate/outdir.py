@@ -1,0 +1,168 @@
+"""OUTDIR's bookkeeping: the manifest, the lock, and removing only what a run made.
+
+``OUTDIR/.stacktools-consolidate.json`` records the key of the run that owns OUTDIR,
+its outputs, and the files of earlier runs still to be removed. Everything here
+works from that record and from paths relative to OUTDIR and knows nothing of
+plans, so reading a manifest never needs the planning or the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from stacktools.errors import OutputError, describe_os_error
+from stacktools.formats.atomic import TMP_SUFFIX, atomic_output, tmp_name_for
+
+MANIFEST = ".stacktools-consolidate.json"
+STACKS_DIR = "stacks"
+MANIFEST_VERSION = 2
+
+
+def read_manifest(outdir: Path) -> dict | None:
+    """The manifest in OUTDIR, or ``None`` when there is none (or it is unreadable).
+
+    Args:
+        outdir: The output directory.
+
+    Returns:
+        The manifest as written by :func:`write_manifest`, or ``None``.
+    """
+    try:
+        return json.loads((outdir / MANIFEST).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def is_run(manifest: dict | None, key: str) -> bool:
+    """Whether ``manifest`` was written by a run with this plan key."""
+    return manifest is not None and manifest.get("key") == key
+
+
+def write_manifest(outdir: Path, *, key: str, cs: str, passthrough: str | None,
+                   stacks: list[dict], stale: list[str], fsync: bool) -> None:
+    """Record atomically what a run writes, and what earlier runs left that it will remove.
+
+    Args:
+        outdir: The output directory.
+        key: The plan key of the run.
+        cs, passthrough: File names of the run's ``.cs`` outputs in OUTDIR.
+        stacks: One ``{"path", "bytes", "particles"}`` per stack, ``path`` relative to OUTDIR.
+        stale: Files of earlier runs to remove, relative to OUTDIR.
+        fsync: Flush the manifest to the device before renaming it into place.
+
+    Raises:
+        OutputError: The manifest cannot be written.
+    """
+    doc = {"tool": "stacktools consolidate", "version": MANIFEST_VERSION, "key": key,
+           "cs": cs, "passthrough": passthrough, "stacks": stacks, "stale": stale}
+    with atomic_output(outdir / MANIFEST, fsync=fsync) as fh:
+        fh.write(json.dumps(doc, indent=1).encode())
+
+
+def listed_outputs(outdir: Path, manifest: dict) -> list[str]:
+    """Everything a manifest says its run wrote or still has to remove.
+
+    Args:
+        outdir: The output directory the manifest is in.
+        manifest: The manifest, from :func:`read_manifest`.
+
+    Returns:
+        Paths relative to OUTDIR, as the manifest gives them (not yet trusted).
+    """
+    listed = [s["path"] for s in manifest.get("stacks", ())]
+    listed += [n for n in (manifest.get("cs"), manifest.get("passthrough")) if n]
+    listed += manifest.get("stale", [])
+    if manifest.get("version", 1) < 2:
+        # Version 1 did not record the passthrough; its .cs outputs all end like this.
+        with contextlib.suppress(OSError):
+            listed += [e.name for e in os.scandir(outdir)
+                       if e.name.endswith("_consolidated.cs") and e.is_file(follow_symlinks=False)]
+    return listed
+
+
+def unlink_own(outdir: Path, rel: str) -> None:
+    """Remove OUTDIR/rel if it is a regular file, following no symlink on the way.
+
+    ``rel`` comes from a manifest: anything that is not a plain relative path below
+    OUTDIR is ignored rather than trusted.
+
+    Args:
+        outdir: The output directory.
+        rel: The file, relative to OUTDIR.
+
+    Raises:
+        OutputError: The file is there but cannot be removed.
+    """
+    parts = rel.split("/")
+    if os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            os.unlink(parts[-1], dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        if err.errno != errno.ELOOP:  # a symlink where a directory was: not ours
+            raise OutputError(f"{outdir / rel}: cannot remove: "
+                              f"{describe_os_error(err).split(': ', 1)[-1]}") from err
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(outdir: Path) -> Iterator[None]:
+    """Hold OUTDIR's lock, so that two runs never write into it at once.
+
+    Raises:
+        OutputError: Another run holds the lock.
+    """
+    fd = os.open(outdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise OutputError(f"{outdir}: another stacktools consolidate is writing here") from err
+        yield
+    finally:
+        os.close(fd)
+
+
+def sweep_temps(finals: Iterable[Path]) -> int:
+    """Remove the temporaries that a crashed run left for these final names.
+
+    Args:
+        finals: Files under their final names (they need not exist).
+
+    Returns:
+        The number of temporaries removed.
+    """
+    prefixes: dict[Path, list[str]] = {}
+    for f in finals:
+        prefixes.setdefault(f.parent, []).append(tmp_name_for(f))
+    removed = 0
+    for d, pre in prefixes.items():
+        if not d.is_dir():
+            continue
+        for entry in os.scandir(d):
+            if entry.name.endswith(TMP_SUFFIX) and any(entry.name.startswith(p) for p in pre):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

@@ -1,0 +1,380 @@
+"""Plan a consolidation: validate the inputs and decide every output, writing nothing.
+
+:func:`plan_consolidation` reads the set, its stack headers and the passthrough,
+checks them (one box size, pixel modes a packed stack can hold, passthrough uids,
+no output onto a source or outside OUTDIR), names the output stacks and builds the
+new ``.cs`` rows. The :class:`ConsolidationPlan` it returns is all that
+:func:`stacktools.consolidate.run_plan` needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stacktools.consolidate.outdir import STACKS_DIR
+from stacktools.cs.rows import uid_lookup
+from stacktools.errors import (
+    BoxMismatchError,
+    FieldError,
+    Hint,
+    ModeMismatchError,
+    PathEscapeError,
+    SourceOverwriteError,
+)
+from stacktools.formats import cs as csfile
+from stacktools.formats.atomic import fit_name
+from stacktools.formats.mrc import (
+    HEADER_BYTES,
+    StackHeader,
+    make_header,
+    mode_dtype,
+    mode_name,
+    mode_of_dtype,
+)
+from stacktools.particles import ParticleSet
+
+LAYOUTS = ("per-stack", "packed")
+# dtype option -> MRC mode written (None: each source's own)
+DTYPES = {"keep": None, **{name: mode_of_dtype(name) for name in ("float32", "float16")}}
+DEFAULT_PARTICLES_PER_STACK = 1000
+
+
+@dataclass
+class OutputStack:
+    """One stack to write: its name and, per position, where the particle comes from.
+
+    ``codes[k]`` indexes the source headers, ``indices[k]`` is the particle in that
+    source, and ``rows[k]`` is the row of the set that ends up at ``blob/idx == k``.
+    """
+
+    path: Path
+    blob_path: str
+    nx: int
+    ny: int
+    mode: int
+    voxel_size: float
+    rows: np.ndarray
+    codes: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel dtype written (always little-endian)."""
+        return mode_dtype(self.mode)
+
+    @property
+    def nbytes(self) -> int:
+        """Exact size of the stack file: header plus pixels, no extended header."""
+        return HEADER_BYTES + self.count * self.ny * self.nx * self.dtype.itemsize
+
+    def header(self) -> bytes:
+        return make_header(self.nx, self.ny, self.count, self.mode, self.voxel_size,
+                           label="stacktools consolidate")
+
+
+@dataclass
+class ConsolidationPlan:
+    """Everything a consolidation decided before writing.
+
+    ``stacks`` are the output stacks in the order their rows appear in ``new_data``
+    (the new ``.cs`` rows); ``key`` is a digest of the inputs and options, recorded
+    in OUTDIR's manifest so that a rerun of the same plan can keep its stacks.
+    """
+
+    pset: ParticleSet
+    cs_path: Path
+    passthrough_path: Path | None
+    outdir: Path
+    project_dir: Path
+    headers: list[StackHeader]
+    stacks: list[OutputStack]
+    new_data: np.ndarray
+    out_cs: Path
+    out_passthrough: Path | None
+    relative: bool
+    key: str
+    layout: str
+    dtype: str
+    pt_rows: np.ndarray | None = None  # the passthrough rows to write, checked when planning
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the output stacks: what a run writes when it keeps none."""
+        return sum(s.nbytes for s in self.stacks)
+
+    @property
+    def cs_outputs(self) -> list[Path]:
+        """The ``.cs`` files a run writes: the new set's, then the passthrough's."""
+        return [self.out_cs] + ([self.out_passthrough] if self.out_passthrough else [])
+
+    def own_outputs(self) -> list[str]:
+        """Every output of the plan, relative to OUTDIR."""
+        return [str(p.relative_to(self.outdir)) for p in
+                [s.path for s in self.stacks] + self.cs_outputs]
+
+
+def _resolved(p: Path) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def _check_boxes(pset: ParticleSet, headers: list[StackHeader]) -> None:
+    boxes: dict[tuple[int, int], int] = {}
+    for k, h in enumerate(headers):
+        boxes.setdefault((h.ny, h.nx), k)
+    if len(boxes) > 1:
+        (b0, k0), (b1, k1) = list(boxes.items())[:2]
+        row = int(np.flatnonzero(pset.stack_codes == k1)[0])
+        raise BoxMismatchError(
+            f"{pset.source}: mixed box sizes in one set: {b0[0]}x{b0[1]} ({headers[k0].path}) "
+            f"and {b1[0]}x{b1[1]} ({headers[k1].path}) at row {row}")
+
+
+def _safe_stem(name: str) -> str:
+    """A file name stem that is a plain, visible name in its directory, whatever the input.
+
+    Leading dots are dropped, so no output is ``.``, ``..`` or hidden among the
+    temporaries; only the last path component of the input is ever used.
+    """
+    stem = name.replace("\0", "").lstrip(".")
+    return stem or "stack"
+
+
+def _out_name(source: str, ext: str, taken: set[str]) -> str:
+    stem = os.path.basename(source.rstrip("/"))
+    for suffix in (".mrcs", ".mrc"):
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    stem = _safe_stem(stem)
+    name, n = fit_name(stem, ext), 2
+    while name in taken:  # same file name in two source directories
+        name, n = fit_name(stem, f"_{n}{ext}"), n + 1
+    taken.add(name)
+    return name
+
+
+def _check_not_source(outputs: list[Path], outdir: Path, sources: list[Path],
+                      sources_real: list[Path]) -> None:
+    """Refuse outputs onto a source file (by path or by inode) or into a source directory."""
+    src_real = set(sources_real)
+    src_dirs = {s.parent for s in src_real}
+    for d in (outdir, outdir / STACKS_DIR):
+        if _resolved(d) in src_dirs:
+            raise SourceOverwriteError(f"{d}: holds source stacks; choose an output "
+                                       "directory that does not")
+    src_ids = set()
+    for src in sources:
+        with contextlib.suppress(OSError):
+            st = os.stat(src)
+            src_ids.add((st.st_dev, st.st_ino))
+    parents: dict[Path, Path] = {}
+    for p in outputs:
+        if p.parent not in parents:
+            parents[p.parent] = _resolved(p.parent)
+        if parents[p.parent] / p.name in src_real:
+            raise SourceOverwriteError(f"{p}: is a source file; refusing to overwrite it")
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in src_ids:
+            raise SourceOverwriteError(f"{p}: is the same file as a source; "
+                                       "refusing to overwrite it")
+
+
+def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader],
+              headers_real: list[Path], options: dict) -> str:
+    """A digest of everything the outputs depend on: inputs, source identities, options."""
+    h = hashlib.sha256()
+    for p in (cs_path, passthrough):
+        if p is None:
+            h.update(b"-")
+            continue
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    for s, real in zip(headers, headers_real):
+        h.update(os.fsencode(f"{real}|{s.file_size}|{s.mtime_ns}\n"))
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _new_dataset(data: np.ndarray, out_paths: list[str], stack_of_row: np.ndarray,
+                 idx_of_row: np.ndarray) -> np.ndarray:
+    """Copy ``data`` with rewritten ``blob/path`` and ``blob/idx`` (field order kept)."""
+    encoded = [os.fsencode(p) for p in out_paths]
+    old = data.dtype.fields["blob/path"][0]
+    width = max([old.itemsize // (4 if old.kind == "U" else 1)] + [len(e) for e in encoded])
+    kind = "U" if old.kind == "U" else "S"
+    descr = []
+    for name in data.dtype.names:
+        dt = data.dtype.fields[name][0]
+        descr.append((name, np.dtype(f"{kind}{width}") if name == "blob/path" else dt))
+    out = np.empty(len(data), dtype=descr)
+    for name in data.dtype.names:
+        if name not in ("blob/path", "blob/idx"):
+            out[name] = data[name]
+    values = np.array(out_paths if kind == "U" else encoded, dtype=f"{kind}{width}")
+    out["blob/path"] = values[stack_of_row] if len(data) else values[:0]
+    out["blob/idx"] = idx_of_row
+    return out
+
+
+def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
+                       project_dir: str | os.PathLike | None = None,
+                       passthrough: str | os.PathLike | None = None,
+                       layout: str = "per-stack", particles_per_stack: int | None = None,
+                       dtype: str = "keep", mrcs: bool = False,
+                       allow_outside_project: bool = False) -> ConsolidationPlan:
+    """Validate the inputs and decide every output, without writing anything.
+
+    Args:
+        particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
+        mrcs, allow_outside_project: As for :func:`stacktools.consolidate.consolidate`.
+
+    Returns:
+        The plan, for :func:`stacktools.consolidate.run_plan`.
+
+    Raises:
+        ValueError: An option has a value it cannot take.
+        StacktoolsError: The specific subclass for each kind of bad input
+            (:class:`~stacktools.errors.BoxMismatchError`,
+            :class:`~stacktools.errors.ModeMismatchError`,
+            :class:`~stacktools.errors.SourceOverwriteError`, ...).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if particles_per_stack is not None and layout != "packed":
+        raise ValueError("particles_per_stack applies to the packed layout only")
+    per = particles_per_stack or DEFAULT_PARTICLES_PER_STACK
+    if per < 1:
+        raise ValueError("particles_per_stack must be at least 1")
+    cs_path = Path(particles)
+    pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
+    headers = pset.check()
+    _check_boxes(pset, headers)
+    outdir = Path(out)
+    proj = _resolved(pset.project_dir)
+    out_real = _resolved(outdir)
+    relative = out_real == proj or proj in out_real.parents
+    ext = ".mrcs" if mrcs else ".mrc"
+    want_mode = DTYPES[dtype]
+    data = pset.data
+    n = len(data)
+    idx_all = np.asarray(data["blob/idx"], np.int64)
+    stack_of_row = np.zeros(n, np.int64)
+    idx_of_row = np.zeros(n, np.int64)
+    stacks: list[OutputStack] = []
+    stacks_dir = outdir / STACKS_DIR
+
+    stacks_real = _resolved(stacks_dir)
+    if os.path.lexists(stacks_dir) and stacks_real.parent != out_real:
+        # A symlinked OUTDIR/stacks would put the stacks outside OUTDIR.
+        _check_not_source([], outdir, [], [_resolved(Path(h.path)) for h in headers])
+        raise PathEscapeError(f"{stacks_dir}: leads outside {outdir} (to {stacks_real}); "
+                              "remove it or choose another output directory")
+    prefix = os.path.relpath(stacks_real, proj) if relative else str(stacks_real)
+
+    def blob(path: Path) -> str:
+        return f"{prefix}/{path.name}"
+
+    if layout == "per-stack":
+        taken: set[str] = set()
+        for k, g in enumerate(pset.groups()):
+            h = headers[k]
+            order = np.lexsort((g.rows, g.indices))
+            rows = g.rows[order]
+            path = stacks_dir / _out_name(g.blob_path, ext, taken)
+            mode = h.mode if want_mode is None else want_mode
+            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+                                      np.full(len(rows), k, np.int64), g.indices[order]))
+    else:
+        modes = {h.mode for h in headers}
+        if want_mode is None and len(modes) > 1:
+            raise ModeMismatchError(
+                f"{cs_path}: stacks of mixed pixel modes ({', '.join(mode_name(m) for m in sorted(modes))}) "
+                "cannot share packed stacks", hints=[Hint("dtype", "; use {} or the per-stack layout", "float32")])
+        codes_all = pset.stack_codes
+        for j, start in enumerate(range(0, n, per)):
+            rows = np.arange(start, min(n, start + per))
+            h = headers[int(codes_all[rows[0]])]
+            mode = h.mode if want_mode is None else want_mode
+            path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
+            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+                                      codes_all[rows], idx_all[rows]))
+    for s_no, s in enumerate(stacks):
+        stack_of_row[s.rows] = s_no
+        idx_of_row[s.rows] = np.arange(s.count)
+    new_data = _new_dataset(data, [s.blob_path for s in stacks], stack_of_row, idx_of_row)
+
+    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs")
+    out_pt = None
+    pt_path = Path(passthrough) if passthrough is not None else None
+    if pt_path is not None:
+        out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_consolidated.cs")
+        if out_pt.name == out_cs.name:
+            out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_passthrough_consolidated.cs")
+    outputs = [s.path for s in stacks] + [out_cs] + ([out_pt] if out_pt else [])
+    for p in outputs:
+        _check_inside(p, outdir)
+    inputs = [cs_path] + ([pt_path] if pt_path else [])
+    headers_real = [_resolved(Path(h.path)) for h in headers]
+    _check_not_source(outputs, outdir, [Path(h.path) for h in headers] + inputs,
+                      headers_real + [_resolved(p) for p in inputs])
+    options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
+               "project": str(proj), "outdir": str(out_real), "version": 1}
+    key = _plan_key(cs_path, pt_path, headers, headers_real, options)
+    plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
+                relative, key, layout, dtype)
+    if pt_path is not None:
+        plan.pt_rows = _passthrough_rows(plan)
+    return plan
+
+
+def _check_inside(path: Path, outdir: Path) -> None:
+    """Every output is a plain name directly in OUTDIR or OUTDIR/stacks."""
+    if path.parent not in (outdir, outdir / STACKS_DIR) or path.name in ("", ".", "..") \
+            or path.name.startswith("."):
+        raise PathEscapeError(f"{path}: output name would leave {outdir}")
+
+
+def _passthrough_rows(plan: ConsolidationPlan) -> np.ndarray:
+    """The passthrough filtered to the set's uids, in the set's row order."""
+    pt = csfile.read_cs(plan.passthrough_path)
+    for arr, label in ((plan.pset.data, plan.cs_path), (pt, plan.passthrough_path)):
+        if "uid" not in (arr.dtype.names or ()):
+            raise FieldError(f"{label}: missing field 'uid' (needed to match the passthrough)")
+    uids = plan.pset.data["uid"]
+    found = uid_lookup(uids, pt["uid"])
+    if (found < 0).any():
+        r = int(np.flatnonzero(found < 0)[0])
+        raise FieldError(f"{plan.passthrough_path}: no row for uid {int(uids[r])} "
+                         f"(row {r} of {plan.cs_path})")
+    rows = pt[found]
+    names = pt.dtype.names
+    if "blob/path" in names and "blob/idx" in names:
+        rows = _rewrite_like(rows, plan.new_data)
+    return rows
+
+
+def _rewrite_like(rows: np.ndarray, new_data: np.ndarray) -> np.ndarray:
+    """Give passthrough rows the new ``blob/path`` and ``blob/idx`` of the main set."""
+    descr = [(n, new_data.dtype.fields["blob/path"][0] if n == "blob/path" else rows.dtype.fields[n][0])
+             for n in rows.dtype.names]
+    out = np.empty(len(rows), dtype=descr)
+    for n in rows.dtype.names:
+        out[n] = new_data[n] if n in ("blob/path", "blob/idx") else rows[n]
+    return out
