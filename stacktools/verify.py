@@ -20,7 +20,7 @@ from stacktools.cs.rows import uid_lookup
 from stacktools.errors import FieldError, StacktoolsError
 from stacktools.formats import cs as csfile
 from stacktools.formats.mrc import StackHeader, read_header
-from stacktools.particles import ParticleSet
+from stacktools.particles import ParticleSet, default_project_dir
 from stacktools.stacks import read_to_array
 
 MAX_PROBLEMS = 20
@@ -146,7 +146,7 @@ def check_stack(stack: PlannedStack, sources: Sequence[StackHeader], *,
 def _project_of(against: str | os.PathLike, project_dir: str | os.PathLike | None
                 ) -> str | os.PathLike:
     """The project both sets resolve against: given, or the parent of ``against``'s job."""
-    return Path(against).resolve().parent.parent if project_dir is None else project_dir
+    return default_project_dir(against) if project_dir is None else project_dir
 
 
 def verify_bytes(new_cs: str | os.PathLike, against: str | os.PathLike, *,
@@ -288,4 +288,3 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
 
 
 # The package-level name: ``stacktools.verify`` is this module once imported.
-verify_consolidated = verify

@@ -27,7 +27,6 @@ from stacktools.consolidate.run import (
 )
 
 # The name at the top of the package: there ``stacktools.consolidate`` is this package.
-consolidate_particles = consolidate
 
 __all__ = [
     "DEFAULT_PARTICLES_PER_STACK",
@@ -40,7 +39,6 @@ __all__ = [
     "ConsolidationPlan",
     "OutputStack",
     "consolidate",
-    "consolidate_particles",
     "plan_consolidation",
     "read_manifest",
     "run_plan",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from stacktools.consolidate.outdir import STACKS_DIR
-from stacktools.cs.rows import uid_lookup
+from stacktools.cs.rows import uid_lookup, with_blob_paths
 from stacktools.errors import (
     BoxMismatchError,
     FieldError,
@@ -210,27 +210,6 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
     return h.hexdigest()
 
 
-def _new_dataset(data: np.ndarray, out_paths: list[str], stack_of_row: np.ndarray,
-                 idx_of_row: np.ndarray) -> np.ndarray:
-    """Copy ``data`` with rewritten ``blob/path`` and ``blob/idx`` (field order kept)."""
-    encoded = [os.fsencode(p) for p in out_paths]
-    old = data.dtype.fields["blob/path"][0]
-    width = max([old.itemsize // (4 if old.kind == "U" else 1)] + [len(e) for e in encoded])
-    kind = "U" if old.kind == "U" else "S"
-    descr = []
-    for name in data.dtype.names:
-        dt = data.dtype.fields[name][0]
-        descr.append((name, np.dtype(f"{kind}{width}") if name == "blob/path" else dt))
-    out = np.empty(len(data), dtype=descr)
-    for name in data.dtype.names:
-        if name not in ("blob/path", "blob/idx"):
-            out[name] = data[name]
-    values = np.array(out_paths if kind == "U" else encoded, dtype=f"{kind}{width}")
-    out["blob/path"] = values[stack_of_row] if len(data) else values[:0]
-    out["blob/idx"] = idx_of_row
-    return out
-
-
 def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        project_dir: str | os.PathLike | None = None,
                        passthrough: str | os.PathLike | None = None,
@@ -318,7 +297,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     for s_no, s in enumerate(stacks):
         stack_of_row[s.rows] = s_no
         idx_of_row[s.rows] = np.arange(s.count)
-    new_data = _new_dataset(data, [s.blob_path for s in stacks], stack_of_row, idx_of_row)
+    new_paths = [s.blob_path for s in stacks]
+    new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
 
     out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs")
     out_pt = None
@@ -340,7 +320,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
                 relative, key, layout, dtype)
     if pt_path is not None:
-        plan.pt_rows = _passthrough_rows(plan)
+        plan.pt_rows = _passthrough_rows(plan, new_paths, stack_of_row, idx_of_row)
     return plan
 
 
@@ -351,8 +331,10 @@ def _check_inside(path: Path, outdir: Path) -> None:
         raise PathEscapeError(f"{path}: output name would leave {outdir}")
 
 
-def _passthrough_rows(plan: ConsolidationPlan) -> np.ndarray:
-    """The passthrough filtered to the set's uids, in the set's row order."""
+def _passthrough_rows(plan: ConsolidationPlan, new_paths: list[str], stack_of_row: np.ndarray,
+                      idx_of_row: np.ndarray) -> np.ndarray:
+    """The passthrough filtered to the set's uids, in the set's row order, pointing
+    where the new set's rows point."""
     pt = csfile.read_cs(plan.passthrough_path)
     for arr, label in ((plan.pset.data, plan.cs_path), (pt, plan.passthrough_path)):
         if "uid" not in (arr.dtype.names or ()):
@@ -366,15 +348,5 @@ def _passthrough_rows(plan: ConsolidationPlan) -> np.ndarray:
     rows = pt[found]
     names = pt.dtype.names
     if "blob/path" in names and "blob/idx" in names:
-        rows = _rewrite_like(rows, plan.new_data)
+        rows = with_blob_paths(rows, new_paths, stack_of_row, idx_of_row)
     return rows
-
-
-def _rewrite_like(rows: np.ndarray, new_data: np.ndarray) -> np.ndarray:
-    """Give passthrough rows the new ``blob/path`` and ``blob/idx`` of the main set."""
-    descr = [(n, new_data.dtype.fields["blob/path"][0] if n == "blob/path" else rows.dtype.fields[n][0])
-             for n in rows.dtype.names]
-    out = np.empty(len(rows), dtype=descr)
-    for n in rows.dtype.names:
-        out[n] = new_data[n] if n in ("blob/path", "blob/idx") else rows[n]
-    return out
