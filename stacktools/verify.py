@@ -285,6 +285,3 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
                         bytes_checked=sum(o[2] for o in outcomes),
                         particle_mismatches=particle_bad, field_mismatches=field_bad,
                         problems=problems)
-
-
-# The package-level name: ``stacktools.verify`` is this module once imported.
