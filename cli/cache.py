@@ -68,7 +68,8 @@ def shorten_middle(text: str, width: int) -> str:
 
 
 def _rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / 1e6:,.1f} MB/s" if seconds > 0 and nbytes else "nothing"
+    from stacktools.cache.config import MB
+    return f"{nbytes / seconds / MB:,.1f} MB/s" if seconds > 0 and nbytes else "nothing"
 
 
 def _open_set(particles: Path, project_dir: Optional[Path], passthrough: Optional[Path],
@@ -84,10 +85,12 @@ def _entry_rows(entries) -> list[tuple[str, str]]:
 
 
 def _print_plan(plan, title: str) -> None:
-    from stacktools.cache.store import full_message
+    from stacktools.cli.options import FLAGS
+
+    from stacktools.cache import full_error
     d = plan.to_dict(files=False)
     rows = [
-        ("fits", "yes" if plan.fits else "NO: " + full_message(plan)),
+        ("fits", "yes" if plan.fits else "NO: " + full_error(plan).message_with(FLAGS)),
         ("to copy", f"{plan.files_to_copy:,} files, {fmt_bytes(plan.bytes_to_copy)}"),
         ("already cached and valid", f"{len(plan.cached):,} files, {fmt_bytes(plan.bytes_cached)}"),
     ]
@@ -184,14 +187,8 @@ def sync_cmd(
 
     from stacktools.cli.output import byte_progress
 
-    from stacktools.cache import use_cache_for
-    from stacktools.cache.store import (
-        SyncResult,
-        full_message,
-        named_path,
-        write_cached_cs,
-    )
-    from stacktools.errors import CacheFullError
+    from stacktools.cache import SyncResult, full_error, use_cache_for, write_cached_cs
+    from stacktools.cache.sources import named_path
 
     started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
@@ -203,7 +200,7 @@ def sync_cmd(
         plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
         if not plan.fits:
             plan.release()
-            raise CacheFullError(full_message(plan))
+            raise full_error(plan)
         with byte_progress("caching", plan.bytes_to_copy, quiet or not sys.stderr.isatty()) as advance:
             result = cache.execute(plan, hold=bool(command), progress=advance,
                                    on_wait=_wait_printer(quiet))
@@ -250,7 +247,7 @@ def sync_cmd(
 
 def _simple(fn_name: str, ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, **kw):
     cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
-    return getattr(cache, fn_name)(**kw)
+    return getattr(cache, fn_name)(**kw).to_dict()
 
 
 def _print_removed(d: dict, title: str) -> None:
@@ -271,7 +268,7 @@ def status_cmd(
 ) -> None:
     """Usage against quota and reserve, entries, oldest and newest entry, bytes per project."""
     cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config)
-    st = cache.status()
+    st = cache.status().to_dict()
     if as_json:
         if inventory:
             st["inventory"] = cache.inventory().to_dict()
@@ -341,9 +338,10 @@ def evict_cmd(
     cache = _cache(ssd_path, None, None, None, None, config)
     if particles is not None:
         # Eviction only matches cache entries by name; it reads no source stack.
-        d = cache.evict(paths=_open_set(particles, project_dir, None, True).stack_paths)
+        d = cache.evict(paths=_open_set(particles, project_dir, None, True).stack_paths).to_dict()
     else:
-        d = cache.evict(nbytes=int(mb * 1_000_000))
+        from stacktools.cache.config import mb_to_bytes
+        d = cache.evict(nbytes=mb_to_bytes(mb)).to_dict()
     emit_json(d) if as_json else _print_removed(d, "cache evict")
 
 

@@ -33,6 +33,8 @@ def _json_default(o: Any):
         return o.item()
     if isinstance(o, set):
         return sorted(o)
+    if hasattr(o, "to_dict"):  # the library's typed results
+        return o.to_dict()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

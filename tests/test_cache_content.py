@@ -63,7 +63,7 @@ def test_verify_finds_copy_damaged_with_mtime_restored_without_reading_sources(t
     key = os.path.realpath(paths[3])
     cache = _cache(ssd)
     _edit_in_place(cache.cached_path(key), keep_mtime=True)
-    import stacktools.cache.store as store
+    import stacktools.cache.validity as store
     read = []
     real = store.digest_file
     monkeypatch.setattr(store, "digest_file", lambda p: (read.append(str(p)), real(p))[1])

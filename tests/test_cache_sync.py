@@ -377,7 +377,7 @@ def test_ledger_is_compacted_and_still_proves_ownership(ssd, pset):
     lines_before = len(ledger_copies(ssd))
     assert lines_before == 4 * len(res.paths)
     cache = _cache(ssd)
-    cache._compact_ledger(min_bytes=0)
+    cache.index.compact_ledger(min_bytes=0)
     assert sorted(ledger_copies(ssd)) == sorted(os.path.realpath(p) for p in res.paths)
     cache.index.close()
     (cache.root / "index.db").unlink()

@@ -24,6 +24,7 @@ Planning for another node (placement): export ``cache.inventory().to_dict()`` th
 
 from __future__ import annotations
 
+from stacktools.cache.cached_set import write_cached_cs
 from stacktools.cache.config import (
            CacheConfig,
            project_use_cache,
@@ -31,19 +32,14 @@ from stacktools.cache.config import (
            set_project_use_cache,
            use_cache_for,
 )
-from stacktools.cache.peek import peek_inventory, plan_without_writing
-from stacktools.cache.plan import CachePlan, Entry, Inventory, SourceFile, plan_stacks
-from stacktools.cache.store import (
-           Cache,
-           SyncResult,
-           full_message,
-           plan_for_inventory,
-           stat_sources,
-           write_cached_cs,
-)
+from stacktools.cache.maintenance import Removal, Status, Verification
+from stacktools.cache.peek import peek_inventory, plan_for_inventory, plan_without_writing
+from stacktools.cache.plan import CachePlan, Entry, Inventory, SourceFile, full_error, plan_stacks
+from stacktools.cache.sources import stat_sources
+from stacktools.cache.store import Cache, SyncResult
 
 __all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "CachePlan", "SourceFile", "SyncResult",
-           "full_message", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
+           "full_error", "Removal", "Status", "Verification", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
            "project_use_cache",
            "resolve_config", "set_project_use_cache", "stat_sources", "use_cache_for",
            "write_cached_cs"]

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from stacktools.errors import CacheConfigError
+from stacktools.errors import CacheConfigError, Hint
 
 ENV_SSD = "STACKTOOLS_SSD_PATH"
 ENV_QUOTA = "STACKTOOLS_CACHE_QUOTA_MB"
@@ -42,6 +42,7 @@ ENV_CONFIG = "STACKTOOLS_CONFIG"
 ENV_FALLBACKS = {ENV_SSD: "CRYOSPARC_SSD_PATH", ENV_THREADS: "CRYOSPARC_CACHE_NUM_THREADS",
                  ENV_LIFETIME: "CRYOSPARC_SSD_CACHE_LIFETIME_DAYS"}
 
+CACHE_DIRNAME = "stacktools-cache"  # the directory under the SSD path that the cache owns
 DEFAULT_LIFETIME_DAYS = 30.0
 DEFAULT_THREADS = 2
 DEFAULT_RESERVE_MB = 10_000
@@ -60,6 +61,19 @@ def mb_to_bytes(mb: float) -> int:
 def days_to_seconds(days: float) -> float:
     """Seconds in ``days`` days (an entry lifetime)."""
     return days * DAY_S
+
+
+def mb_text(n: int) -> str:
+    """Bytes as the cache's unit, for messages about quota and reserve: ``12.3 MB``."""
+    return f"{n / MB:,.1f} MB"
+
+
+def missing_ssd_error(ssd: Path) -> CacheConfigError:
+    """Why a missing SSD path is refused (a typo or an unmounted disk must not fill
+    the root filesystem)."""
+    return CacheConfigError(f"{ssd}: SSD path does not exist (a typo or an unmounted disk?)",
+                            hints=[Hint("create", "; give {} or set create_ssd_path = true in the "
+                                                  "config to create it")])
 
 
 def human_bytes(n: int) -> str:
@@ -223,8 +237,8 @@ def resolve_config(ssd_path: str | os.PathLike | None = None, *, quota_mb: float
         else:
             values[key] = _number(values[key], what, float, 0)
     if "ssd_path" not in values:
-        raise CacheConfigError(f"no SSD path: give --ssd-path, set ssd_path in {cfg_path}, "
-                               f"or set ${ENV_SSD}")
+        raise CacheConfigError(f"no SSD path: set ssd_path in {cfg_path} or ${ENV_SSD}",
+                               hints=[Hint("ssd_path", ", or give {}", None)])
     shared = file_vals.get("shared", False)
     if not isinstance(shared, bool):
         raise CacheConfigError(f"{cfg_path} [cache] shared: {shared!r} must be true or false")

@@ -20,17 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from stacktools.cache.config import CacheConfig
+from stacktools.cache.config import CACHE_DIRNAME, CacheConfig, missing_ssd_error
 from stacktools.cache.locks import live_pins
 from stacktools.cache.plan import CachePlan, Entry, Inventory, plan_stacks
 from stacktools.cache.safefs import check_own_dir
-from stacktools.cache.store import (
-    CACHE_DIRNAME,
-    _describe_set,
-    locate_copies,
-    missing_ssd_message,
-    stat_sources,
-)
+from stacktools.cache.sources import stat_sources
+from stacktools.cache.validity import locate_copies
 from stacktools.errors import CacheConfigError, CacheForeignPathError
 
 _ENTRIES = """
@@ -109,7 +104,7 @@ def peek_inventory(config: CacheConfig, create: bool = False) -> Inventory:
     if ssd.exists() and not ssd.is_dir():
         raise CacheConfigError(f"{ssd}: SSD path is not a directory")
     if not ssd.exists() and not (create or config.create_ssd_path):
-        raise CacheConfigError(missing_ssd_message(ssd))
+        raise missing_ssd_error(ssd)
     root = ssd / CACHE_DIRNAME
     have_root = _own_dir(root)
     if have_root:
@@ -169,4 +164,45 @@ def plan_without_writing(pset, config: CacheConfig, *, partial: bool = False,
     stacks = stat_sources(paths)
     files = os.path.join(inv.root, "files")
     valid = locate_copies(files, stacks, _open_dir) if _own_dir(Path(files)) else {}
-    return _describe_set(plan_stacks(stacks, inv, valid=valid, partial=partial), pset, consolidation)
+    return describe_set(plan_stacks(stacks, inv, valid=valid, partial=partial), pset, consolidation)
+
+
+def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = False,
+                       consolidation: bool = False, now: float | None = None) -> CachePlan:
+    """Plan caching a set on the node an inventory snapshot describes. Copies nothing.
+
+    Parameters
+    ----------
+    pset
+        A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths;
+        its sources are stat-ed here (they must be visible from this machine).
+    inventory
+        An :class:`Inventory`, or the dict from ``Inventory.to_dict()`` /
+        ``stacktools cache status --json --inventory`` (its ``inventory`` member).
+    partial
+        Plan what fits, in the set's order, when the whole set does not.
+    consolidation
+        Fill ``cache_bytes``/``consolidated_bytes`` from the stacks' headers.
+    now
+        Time for lifetime expiry (default: the snapshot's time).
+
+    Entries count as cached and valid when the snapshot has the source's key, size
+    and mtime; :meth:`Cache.plan` is the same planner with validity checked on disk.
+    """
+    inv = inventory if isinstance(inventory, Inventory) else Inventory.from_dict(inventory)
+    paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
+    plan = plan_stacks(stat_sources(paths), inv, partial=partial, now=now)
+    return describe_set(plan, pset, consolidation)
+
+
+
+def describe_set(plan: CachePlan, pset, consolidation: bool) -> CachePlan:
+    """Record the set's project on ``plan`` and, if asked, what consolidating would save."""
+    project = getattr(pset, "project_dir", None)
+    plan.project = os.path.realpath(project) if project else ""
+    if consolidation and hasattr(pset, "stack_paths"):
+        from stacktools.size import size_particles
+        rep = size_particles(pset, validate=False)
+        plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
+    return plan
+

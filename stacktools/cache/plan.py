@@ -29,6 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from stacktools.cache.config import mb_text
+from stacktools.errors import CacheFullError, Hint
+
 # Versions of a stack made while a running job reads an older copy live under this
 # top-level name in ``files/``, keeping the stack's own file name (RELION goes by
 # the extension); no source is ever cached from under it.
@@ -441,3 +444,20 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial,
                 kept_for_running_jobs=held, locations=locations, retire=retire,
                 reserved_bytes=reserved_total, limited_by=limited_by)
+
+
+def full_error(plan: CachePlan) -> CacheFullError:
+    """The error for a plan that does not fit: one line saying how much more room the
+    set needs and what holds the space."""
+    head = (f"set does not fit: needs {mb_text(plan.bytes_to_copy)}, {mb_text(plan.shortfall_bytes)} more "
+            "than is left after evicting everything evictable")
+    if plan.limited_by == "quota":
+        where = (f"quota {mb_text(plan.quota_bytes or 0)}: held by entries in use "
+                 f"{mb_text(plan.held_in_use_bytes)}, copies in progress {mb_text(plan.reserved_bytes)}")
+    else:
+        where = (f"free {mb_text(plan.free_bytes_before)}, reserve {mb_text(plan.reserve_bytes)}: held by "
+                 f"entries in use {mb_text(plan.held_in_use_bytes)}, copies in progress "
+                 f"{mb_text(plan.reserved_bytes)}, files the cache does not own {mb_text(plan.held_foreign_bytes)}")
+    return CacheFullError(f"{head} ({where}); nothing copied",
+                          hints=[Hint("partial", " ({} caches what fits)")])
+

@@ -1,4 +1,10 @@
-"""The SSD particle cache: :class:`Cache` and what it returns.
+"""The SSD particle cache: :class:`Cache`, the one class callers meet, and what a sync returns.
+
+It plans and carries out syncs (pins, space, copies). The rest lives beside it:
+:mod:`.sources` (stat-ing sources), :mod:`.validity` (what counts as a valid copy),
+:mod:`.plan` (the pure planner), :mod:`.copy` (one atomic copy), :mod:`.index` and
+:mod:`.upkeep` (the record and the ledger), :mod:`.maintenance` (clean, clear,
+evict, verify, status) and :mod:`.cached_set` (a ``.cs`` that points at the copies).
 
 Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
 
@@ -21,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import os
 import socket
 import stat
@@ -32,55 +37,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from stacktools.cache import upkeep
-from stacktools.cache.config import CacheConfig, resolve_config
+from stacktools.cache import maintenance, upkeep
+from stacktools.cache.config import CACHE_DIRNAME, CacheConfig, missing_ssd_error, resolve_config
 from stacktools.cache.copy import SourceChanged, copy_into
-from stacktools.cache.digest import digest_file
 from stacktools.cache.index import Index
 from stacktools.cache.locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
+from stacktools.cache.peek import describe_set
 from stacktools.cache.plan import (
     VERSIONS,
     CachePlan,
     Entry,
     Inventory,
     SourceFile,
+    full_error,
     plan_stacks,
-    source_of,
-    version_key,
 )
 from stacktools.cache.safefs import check_own_dir
+from stacktools.cache.sources import DIR_FLAGS, no_gc, stat_sources
+from stacktools.cache.validity import content_matches, locate_copies
 from stacktools.errors import (
     CacheConfigError,
     CacheError,
     CacheForeignPathError,
     CacheFullError,
     DiskFullError,
-    MissingStackError,
     PathEscapeError,
 )
 from stacktools.formats.atomic import fsync_dir
 
-CACHE_DIRNAME = "stacktools-cache"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", 0)
-MB = 1_000_000
 Progress = Callable[[int], None]
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Pause the cyclic GC during a tight loop that allocates one tuple per stack:
-    otherwise its collections, which grow with the heap, cost more than the stats."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def _mb(n: int) -> str:
-    return f"{n / MB:,.1f} MB"
 
 
 @dataclass
@@ -184,7 +169,7 @@ class Cache:
         if ssd.exists() and not ssd.is_dir():
             raise CacheConfigError(f"{ssd}: SSD path is not a directory")
         if not ssd.exists() and not (create or self.config.create_ssd_path):
-            raise CacheConfigError(missing_ssd_message(ssd))
+            raise missing_ssd_error(ssd)
         root = ssd / CACHE_DIRNAME
         try:
             # A per-job SSD path ($SLURM_TMPDIR/..., /scratch/$USER/$JOB) may not exist yet.
@@ -256,18 +241,18 @@ class Cache:
             copy is looked at, so one edited in place (size or mtime changed) is
             never served.
         """
-        with _no_gc():
+        with no_gc():
             found = locate_copies(self._files, stacks, self._open_dest_dir)
         if content and found:
             rows = self.index.get_many(found.values())
-            found = {k: at for k, at in found.items() if _content_matches(
+            found = {k: at for k, at in found.items() if content_matches(
                 k, self.cached_path(at), rows[at]["digest"] if at in rows else "")}
         return found
 
     def _open_dest_dir(self, d: str) -> int:
         """Descriptor of an entry directory, -1 if missing; refuses symlinked directories."""
         try:
-            fd = os.open(d, _DIR_FLAGS)
+            fd = os.open(d, DIR_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return -1
         try:
@@ -446,7 +431,7 @@ class Cache:
             raise
         plan._pin = pin
         plan.check_content = check_content
-        return _describe_set(plan, pset, consolidation)
+        return describe_set(plan, pset, consolidation)
 
     # -- execute --------------------------------------------------------------------
     def execute(self, plan: CachePlan, *, hold: bool = False, progress: Progress | None = None,
@@ -502,7 +487,7 @@ class Cache:
                             new.project, new.check_content = plan.project, plan.check_content
                             plan, result.replanned, result.plan = new, True, new
                     if not plan.fits:
-                        raise CacheFullError(full_message(plan))
+                        raise full_error(plan)
                     self._sweep_temps({os.path.dirname(self.cached_path(s.key)) for s in plan.to_copy})
                     for e in plan.expire:
                         if self._remove_entry(e.key, self._inodes.get(e.key)):
@@ -671,7 +656,7 @@ class Cache:
             inv = self._inventory_locked(pin)
             p = plan_stacks([s], inv, valid=())
             if not p.fits:
-                raise CacheFullError(full_message(p))
+                raise full_error(p)
             for e in p.expire + p.evict:
                 self._remove_entry(e.key)
             pin.reserved[entry_key] = s.size
@@ -734,410 +719,34 @@ class Cache:
         the cache's, and whose entry lock is free (see :func:`upkeep.sweep_temps`)."""
         return upkeep.sweep_temps(self, None if dirs is None else set(dirs))
 
-    def _remove_where(self, pick: Callable[[Entry], bool]) -> dict:
-        lock = self.space_lock()
-        lock.acquire()
-        try:
-            temps = self._sweep_temps()
-            inv = self._inventory_locked()
-            removed = skipped = nbytes = 0
-            gone: list[str] = []
-            inodes = self._inodes
-            try:
-                for e in sorted(inv.entries, key=lambda e: e.last_access):
-                    if not pick(e):
-                        continue
-                    if e.in_use or not self._remove_entry(e.key, inodes.get(e.key), gone):
-                        skipped += 1
-                        continue
-                    removed += 1
-                    nbytes += e.size
-            finally:
-                self._forget(gone)
-            self.index.compact_ledger()
-            return {"removed": removed, "bytes_removed": nbytes, "skipped_in_use": skipped,
-                    "temps_swept": temps}
-        finally:
-            lock.release()
-
     def _forget(self, keys: list[str]) -> None:
         """Drop index rows of removed entries; on a full SSD leave them (the next
         inventory drops rows whose files are gone)."""
         with contextlib.suppress(DiskFullError):
             self.index.remove(keys)
 
-    def _compact_ledger(self, min_bytes: int = 4 << 20) -> None:
-        """Rewrite the ledger once it has grown large (see :meth:`Index.compact_ledger`)."""
-        self.index.compact_ledger(min_bytes)
-
-    def clean(self) -> dict:
+    # -- upkeep: see stacktools.cache.maintenance -------------------------------------
+    def clean(self) -> maintenance.Removal:
         """Expire entries past their lifetime (not in use) and sweep crashed copies' temps."""
-        now = time.time()
-        life = self.config.lifetime_s
-        return self._remove_where(lambda e: now - e.last_access > life)
+        return maintenance.clean(self)
 
-    def clear(self) -> dict:
+    def clear(self) -> maintenance.Removal:
         """Remove every entry the cache owns that is not in use. Foreign files stay."""
-        out = self._remove_where(lambda e: True)
-        for name in os.listdir(self.locks_dir):
-            if not name.endswith(".lock"):
-                continue
-            lk = FileLock(self.locks_dir / name)
-            with contextlib.suppress(CacheForeignPathError, FileNotFoundError):
-                if lk.acquire(blocking=False):
-                    lk.release(unlink=True)
-        return out
+        return maintenance.clear(self)
 
     def evict(self, keys: Iterable[str] | None = None, nbytes: int | None = None,
-              paths: Iterable[str | os.PathLike] | None = None) -> dict:
-        """Evict entries not in use: by key, by source path, or at least ``nbytes`` by LRU.
+              paths: Iterable[str | os.PathLike] | None = None) -> maintenance.Removal:
+        """Evict entries not in use: by key, by source path, or at least ``nbytes`` by LRU
+        (see :func:`stacktools.cache.maintenance.evict`)."""
+        return maintenance.evict(self, keys=keys, nbytes=nbytes, paths=paths)
 
-        Parameters
-        ----------
-        keys
-            Resolved source paths (entry keys).
-        nbytes
-            Free at least this many bytes, least recently used first.
-        paths
-            Source paths as a set names them; they need not exist any more.
-        """
-        if paths is not None:
-            keys = [os.path.realpath(named_path(p)) for p in paths]
-        if keys is not None:
-            wanted = set(keys)
-            return self._remove_where(lambda e: e.key in wanted or source_of(e.key) in wanted)
-        budget = [nbytes or 0]
+    def verify(self, fix: bool = False, content: bool = False) -> maintenance.Verification:
+        """Re-check owned entries against their sources and recorded digests
+        (see :func:`stacktools.cache.maintenance.verify`)."""
+        return maintenance.verify(self, fix=fix, content=content)
 
-        def pick(e: Entry) -> bool:
-            if budget[0] <= 0:
-                return False
-            if not e.in_use:
-                budget[0] -= e.size
-            return True
-        return self._remove_where(pick)
-
-    def verify(self, fix: bool = False, content: bool = False) -> dict:
-        """Re-check owned entries against their sources and their recorded digests.
-
-        Args:
-            fix: Remove entries whose source changed or vanished, or whose copy is damaged.
-            content: Also read each source and compare it with the copy's recorded
-                digest (without it only the copies are read).
-
-        Returns:
-            ``{"checked", "ok", "problems": [{"source", "cached", "problem", "removed"}]}``.
-        """
-        inv = self.inventory()
-        try:
-            rows = self.index.get_many(e.key for e in inv.entries)
-        except DiskFullError:  # no index can be made on a full SSD: the ledger has the digests
-            rows = {r["key"]: r for r in self.index.ledger_rows()}
-        digests = {k: r["digest"] for k, r in rows.items()}
-        problems = []
-        for e in inv.entries:
-            cp = self.cached_path(e.key)
-            try:
-                why = _entry_problem(e, cp, digests.get(e.key, ""), content)
-            except FileNotFoundError:
-                continue  # copy deleted meanwhile: nothing to check
-            if why:
-                removed = fix and not e.in_use and self._remove_entry(e.key)
-                problems.append({"source": source_of(e.key), "cached": cp, "problem": why,
-                                 "removed": bool(removed)})
-        return {"checked": len(inv.entries), "ok": len(inv.entries) - len(problems),
-                "problems": problems}
-
-    def status(self) -> dict:
+    def status(self) -> maintenance.Status:
         """Usage against quota and reserve, entries, oldest/newest and bytes per project."""
-        inv = self.inventory()
-        per_project: dict[str, int] = {}
-        for e in inv.entries:
-            per_project[e.project or "(unknown)"] = per_project.get(e.project or "(unknown)", 0) + e.size
-        by_access = sorted(inv.entries, key=lambda e: e.last_access)
-        foreign, foreign_paths = upkeep.scan_foreign(
-            self, {self.cached_path(e.key) for e in inv.entries})
-        return {
-            "root": str(self.root), "ssd_path": str(self.config.ssd_path),
-            "entries": len(inv.entries), "bytes": inv.owned_bytes,
-            "in_use": sum(e.in_use for e in inv.entries),
-            "bytes_in_use": sum(e.size for e in inv.entries if e.in_use),
-            "quota_bytes": inv.quota_bytes, "reserve_bytes": inv.reserve_bytes,
-            "free_bytes": inv.free_bytes, "device_bytes": inv.total_bytes,
-            "reserved_bytes": sum(inv.reserved.values()),
-            "foreign_bytes_in_cache_dir": foreign,
-            "foreign_paths": foreign_paths,
-            "warnings": upkeep.root_warnings(self.root),
-            "lifetime_days": self.config.lifetime_days, "threads": self.config.threads,
-            "expired": sum(inv.taken_at - e.last_access > inv.lifetime_s for e in inv.entries),
-            "oldest": _entry_brief(by_access[0]) if by_access else None,
-            "newest": _entry_brief(by_access[-1]) if by_access else None,
-            "bytes_per_project": per_project,
-            "config_sources": dict(self.config.sources or {}),
-        }
+        return maintenance.status(self)
 
 
-def check_copies(files: str, stacks: Sequence[SourceFile],
-                 open_dir: Callable[[str], int]) -> set[str]:
-    """Keys of ``stacks`` whose copy under ``files`` has the source's size and mtime.
-
-    Args:
-        files: The cache's ``files`` directory (no trailing slash).
-        stacks: Stat-ed sources (see :func:`stat_sources`).
-        open_dir: Returns a descriptor of an entry directory, or -1 if it is missing.
-
-    Returns:
-        The valid keys. Reads only: nothing is created or written.
-    """
-    valid = set()
-    add = valid.add
-    dirs: dict[str, int] = {}
-    stat_, S_ISREG, S_ISLNK = os.stat, stat.S_ISREG, stat.S_ISLNK
-    try:
-        for s in stacks:
-            d, _, name = s.key.rpartition("/")
-            fd = dirs.get(d)
-            if fd is None:
-                fd = dirs[d] = open_dir(files + d)
-            if fd < 0:
-                continue  # no such directory in the cache
-            try:
-                st = stat_(name, dir_fd=fd, follow_symlinks=False)
-                if S_ISLNK(st.st_mode):
-                    st = stat_(name, dir_fd=fd)  # pre-populated: judge the target
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if st.st_size == s.size and st.st_mtime_ns == s.mtime_ns and S_ISREG(st.st_mode):
-                add(s.key)
-    finally:
-        for fd in dirs.values():
-            if fd >= 0:
-                os.close(fd)
-    return valid
-
-
-def locate_copies(files: str, stacks: Sequence[SourceFile],
-                  open_dir: Callable[[str], int]) -> dict[str, str]:
-    """Source key -> entry key of the valid copy of each of ``stacks`` that has one.
-
-    The primary copy is looked at first; a version beside it (see
-    :func:`~stacktools.cache.plan.version_key`) only where the primary is not
-    valid. Arguments as :func:`check_copies`; reads only.
-    """
-    found = {k: k for k in check_copies(files, stacks, open_dir)}
-    if len(found) < len(stacks):
-        others = [s._replace(key=version_key(s.key, s.size, s.mtime_ns))
-                  for s in stacks if s.key not in found]
-        for k in check_copies(files, others, open_dir):
-            found[source_of(k)] = k
-    return found
-
-
-def _entry_problem(e: Entry, copy: str, digest: str, content: bool) -> str | None:
-    """Why an owned entry is not a faithful copy of its source, or ``None``.
-
-    The copy is read and compared with its recorded digest, so a copy damaged in
-    place is found even if its size and mtime were restored; with ``content`` the
-    source is read too. Raises ``FileNotFoundError`` if the copy is gone.
-    """
-    src = source_of(e.key)
-    try:
-        st = os.stat(src)
-    except FileNotFoundError:
-        return "source missing"
-    if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
-        return "source changed"
-    cst = os.stat(copy)
-    if cst.st_size != e.size or cst.st_mtime_ns != e.mtime_ns:
-        return "copy damaged (size or mtime)"
-    if digest:
-        if digest_file(copy) != digest:
-            return "copy damaged (content differs from its digest)"
-        if content and digest_file(src) != digest:
-            return "source changed (content differs, same size and mtime)"
-    elif content and digest_file(copy) != digest_file(src):
-        return "copy differs from source"
-    return None
-
-
-def _content_matches(key: str, copy: str, digest: str) -> bool:
-    """Whether the source ``key`` has the content recorded for (or found in) its copy."""
-    try:
-        return digest_file(key) == (digest or digest_file(copy))
-    except FileNotFoundError:
-        return False
-
-
-def stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
-    """Stat each source stack once and key it by its resolved path.
-
-    Parameters
-    ----------
-    paths
-        Stack paths as a set names them (relative paths are taken from the
-        current directory).
-
-    One ``lstat`` per stack, made relative to an open descriptor of its directory
-    (so the kernel walks each directory path once, not once per file); directories
-    are resolved once each, and only a source that is itself a symlink is resolved
-    on its own. Raises :class:`~stacktools.errors.MissingStackError` for a missing
-    stack. Needs no cache: use it to plan against another node's inventory.
-    """
-    with _no_gc():
-        return _stat_sources(paths)
-
-
-def _stat_sources(paths: Iterable[str | os.PathLike]) -> list[SourceFile]:
-    out = []
-    append = out.append
-    new = tuple.__new__  # SourceFile without the Python-level __new__: this loop is hot
-    dirs: dict[str, tuple[str, int]] = {}
-    stat_, S_ISLNK, S_ISREG = os.stat, stat.S_ISLNK, stat.S_ISREG
-    try:
-        for p in paths:
-            raw = p if isinstance(p, str) else os.fspath(p)
-            if raw[:1] != "/" or "/." in raw or "//" in raw:
-                raw = named_path(raw)
-            d, _, name = raw.rpartition("/")
-            got = dirs.get(d)
-            if got is None:
-                got = dirs[d] = _open_src_dir(d, raw)
-            try:
-                st = stat_(name, dir_fd=got[1], follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                raise MissingStackError(f"{raw}: source stack not found") from None
-            if S_ISLNK(st.st_mode):
-                key = os.path.realpath(raw)
-                try:
-                    st = stat_(raw)
-                except FileNotFoundError:
-                    raise MissingStackError(f"{raw}: source stack is a broken symlink") from None
-            else:
-                key = got[0] + name
-            if not S_ISREG(st.st_mode):
-                raise CacheError(f"{raw}: source is not a regular file")
-            append(new(SourceFile, (key, st.st_size, st.st_mtime_ns, raw)))
-    finally:
-        for _, fd in dirs.values():
-            os.close(fd)
-    return out
-
-
-def _open_src_dir(d: str, raw: str) -> tuple[str, int]:
-    try:
-        fd = os.open(d or "/", _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        raise MissingStackError(f"{raw}: source stack not found") from None
-    return os.path.realpath(d or "/").rstrip("/") + "/", fd
-
-
-def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = False,
-                       consolidation: bool = False, now: float | None = None) -> CachePlan:
-    """Plan caching a set on the node an inventory snapshot describes. Copies nothing.
-
-    Parameters
-    ----------
-    pset
-        A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths;
-        its sources are stat-ed here (they must be visible from this machine).
-    inventory
-        An :class:`Inventory`, or the dict from ``Inventory.to_dict()`` /
-        ``stacktools cache status --json --inventory`` (its ``inventory`` member).
-    partial
-        Plan what fits, in the set's order, when the whole set does not.
-    consolidation
-        Fill ``cache_bytes``/``consolidated_bytes`` from the stacks' headers.
-    now
-        Time for lifetime expiry (default: the snapshot's time).
-
-    Entries count as cached and valid when the snapshot has the source's key, size
-    and mtime; :meth:`Cache.plan` is the same planner with validity checked on disk.
-    """
-    inv = inventory if isinstance(inventory, Inventory) else Inventory.from_dict(inventory)
-    paths = pset.stack_paths if hasattr(pset, "stack_paths") else list(pset)
-    plan = plan_stacks(stat_sources(paths), inv, partial=partial, now=now)
-    return _describe_set(plan, pset, consolidation)
-
-
-def _describe_set(plan: CachePlan, pset, consolidation: bool) -> CachePlan:
-    """Record the set's project on ``plan`` and, if asked, what consolidating would save."""
-    project = getattr(pset, "project_dir", None)
-    plan.project = os.path.realpath(project) if project else ""
-    if consolidation and hasattr(pset, "stack_paths"):
-        from stacktools.size import size_particles
-        rep = size_particles(pset, validate=False)
-        plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
-    return plan
-
-
-def _entry_brief(e: Entry) -> dict:
-    return {"source": source_of(e.key), "bytes": e.size, "last_access": e.last_access,
-            "last_access_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.last_access))}
-
-
-def named_path(p: str | os.PathLike) -> str:
-    """A source path as the set names it, made absolute: the key of ``SyncResult.paths``.
-
-    ``.`` and doubled slashes are removed; ``..`` is left alone, because removing it
-    by text would be wrong after a symlinked directory.
-    """
-    raw = os.fspath(p)
-    if raw[:1] != "/":
-        raw = os.path.join(os.getcwd(), raw)
-    if "/.." in raw.replace("/...", ""):
-        return raw
-    return os.path.normpath(raw)
-
-
-def stacks_as_paths(stacks: Sequence[SourceFile]) -> list[str]:
-    return [s.path or s.key for s in stacks]
-
-
-def missing_ssd_message(ssd: Path) -> str:
-    return (f"{ssd}: SSD path does not exist (a typo or an unmounted disk?); give --create "
-            "or set create_ssd_path = true in the config to create it")
-
-
-def full_message(plan: CachePlan) -> str:
-    """One line: how much more room the set needs and what holds the space."""
-    head = (f"set does not fit: needs {_mb(plan.bytes_to_copy)}, {_mb(plan.shortfall_bytes)} more "
-            "than is left after evicting everything evictable")
-    if plan.limited_by == "quota":
-        where = (f"quota {_mb(plan.quota_bytes or 0)}: held by entries in use "
-                 f"{_mb(plan.held_in_use_bytes)}, copies in progress {_mb(plan.reserved_bytes)}")
-    else:
-        where = (f"free {_mb(plan.free_bytes_before)}, reserve {_mb(plan.reserve_bytes)}: held by "
-                 f"entries in use {_mb(plan.held_in_use_bytes)}, copies in progress "
-                 f"{_mb(plan.reserved_bytes)}, files the cache does not own {_mb(plan.held_foreign_bytes)}")
-    return f"{head} ({where}); nothing copied (--partial caches what fits)"
-
-
-def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path:
-    """Write a copy of ``pset``'s ``.cs`` whose ``blob/path`` points at the cached copies.
-
-    Parameters
-    ----------
-    pset
-        The particle set that was synced.
-    paths
-        ``SyncResult.paths``: source path → path to read (absolute).
-    out
-        The ``.cs`` to write (atomically); it must not be the set's own file.
-    """
-    import numpy as np
-
-    from stacktools.errors import OutputError
-    from stacktools.formats.cs import write_cs
-
-    if pset.source and os.path.realpath(out) == os.path.realpath(pset.source):
-        raise OutputError(f"{out}: would overwrite the source .cs")
-    targets = [paths[named_path(p)] for p in pset.stack_paths]
-    width = max([len(t.encode()) for t in targets] + [1])
-    descr = [(n, f"S{width}") if n == "blob/path" else (n, pset.data.dtype.fields[n][0])
-             for n in pset.data.dtype.names]
-    data = np.empty(len(pset), dtype=descr)
-    for n in pset.data.dtype.names:
-        if n != "blob/path":
-            data[n] = pset.data[n]
-    data["blob/path"] = np.array([t.encode() for t in targets], dtype=f"S{width}")[pset.stack_codes] \
-        if len(pset) else []
-    return write_cs(out, data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stacktools.cache.config import (
+    CACHE_DIRNAME,
     DEFAULT_LIFETIME_DAYS,
     CacheConfig,
     days_to_seconds,
@@ -20,7 +21,7 @@ from stacktools.cache.config import (
     mb_to_bytes,
 )
 from stacktools.cache.plan import Inventory
-from stacktools.cache.store import CACHE_DIRNAME, Cache
+from stacktools.cache.store import Cache
 from stacktools.errors import CacheConfigError, NodesFileError
 
 _REQUIRED = ("name", "quota_mb", "reserve_mb")

@@ -21,7 +21,7 @@ from stacktools.cache.plan import (
     plan_stacks,
     room_bytes,
 )
-from stacktools.cache.store import stat_sources
+from stacktools.cache.sources import stat_sources
 from stacktools.errors import PlacementError
 from stacktools.placement.nodes import Node
 from stacktools.placement.simulate import apply_plan
