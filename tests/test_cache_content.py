@@ -34,6 +34,7 @@ def _edit_in_place(path: str, keep_mtime: bool) -> None:
 
 def test_warm_sync_does_not_serve_a_copy_edited_in_place(tmp_path, demo):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
     time.sleep(2.2)             # the cache directories settle, as they have before any real job
@@ -47,6 +48,7 @@ def test_warm_sync_does_not_serve_a_copy_edited_in_place(tmp_path, demo):
 
 def test_digest_recorded_is_xxh3_128_of_the_source(tmp_path, demo):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
     want = {os.path.realpath(p): "xxh3_128:" + xxhash.xxh3_128(read_bytes(p)).hexdigest() for p in paths}
@@ -58,6 +60,7 @@ def test_digest_recorded_is_xxh3_128_of_the_source(tmp_path, demo):
 
 def test_verify_finds_copy_damaged_with_mtime_restored_without_reading_sources(tmp_path, demo, monkeypatch):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
     key = os.path.realpath(paths[3])
@@ -78,6 +81,7 @@ def test_verify_finds_copy_damaged_with_mtime_restored_without_reading_sources(t
 
 def test_verify_content_finds_source_changed_with_same_size_and_mtime(tmp_path, demo):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
     _edit_in_place(paths[2], keep_mtime=True)
@@ -88,6 +92,7 @@ def test_verify_content_finds_source_changed_with_same_size_and_mtime(tmp_path, 
 
 def test_sync_check_content_replaces_a_stale_copy_with_same_size_and_mtime(tmp_path, demo, run_cli):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     _cache(ssd).ensure(paths)
     _edit_in_place(paths[1], keep_mtime=True)      # the cp -p / rsync -t / touch -d case

@@ -21,6 +21,7 @@ def _sync_args(demo, ssd, *extra):
 
 def test_default_output_is_a_summary_and_list_gives_every_pair(tmp_path, demo, run_cli):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     r = run_cli(*_sync_args(demo, ssd), env={**os.environ, "COLUMNS": "100"})
     assert r.returncode == 0, r.stderr
     assert "→" not in r.stdout
@@ -65,6 +66,7 @@ def _blocked_inodes() -> set[int]:
 @pytest.mark.parametrize("quiet", [False, True])
 def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     keys = [os.path.realpath(p) for p in demo.stacks]
     held = {}

@@ -20,7 +20,7 @@ def stacks(tmp_path):
 @pytest.mark.parametrize("mode", [0o640, 0o600, 0o755, 0o444, 0o604])
 def test_a_copy_keeps_the_sources_bits_minus_write(stacks, tmp_path, mode):
     os.chmod(stacks[0], mode)
-    res = Cache(tmp_path / "ssd", reserve_mb=0).ensure(stacks[:1])
+    res = Cache(tmp_path / "ssd", reserve_mb=0, create=True).ensure(stacks[:1])
     copy = os.stat(res.paths[stacks[0]])
     assert stat.S_IMODE(copy.st_mode) == mode & 0o555
 
@@ -28,7 +28,7 @@ def test_a_copy_keeps_the_sources_bits_minus_write(stacks, tmp_path, mode):
 def test_a_copy_gets_the_sources_group(stacks, tmp_path):
     os.chown(stacks[0], -1, 4242)
     os.chmod(stacks[0], 0o640)
-    res = Cache(tmp_path / "ssd", reserve_mb=0).ensure(stacks[:1])
+    res = Cache(tmp_path / "ssd", reserve_mb=0, create=True).ensure(stacks[:1])
     copy = os.stat(res.paths[stacks[0]])
     assert copy.st_gid == 4242 and stat.S_IMODE(copy.st_mode) == 0o440
 
@@ -40,21 +40,22 @@ def test_group_bits_go_when_the_group_cannot_be_given(stacks, tmp_path, monkeypa
     def refuse(*a):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "fchown", refuse)  # as for a user outside the source's group
-    res = Cache(tmp_path / "ssd", reserve_mb=0).ensure(stacks[:1])
+    res = Cache(tmp_path / "ssd", reserve_mb=0, create=True).ensure(stacks[:1])
     assert stat.S_IMODE(os.stat(res.paths[stacks[0]]).st_mode) == 0o404
 
 
 def test_the_cache_root_is_private_unless_declared_shared(tmp_path):
-    Cache(tmp_path / "ssd", reserve_mb=0)
+    Cache(tmp_path / "ssd", reserve_mb=0, create=True)
     assert stat.S_IMODE(os.stat(tmp_path / "ssd" / "stacktools-cache").st_mode) == 0o700
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[cache]\nssd_path = "{tmp_path / "shared"}"\nshared = true\n')
-    Cache(config_file=cfg, reserve_mb=0)
+    Cache(config_file=cfg, reserve_mb=0, create=True)
     assert stat.S_IMODE(os.stat(tmp_path / "shared" / "stacktools-cache").st_mode) == 0o1777
 
 
 def test_status_warns_about_a_world_writable_root(tmp_path):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     assert cache.status()["warnings"] == []
     os.chmod(cache.root, 0o777)

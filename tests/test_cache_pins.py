@@ -82,6 +82,7 @@ def _rewrite(path: str, offset: int) -> bytes:
 
 def test_changed_source_never_replaces_the_copy_a_job_reads(tmp_path, demo, run_cli):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     key = os.path.realpath(paths[0])
     with Cache(ssd, reserve_mb=0).ensure(paths, hold=True) as job:
@@ -117,6 +118,7 @@ def test_changed_source_never_replaces_the_copy_a_job_reads(tmp_path, demo, run_
 
 def test_a_version_is_kept_for_its_own_job_and_the_next_change_goes_beside_it(tmp_path, demo):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     with Cache(ssd, reserve_mb=0).ensure(paths, hold=True) as first:
         v0 = first.paths[paths[0]]

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from stacktools.cache import Cache
 from tests.helpers import assert_one_line_error
 
@@ -30,6 +32,7 @@ def _plan(run_cli, demo, ssd, *extra):
 
 def test_plan_writes_nothing_in_a_used_cache(tmp_path, demo, run_cli):
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     Cache(ssd, reserve_mb=0).ensure(paths[:5])
     Cache(ssd, reserve_mb=0).ensure(paths[:3])   # a recorded set access, not yet folded
@@ -85,6 +88,7 @@ def test_plan_never_follows_a_symlink_at_the_caches_own_names(tmp_path, demo, ru
     """Read-only still means symlink-safe: a planted link makes the plan an error (exit 2,
     one line), and neither the cache nor what the link points at is touched."""
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     paths = [str(p) for p in demo.stacks]
     cache = Cache(ssd, reserve_mb=0)
     cache.ensure(paths[:3])
@@ -108,3 +112,15 @@ def test_plan_never_follows_a_symlink_at_the_caches_own_names(tmp_path, demo, ru
         p.unlink()
         if os.path.lexists(moved):
             os.rename(moved, p)
+
+
+def test_the_python_api_refuses_a_missing_ssd_path_too(tmp_path):
+    # The same rule as the command line: a typo or an unmounted disk must not fill /.
+    from stacktools.errors import CacheConfigError
+    missing = tmp_path / "typo" / "ssd"
+    with pytest.raises(CacheConfigError, match="does not exist") as err:
+        Cache(missing, reserve_mb=0)
+    assert "create=True" in str(err.value) and "--create" not in str(err.value)
+    assert not missing.parent.exists()
+    Cache(missing, reserve_mb=0, create=True)
+    assert (missing / "stacktools-cache").is_dir()

@@ -71,6 +71,7 @@ PLACES = ["files", "locks", "pins", "manifests", "index.db", "index.db-wal", "le
 def test_a_symlink_at_any_own_path_is_never_followed(proj, tmp_path, outside, place):
     made, pset = proj
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     res = cache.ensure(pset)
     cache.index.close()
@@ -107,6 +108,7 @@ def test_an_old_manifests_dir_or_symlink_is_left_alone(proj, tmp_path, outside):
     """Older versions kept ``manifests/``; the cache no longer makes, reads or follows it."""
     made, pset = proj
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     root = cache.root
     assert not os.path.lexists(root / "manifests")
@@ -129,6 +131,7 @@ def test_an_old_manifests_dir_or_symlink_is_left_alone(proj, tmp_path, outside):
 def test_foreign_temporaries_stay_and_status_lists_them(proj, tmp_path):
     made, pset = proj
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     cache.ensure(pset)
     key = os.path.realpath(pset.stack_paths[0])
@@ -150,6 +153,7 @@ def test_foreign_temporaries_stay_and_status_lists_them(proj, tmp_path):
 def test_a_foreign_file_at_an_entry_is_never_replaced(proj, tmp_path):
     made, pset = proj
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     key = os.path.realpath(pset.stack_paths[0])
     dest = Path(cache.cached_path(key))
@@ -170,6 +174,7 @@ def test_long_stack_names_are_cached(tmp_path, length):
     assert len(long.name.encode()) == length
     os.link(src, long)
     ssd = tmp_path / "ssd"
+    ssd.mkdir()
     res = Cache(ssd, reserve_mb=0).ensure([str(long)])
     assert res.copied == 1
     copy = res.paths[str(long)]

@@ -161,7 +161,7 @@ class Cache:
     def __init__(self, ssd_path: str | os.PathLike | None = None, *, quota_mb: float | None = None,
                  reserve_mb: float | None = None, lifetime_days: float | None = None,
                  threads: int | None = None, config_file: str | os.PathLike | None = None,
-                 config: CacheConfig | None = None, create: bool = True):
+                 config: CacheConfig | None = None, create: bool = False):
         self.config = config or resolve_config(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb,
                                                lifetime_days=lifetime_days, threads=threads,
                                                config_file=config_file)
