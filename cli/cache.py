@@ -182,31 +182,24 @@ def sync_cmd(
     replaces it, for as long as the command lives, even if this process is killed),
     and its exit status is returned.
     """
+    import contextlib
     import shutil
     import time
 
     from stacktools.cli.output import byte_progress
 
-    from stacktools.cache import SyncResult, full_error, use_cache_for, write_cached_cs
-    from stacktools.cache.sources import named_path
+    from stacktools.cache import sync_particles
 
     started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
-    if not use_cache_for(pset.project_dir, use_cache):
-        paths = {named_path(p): named_path(p) for p in pset.stack_paths}
-        result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
-    else:
-        cache = _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create)
-        plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
-        if not plan.fits:
-            plan.release()
-            raise full_error(plan)
-        with byte_progress("caching", plan.bytes_to_copy, quiet or not sys.stderr.isatty()) as advance:
-            result = cache.execute(plan, hold=bool(command), progress=advance,
-                                   on_wait=_wait_printer(quiet))
+    with contextlib.ExitStack() as bars:
+        result = sync_particles(
+            pset, lambda: _cache(ssd_path, quota_mb, reserve_mb, lifetime_days, threads, config, create),
+            use_cache=use_cache, partial=partial, hold=bool(command), check_content=check_content,
+            progress_for=lambda total: bars.enter_context(
+                byte_progress("caching", total, quiet or not sys.stderr.isatty())),
+            on_wait=_wait_printer(quiet), write_cs=write_cs)
     elapsed = time.monotonic() - started
-    if write_cs is not None:
-        write_cached_cs(pset, result.paths, write_cs)
     if as_json:
         d = result.to_dict()
         if write_cs is not None:

@@ -13,7 +13,7 @@ particle sets                :func:`open_particles`
 size                         :func:`formula_bytes`, :func:`size_particles`
 consolidation                :func:`plan_consolidation`, :func:`consolidate_particles`,
                              :func:`verify_consolidated`
-SSD cache                    :func:`open_cache`
+SSD cache                    :func:`open_cache`, :func:`sync_particles`
 placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
                              :func:`simulate_queue`
 ===========================  ================================================
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 if TYPE_CHECKING:
     import numpy as np
 
-    from stacktools.cache import Cache, Inventory
+    from stacktools.cache import Cache, Inventory, SyncResult
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.formats.mrc import StackHeader
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
            "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
            "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
-           "verify_consolidated", "open_cache", "load_nodes", "place_set", "place_queue",
+           "verify_consolidated", "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
            "simulate_queue"]
 
 PathLike = str | os.PathLike
@@ -380,6 +380,33 @@ def open_cache(ssd_path: PathLike | None = None, *, quota_mb: float | None = Non
     from stacktools.cache import Cache
     return Cache(ssd_path, quota_mb=quota_mb, reserve_mb=reserve_mb, lifetime_days=lifetime_days,
                  threads=threads, config_file=config_file, create=create)
+
+
+def sync_particles(pset: ParticleSet, cache: Cache, *, use_cache: bool | None = None,
+                   partial: bool = False, hold: bool = False, check_content: bool = False,
+                   write_cs: PathLike | None = None) -> SyncResult:
+    """Make every stack of a set present and valid in the SSD cache, as ``cache sync`` does.
+
+    Args:
+        pset: From :func:`open_particles`.
+        cache: From :func:`open_cache`.
+        use_cache: Override the project's default (``None`` follows it; a project that
+            does not use the cache reads its sources).
+        partial: Cache what fits, in the set's order; read the rest from the source.
+        hold: Keep the set pinned after returning: use the result as a context
+            manager, or pass ``result.pin_fd`` to the job's process.
+        check_content: Hash the sources before serving copies.
+        write_cs: Also write a ``.cs`` whose ``blob/path`` points at what to read.
+
+    Returns:
+        :class:`~stacktools.cache.SyncResult`: ``paths`` maps each source to what to read.
+
+    Raises:
+        CacheFullError: The set does not fit even after evicting everything evictable.
+    """
+    from stacktools.cache import sync_particles as sync
+    return sync(pset, lambda: cache, use_cache=use_cache, partial=partial, hold=hold,
+                check_content=check_content, write_cs=write_cs)
 
 
 # ---- placement -------------------------------------------------------------------------------

@@ -36,10 +36,10 @@ from stacktools.cache.maintenance import Removal, Status, Verification
 from stacktools.cache.peek import peek_inventory, plan_for_inventory, plan_without_writing
 from stacktools.cache.plan import CachePlan, Entry, Inventory, SourceFile, full_error, plan_stacks
 from stacktools.cache.sources import stat_sources
-from stacktools.cache.store import Cache, SyncResult
+from stacktools.cache.store import Cache, SyncResult, sync_particles
 
 __all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "CachePlan", "SourceFile", "SyncResult",
            "full_error", "Removal", "Status", "Verification", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
            "project_use_cache",
-           "resolve_config", "set_project_use_cache", "stat_sources", "use_cache_for",
+           "resolve_config", "set_project_use_cache", "stat_sources", "sync_particles", "use_cache_for",
            "write_cached_cs"]

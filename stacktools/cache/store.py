@@ -750,3 +750,54 @@ class Cache:
         return maintenance.status(self)
 
 
+
+
+def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | None = None,
+                   partial: bool = False, hold: bool = False, check_content: bool = False,
+                   progress_for: Callable[[int], Progress | None] | None = None,
+                   on_wait: WaitCallback | None = None,
+                   write_cs: str | os.PathLike | None = None) -> SyncResult:
+    """Sync a particle set as ``stacktools cache sync`` does, the project's default included.
+
+    Args:
+        pset: A :class:`~stacktools.particles.ParticleSet`.
+        open_cache: Opens the cache; not called when the project does not use it.
+        use_cache: Override the project's default (``stacktools cache default``);
+            ``None`` follows it. A set that does not use the cache reads its sources.
+        partial: Cache what fits, in the set's order; read the rest from the source.
+        hold: Keep the set pinned after returning (pass ``result.pin_fd`` to the job).
+        check_content: Hash the sources before serving copies.
+        progress_for: Called with the bytes to copy once they are known; returns the
+            progress callback for the copies (a progress bar's ``advance``).
+        on_wait: Called with one line when this process waits on a lock.
+        write_cs: Also write a ``.cs`` whose ``blob/path`` points at what to read.
+
+    Returns:
+        :class:`SyncResult`.
+
+    Raises:
+        CacheFullError: The set does not fit even after evicting everything evictable
+            (nothing is copied); the errors of :class:`Cache` and of the set's stacks.
+    """
+    from stacktools.cache.cached_set import write_cached_cs
+    from stacktools.cache.config import use_cache_for
+    from stacktools.cache.sources import named_path
+
+    if not use_cache_for(pset.project_dir, use_cache):
+        paths = {named_path(p): named_path(p) for p in pset.stack_paths}
+        result = SyncResult(paths=paths, use_cache=False, from_source=sorted(paths))
+    else:
+        cache = open_cache()
+        plan = cache.plan(pset, partial=partial, pinned=True, check_content=check_content)
+        if not plan.fits:
+            plan.release()
+            raise full_error(plan)
+        progress = progress_for(plan.bytes_to_copy) if progress_for is not None else None
+        result = cache.execute(plan, hold=hold, progress=progress, on_wait=on_wait)
+    if write_cs is not None:
+        try:
+            write_cached_cs(pset, result.paths, write_cs)
+        except BaseException:
+            result.release()
+            raise
+    return result
