@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first 
         simulate_queue,
         size_particles,
         star_to_cs,
+        sync_particles,
         verify_consolidated,
         write_cs,
         write_star,
