@@ -154,7 +154,8 @@ def warm(work: Path, n: int, repeat: int, results: Results) -> None:
     print_table(f"Warm check of {n:,} cached stacks (best of {repeat})", rows,
                 "os.stat loop over the sources", results)
     both = dict(rows)["os.stat loop over sources and copies"]
-    print(f"\nCache.ensure / stat of sources and copies: {dict(rows)['Cache.ensure (pin, check, record access)'] / both:.2f}×")
+    ensure_s = dict(rows)["Cache.ensure (pin, check, record access)"]
+    print(f"\nCache.ensure / stat of sources and copies: {ensure_s / both:.2f}×")
     counts = _count_stats(ssd, paths)
     if counts:
         print(f"system calls per stack in a warm Cache.check (strace): {counts}")

@@ -117,31 +117,8 @@ def main() -> None:
         t["info"] = best_of(lambda: cs_info(A), rep)
         t["info --no-stats"] = best_of(lambda: cs_info(A, stats=False), rep)
 
-        a, b, p = np.load(A), np.load(B), np.load(P)
-        for op in ("union", "intersect", "subtract"):
-            fn = getattr(ds, op)
-            t[f"{op} in memory"] = best_of(lambda: fn(a, b), rep)
-            t[f"{op} read + op"] = best_of(lambda: getattr(CsDataset.load(A, mmap=True), op)(
-                _uids_or_all(B, op)), rep)
-        t["join in memory"] = best_of(lambda: ds.join(a, p), rep)
-        t["join read + op"] = best_of(lambda: CsDataset.load(A, passthrough=P), rep)
-        t["query in memory"] = best_of(lambda: CsDataset(a).query(QUERY), rep)
-        t["query read + op"] = best_of(lambda: CsDataset.load(A, mmap=True).query(QUERY), rep)
-
-        c = {}
-        c["load A"] = best_of(lambda: Dataset.load(A), rep)
-        da, db, dp = Dataset.load(A), Dataset.load(B), Dataset.load(P)
-        c["union in memory"] = best_of(lambda: da.union(db), rep)
-        c["union read + op"] = best_of(lambda: Dataset.load(A).union(Dataset.load(B)), rep)
-        c["join in memory"] = best_of(lambda: da.innerjoin(dp), rep)
-        c["join read + op"] = best_of(lambda: Dataset.load(A).innerjoin(Dataset.load(P)), rep)
-        c["query in memory"] = best_of(lambda: da.query(QUERY_DICT), rep)
-        c["query read + op"] = best_of(lambda: Dataset.load(A).query(QUERY_DICT), rep)
-        # Same answers, or the comparison means nothing.
-        assert len(da.union(db)) == len(ds.union(a, b))
-        assert len(da.innerjoin(dp)) == len(ds.join(a, p))
-        assert len(da.query(QUERY_DICT)) == len(CsDataset(a).query(QUERY))
-        del a, b, p, da, db, dp
+        ops, c = _time_operations(A, B, P, rep, Dataset)
+        t.update(ops)
 
         exe = stacktools_command()
         out = root / "out.cs"
@@ -186,6 +163,38 @@ def main() -> None:
         results.report()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _time_operations(A: Path, B: Path, P: Path, rep: int, Dataset: type
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+    """stacktools (first) and cryosparc-tools (second) operation timings. The loaded
+    inputs are locals, so they are freed before the end-to-end commands run."""
+    t = {}
+    a, b, p = np.load(A), np.load(B), np.load(P)
+    for op in ("union", "intersect", "subtract"):
+        fn = getattr(ds, op)
+        t[f"{op} in memory"] = best_of(lambda fn=fn: fn(a, b), rep)
+        t[f"{op} read + op"] = best_of(lambda op=op: getattr(CsDataset.load(A, mmap=True), op)(
+            _uids_or_all(B, op)), rep)
+    t["join in memory"] = best_of(lambda: ds.join(a, p), rep)
+    t["join read + op"] = best_of(lambda: CsDataset.load(A, passthrough=P), rep)
+    t["query in memory"] = best_of(lambda: CsDataset(a).query(QUERY), rep)
+    t["query read + op"] = best_of(lambda: CsDataset.load(A, mmap=True).query(QUERY), rep)
+
+    c = {}
+    c["load A"] = best_of(lambda: Dataset.load(A), rep)
+    da, db, dp = Dataset.load(A), Dataset.load(B), Dataset.load(P)
+    c["union in memory"] = best_of(lambda: da.union(db), rep)
+    c["union read + op"] = best_of(lambda: Dataset.load(A).union(Dataset.load(B)), rep)
+    c["join in memory"] = best_of(lambda: da.innerjoin(dp), rep)
+    c["join read + op"] = best_of(lambda: Dataset.load(A).innerjoin(Dataset.load(P)), rep)
+    c["query in memory"] = best_of(lambda: da.query(QUERY_DICT), rep)
+    c["query read + op"] = best_of(lambda: Dataset.load(A).query(QUERY_DICT), rep)
+    # Same answers, or the comparison means nothing.
+    assert len(da.union(db)) == len(ds.union(a, b))
+    assert len(da.innerjoin(dp)) == len(ds.join(a, p))
+    assert len(da.query(QUERY_DICT)) == len(CsDataset(a).query(QUERY))
+    return t, c
 
 
 def _uids_or_all(path: Path, op: str) -> CsDataset:

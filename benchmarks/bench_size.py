@@ -67,9 +67,10 @@ def main() -> None:
             np.load(cs)
 
         # Warm the page cache and the dentry cache.
-        bare(); ours_full()
+        bare()
+        ours_full()
         grouped = ParticleSet(data, proj.project_dir, cs)
-        grouped.stack_paths  # group rows by stack once; the header phase starts from here
+        _ = grouped.stack_paths  # group rows by stack once; the header phase starts from here
 
         def ours_header_phase():
             q = ParticleSet(data, proj.project_dir, cs)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
 from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
@@ -21,13 +22,21 @@ _SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPA
 def _ssd_opts():
     return {
         "ssd_path": typer.Option(None, "--ssd-path", help=_SSD_HELP),
-        "quota_mb": typer.Option(None, "--quota-mb", min=0, help="Most the cache may hold, MB [default: no quota]."),
-        "reserve_mb": typer.Option(None, "--reserve-mb", min=0, help="Least free space to leave on the SSD, MB [default: 10000]."),
-        "lifetime_days": typer.Option(None, "--lifetime-days", min=0, help="Entry lifetime after last access [default: 30, $STACKTOOLS_CACHE_LIFETIME_DAYS, $CRYOSPARC_SSD_CACHE_LIFETIME_DAYS]."),
-        "threads": typer.Option(None, "--threads", min=1, help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS, $CRYOSPARC_CACHE_NUM_THREADS]."),
+        "quota_mb": typer.Option(None, "--quota-mb", min=0,
+                                 help="Most the cache may hold, MB [default: no quota]."),
+        "reserve_mb": typer.Option(None, "--reserve-mb", min=0,
+                                   help="Least free space to leave on the SSD, MB [default: 10000]."),
+        "lifetime_days": typer.Option(None, "--lifetime-days", min=0,
+                                      help="Entry lifetime after last access [default: 30, "
+                                      "$STACKTOOLS_CACHE_LIFETIME_DAYS, $CRYOSPARC_SSD_CACHE_LIFETIME_DAYS]."),
+        "threads": typer.Option(None, "--threads", min=1,
+                                help="Copy threads [default: 2, $STACKTOOLS_CACHE_NUM_THREADS, "
+                                "$CRYOSPARC_CACHE_NUM_THREADS]."),
         "create": typer.Option(False, "--create", help="Create the SSD path if it is missing "
-                               "[default: off: a missing SSD path is an error, unless the config sets create_ssd_path]."),
-        "config": typer.Option(None, "--config", help="TOML config file [default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
+                               "[default: off: a missing SSD path is an error, "
+                               "unless the config sets create_ssd_path]."),
+        "config": typer.Option(None, "--config", help="TOML config file "
+                               "[default: $STACKTOOLS_CONFIG or ~/.config/stacktools/config.toml]."),
     }
 
 
@@ -85,9 +94,8 @@ def _entry_rows(entries) -> list[tuple[str, str]]:
 
 
 def _print_plan(plan, title: str) -> None:
-    from stacktools.cli.options import FLAGS
-
     from stacktools.cache import full_error
+    from stacktools.cli.options import FLAGS
     d = plan.to_dict(files=False)
     rows = [
         ("fits", "yes" if plan.fits else "NO: " + full_error(plan).message_with(FLAGS)),
@@ -106,7 +114,8 @@ def _print_plan(plan, title: str) -> None:
         ("reserve", fmt_bytes(plan.reserve_bytes)),
     ]
     if plan.fits:
-        rows += [("cache use before → after", f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
+        rows += [("cache use before → after",
+                  f"{fmt_bytes(d['used_bytes_before'])} → {fmt_bytes(d['used_bytes_after'])}"),
                  ("free before → after", f"{fmt_bytes(d['free_bytes_before'])} → {fmt_bytes(d['free_bytes_after'])}")]
     else:  # it will not run: there is no "after"
         rows += [("cache use now", fmt_bytes(d["used_bytes_before"])), ("free now", fmt_bytes(d["free_bytes_before"]))]
@@ -162,16 +171,21 @@ def sync_cmd(
     command: Optional[List[str]] = typer.Argument(None, help="After `--`: a command to run while the set is pinned."),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
-    partial: bool = typer.Option(False, "--partial", help="Cache what fits, in the set's order; read the rest from the source."),
-    write_cs: Optional[Path] = typer.Option(None, "--write-cs", help="Write a .cs whose blob/path points at the cached copies."),
-    use_cache: Optional[bool] = typer.Option(None, "--use-cache/--no-use-cache", help="Override the project's default (`cache default`)."),
+    partial: bool = typer.Option(False, "--partial",
+                                 help="Cache what fits, in the set's order; read the rest from the source."),
+    write_cs: Optional[Path] = typer.Option(None, "--write-cs",
+                                            help="Write a .cs whose blob/path points at the cached copies."),
+    use_cache: Optional[bool] = typer.Option(None, "--use-cache/--no-use-cache",
+                                             help="Override the project's default (`cache default`)."),
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
     reserve_mb: Optional[float] = _O["reserve_mb"], lifetime_days: Optional[float] = _O["lifetime_days"],
     threads: Optional[int] = _O["threads"], config: Optional[Path] = _O["config"],
     create: bool = _O["create"],
     check_content: bool = typer.Option(False, "--check-content", help="Hash each source and serve a copy only if "
-                                       "its content matches (for sources whose mtimes cannot be trusted) [default: off]."),
-    list_paths: bool = typer.Option(False, "--list", help="Also print every source → cached pair [default: summary only]."),
+                                       "its content matches (for sources whose mtimes cannot be trusted) "
+                                       "[default: off]."),
+    list_paths: bool = typer.Option(False, "--list",
+                                    help="Also print every source → cached pair [default: summary only]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors [default: off]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with every source → cached pair)."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
@@ -186,9 +200,8 @@ def sync_cmd(
     import shutil
     import time
 
-    from stacktools.cli.output import byte_progress
-
     from stacktools.cache import sync_particles
+    from stacktools.cli.output import byte_progress
 
     started = time.monotonic()
     pset = _open_set(particles, project_dir, passthrough, allow_outside_project)
@@ -321,7 +334,8 @@ def clear_cmd(
 def evict_cmd(
     particles: Optional[Path] = typer.Argument(None, help="Evict this set's entries.", dir_okay=False),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
-    mb: Optional[float] = typer.Option(None, "--mb", min=0, help="Evict least-recently-used entries until this many MB are freed."),
+    mb: Optional[float] = typer.Option(None, "--mb", min=0,
+                                       help="Evict least-recently-used entries until this many MB are freed."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -340,7 +354,8 @@ def evict_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    fix: bool = typer.Option(False, "--fix", help="Remove entries whose source changed or vanished, or whose copy is damaged."),
+    fix: bool = typer.Option(False, "--fix",
+                             help="Remove entries whose source changed or vanished, or whose copy is damaged."),
     content: bool = typer.Option(False, "--content", help="Also read the sources and compare them with the "
                                  "copies' digests [default: off: only the copies are read]."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
 from stacktools.cli.output import (
     byte_progress,

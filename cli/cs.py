@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import typer
+
 from stacktools.cli.output import (
     console,
     count_progress,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 

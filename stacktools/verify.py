@@ -175,6 +175,28 @@ def _raw_rows(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8).reshape(len(a), -1)
 
 
+def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, whether ``a`` and ``b`` differ: bit for bit when their dtypes match."""
+    if a.dtype == b.dtype:
+        return (_raw_rows(a) != _raw_rows(b)).any(axis=1) if len(a) else np.zeros(0, bool)
+    return (np.asarray(a) != np.asarray(b)).reshape(len(a), -1).any(axis=1)
+
+
+def _old_rows(nd: np.ndarray, od: np.ndarray, new_cs: str | os.PathLike,
+              against: str | os.PathLike) -> np.ndarray:
+    """For each row of the new set, its row in the original: by ``uid``, else by position."""
+    if "uid" in nd.dtype.names and "uid" in od.dtype.names:
+        old_rows = uid_lookup(nd["uid"], od["uid"])
+        if (old_rows < 0).any():
+            r = int(np.flatnonzero(old_rows < 0)[0])
+            raise FieldError(f"{new_cs}: uid {int(nd['uid'][r])} at row {r} is not in {against}")
+        return old_rows
+    if len(nd) != len(od):
+        raise FieldError(f"{new_cs}: {len(nd)} rows but {against} has {len(od)} and "
+                         "there is no uid field to match them")
+    return np.arange(len(od))
+
+
 def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
            project_dir: str | os.PathLike | None = None, threads: int = 4,
            chunk_bytes: int = VERIFY_CHUNK_BYTES,
@@ -221,16 +243,7 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
 
     nd, od = new.data, old.data
     names_new = nd.dtype.names
-    if "uid" in names_new and "uid" in od.dtype.names:
-        old_rows = uid_lookup(nd["uid"], od["uid"])
-        if (old_rows < 0).any():
-            r = int(np.flatnonzero(old_rows < 0)[0])
-            raise FieldError(f"{new_cs}: uid {int(nd['uid'][r])} at row {r} is not in {against}")
-    else:
-        if len(nd) != len(od):
-            raise FieldError(f"{new_cs}: {len(nd)} rows but {against} has {len(od)} and "
-                             "there is no uid field to match them")
-        old_rows = np.arange(len(od))
+    old_rows = _old_rows(nd, od, new_cs, against)
     if len(nd) != len(od):
         note(f"{new_cs}: {len(nd)} rows, {against} has {len(od)}")
 
@@ -241,11 +254,7 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
             field_bad += 1
             note(f"{new_cs}: field {name!r} of {against} is missing")
             continue
-        a, b = nd[name], od[name][old_rows]
-        if a.dtype == b.dtype:
-            differ = (_raw_rows(a) != _raw_rows(b)).any(axis=1) if len(a) else np.zeros(0, bool)
-        else:
-            differ = (np.asarray(a) != np.asarray(b)).reshape(len(a), -1).any(axis=1)
+        differ = _rows_differ(nd[name], od[name][old_rows])
         if differ.any():
             field_bad += 1
             note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")

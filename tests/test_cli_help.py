@@ -15,9 +15,9 @@ import typer
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.text import Text
-from stacktools.cli.app import app, literal_help
 from typer.core import TyperArgument, TyperOption
 
+from stacktools.cli.app import app, literal_help
 from tests.helpers import invoke_cli
 
 _BRACKETED = re.compile(r"\[[^\[\]]*\]")

@@ -360,7 +360,7 @@ def test_force_rerun_killed_anywhere_never_serves_wrong_pixels(demo, tmp_path):
     # then a removal per old stack the new run does not reuse.
     steps = 4 + new_total + (first.stacks - new_total) + 2
     mid_stacks = after_cs = before_any = 0
-    for trial in range(20):
+    for _ in range(20):
         shutil.rmtree(out)
         shutil.copytree(template, out)
         inodes = {p.name: p.stat().st_ino for p in (out / "stacks").iterdir()}

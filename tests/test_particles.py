@@ -105,13 +105,13 @@ def test_blob_path_outside_project_is_refused_lexically(tmp_path: Path) -> None:
     for blob in good:
         data = np.zeros(1, [("blob/path", "S200"), ("blob/idx", "<u4")])
         data["blob/path"] = blob
-        ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths
+        assert len(ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths) == 1
     for bad in [b"../x.mrc", b"a/../../x.mrc", b"/etc/passwd", b">../../etc/passwd",
                 os.fsencode(tmp_path / "outside" / "x.mrc")]:
         data = np.zeros(3, [("blob/path", "S200"), ("blob/idx", "<u4")])
         data["blob/path"] = [b"a/b.mrc", b"a/b.mrc", bad]
         with pytest.raises(PathEscapeError, match=r"x\.cs row 2: blob/path .*outside the project"):
-            ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths
+            _ = ParticleSet(data, root, source=root / "a" / "x.cs").stack_paths
         allowed = ParticleSet(data, root, source=root / "a" / "x.cs", allow_outside_project=True)
         assert len(allowed.stack_paths) == 2
 

@@ -56,7 +56,6 @@ def entries(draw) -> list[Entry]:
 @st.composite
 def inventories(draw) -> Inventory:
     ents = draw(entries())
-    owned = sum(e.size for e in ents if e.owned)
     reserved = ({"/src/P8/J1/busy.mrc": draw(st.integers(1, 50))} if draw(st.booleans()) else {})
     return Inventory(entries=ents,
                      quota_bytes=draw(st.one_of(st.none(), st.integers(0, 600))),

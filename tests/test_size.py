@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stacktools.demo import make_demo_project
+from stacktools.errors import FieldError
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.particles import ParticleSet
 from stacktools.size import formula_bytes, size_particles
@@ -107,7 +108,7 @@ def test_cli_dataset_table(demo, run_cli) -> None:
 
 def test_empty_dataset(real_data: Path, tmp_path: Path) -> None:
     a = read_cs(real_data / "cryosparc" / "4k_dataset.cs")
-    with pytest.raises(Exception):
+    with pytest.raises(FieldError, match="missing field blob/path"):
         ParticleSet(a, tmp_path)  # no blob fields
     p = np.zeros(0, dtype=[("uid", "<u8"), ("blob/path", "S10"), ("blob/idx", "<u4"),
                           ("blob/shape", "<u4", (2,))])

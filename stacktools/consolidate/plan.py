@@ -210,6 +210,20 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
     return h.hexdigest()
 
 
+def _particles_per_stack(layout: str, dtype: str, particles_per_stack: int | None) -> int:
+    """Check the option values before any input is read; the packed stacks' size."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if particles_per_stack is not None and layout != "packed":
+        raise ValueError("particles_per_stack applies to the packed layout only")
+    per = particles_per_stack or DEFAULT_PARTICLES_PER_STACK
+    if per < 1:
+        raise ValueError("particles_per_stack must be at least 1")
+    return per
+
+
 def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        project_dir: str | os.PathLike | None = None,
                        passthrough: str | os.PathLike | None = None,
@@ -232,15 +246,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             :class:`~stacktools.errors.ModeMismatchError`,
             :class:`~stacktools.errors.SourceOverwriteError`, ...).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    if particles_per_stack is not None and layout != "packed":
-        raise ValueError("particles_per_stack applies to the packed layout only")
-    per = particles_per_stack or DEFAULT_PARTICLES_PER_STACK
-    if per < 1:
-        raise ValueError("particles_per_stack must be at least 1")
+    per = _particles_per_stack(layout, dtype, particles_per_stack)
     cs_path = Path(particles)
     pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
     headers = pset.check()

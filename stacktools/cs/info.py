@@ -99,7 +99,7 @@ def numeric_stats(data: np.ndarray, chunk: int = 65536, pool=None) -> dict[str, 
         results = list(pool.map(lambda r: _run_totals(data, r[0], r[1], r[2], chunk), runs))
     else:
         results = [_run_totals(data, off, base, fields, chunk) for off, base, fields in runs]
-    for (off, base, fields), (lo, hi, total) in zip(runs, results):
+    for (_off, base, fields), (lo, hi, total) in zip(runs, results):
         j = 0
         for name, count in fields:
             sl = slice(j, j + count)
