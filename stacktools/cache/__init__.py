@@ -1,10 +1,18 @@
 """Node-local SSD cache of particle stacks: copy once, evict safely, lose nothing.
 
-Modules, one job each: :mod:`.config` (settings), :mod:`.locks` (flock locks and
-pins), :mod:`.index` (SQLite record and ledger), :mod:`.copy` (one atomic copy),
-:mod:`.plan` (pure planning against an inventory snapshot), :mod:`.digest`
-(content digests of copies), :mod:`.peek` (a plan that writes nothing) and :mod:`.store`
-(the :class:`Cache` that ties them together).
+Modules, one job each:
+
+- :mod:`.store`: the :class:`Cache` that callers meet (plan, execute, pins, space);
+- :mod:`.plan`: the pure planner, against an inventory snapshot;
+- :mod:`.sources`: stat-ing the stacks a set needs;
+- :mod:`.validity`: what counts as a valid copy (the warm check, verify's checks);
+- :mod:`.copy` and :mod:`.digest`: one atomic copy and its content digest;
+- :mod:`.index`, :mod:`.upkeep`, :mod:`.safefs`, :mod:`.locks`: the record and
+  ledger, the cache's hold on its own directory, paths reached without following
+  symlinks, and flock locks and pins;
+- :mod:`.maintenance`: clean, clear, evict, verify and status;
+- :mod:`.peek`: plans that write nothing; :mod:`.config`: settings and units;
+- :mod:`.cached_set`: a ``.cs`` that points at the copies.
 
     from stacktools.cache import Cache
     from stacktools.particles import ParticleSet
@@ -38,8 +46,7 @@ from stacktools.cache.plan import CachePlan, Entry, Inventory, SourceFile, full_
 from stacktools.cache.sources import stat_sources
 from stacktools.cache.store import Cache, SyncResult, sync_particles
 
-__all__ = ["Cache", "CacheConfig", "Entry", "Inventory", "CachePlan", "SourceFile", "SyncResult",
-           "full_error", "Removal", "Status", "Verification", "peek_inventory", "plan_for_inventory", "plan_stacks", "plan_without_writing",
-           "project_use_cache",
-           "resolve_config", "set_project_use_cache", "stat_sources", "sync_particles", "use_cache_for",
-           "write_cached_cs"]
+__all__ = ["Cache", "CacheConfig", "CachePlan", "Entry", "Inventory", "Removal", "SourceFile", "Status",
+           "SyncResult", "Verification", "full_error", "peek_inventory", "plan_for_inventory", "plan_stacks",
+           "plan_without_writing", "project_use_cache", "resolve_config", "set_project_use_cache",
+           "stat_sources", "sync_particles", "use_cache_for", "write_cached_cs"]

@@ -152,8 +152,9 @@ class CachePlan:
     fits; ``shortfall_bytes`` how much more room the set would need;
     ``held_in_use_bytes`` and ``held_foreign_bytes`` what holds the space that could
     not be freed; ``reserved_bytes`` what other processes' copies in flight have
-    reserved; ``limited_by`` is ``"quota"`` or ``"reserve"`` when it does not fit. ``consolidated_bytes`` (when known) is what the selected particles
-    alone would take once consolidated.
+    reserved; ``limited_by`` is ``"quota"`` or ``"reserve"`` when it does not fit.
+    ``consolidated_bytes`` (when known) is what the selected particles alone would
+    take once consolidated.
     """
 
     to_copy: list[SourceFile]
@@ -284,6 +285,55 @@ def room_bytes(free: int, used: int, quota: int | None, reserve: int) -> int:
     return r if quota is None else min(r, quota - used)
 
 
+def _valid_map(stacks: Sequence[SourceFile], by_key: dict[str, Entry],
+               valid: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """Source key -> entry key of its valid copy (see ``plan_stacks``' ``valid``)."""
+    if isinstance(valid, Mapping):
+        return dict(valid)
+    if valid is not None:
+        return {k: k for k in valid}
+    out = {}
+    for s in stacks:
+        for k in (s.key, version_key(s.key, s.size, s.mtime_ns)):
+            e = by_key.get(k)
+            if e is not None and e.size == s.size and e.mtime_ns == s.mtime_ns:
+                out[s.key] = k
+                break
+    return out
+
+
+def _classify(stacks: Sequence[SourceFile], by_key: dict[str, Entry], valid_map: dict[str, str],
+              reserved: dict[str, int]) -> tuple[list, list, list, list, dict[str, str], list[Entry]]:
+    """Sort a set's distinct stacks: to copy, cached, being copied by another process,
+    held by a running job (copied beside it), and where versions live; with the
+    superseded copies that no job reads any more."""
+    seen: set[str] = set()
+    to_copy, cached, waiting, held = [], [], [], []
+    locations: dict[str, str] = {}
+    retire: list[Entry] = []
+    for s in stacks:
+        if s.key in seen:
+            continue
+        seen.add(s.key)
+        at = valid_map.get(s.key)
+        if at is not None:
+            cached.append(s)
+            if at != s.key:
+                locations[s.key] = at
+                e = by_key.get(s.key)
+                if e is not None and e.owned and not e.in_use:
+                    retire.append(e)  # superseded, and no job reads it any more
+            continue
+        dest = s.key
+        if (e := by_key.get(s.key)) is not None and e.owned and e.job:
+            # Its source changed, but a running job reads the old copy: never
+            # replace a file under it; the new version goes beside it.
+            held.append(s)
+            dest = locations[s.key] = version_key(s.key, s.size, s.mtime_ns)
+        (waiting if dest in reserved else to_copy).append(s)
+    return to_copy, cached, waiting, held, locations, retire
+
+
 def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 valid: Iterable[str] | Mapping[str, str] | None = None, partial: bool = False,
                 now: float | None = None) -> CachePlan:
@@ -313,47 +363,9 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
     """
     now = inventory.taken_at if now is None else now
     by_key = {e.key: e for e in inventory.entries}
-    if valid is None:
-        valid_map = {}
-        for s in stacks:
-            for k in (s.key, version_key(s.key, s.size, s.mtime_ns)):
-                e = by_key.get(k)
-                if e is not None and e.size == s.size and e.mtime_ns == s.mtime_ns:
-                    valid_map[s.key] = k
-                    break
-    elif isinstance(valid, Mapping):
-        valid_map = dict(valid)
-    else:
-        valid_map = {k: k for k in valid}
-
-    seen: set[str] = set()
-    to_copy, cached, waiting, held = [], [], [], []
-    locations: dict[str, str] = {}
-    retire: list[Entry] = []
-    for s in stacks:
-        if s.key in seen:
-            continue
-        seen.add(s.key)
-        at = valid_map.get(s.key)
-        if at is not None:
-            cached.append(s)
-            if at != s.key:
-                locations[s.key] = at
-                e = by_key.get(s.key)
-                if e is not None and e.owned and not e.in_use:
-                    retire.append(e)  # superseded, and no job reads it any more
-            continue
-        dest = s.key
-        if (e := by_key.get(s.key)) is not None and e.owned and e.job:
-            # Its source changed, but a running job reads the old copy: never
-            # replace a file under it; the new version goes beside it.
-            held.append(s)
-            dest = locations[s.key] = version_key(s.key, s.size, s.mtime_ns)
-        if dest in inventory.reserved:
-            waiting.append(s)
-        else:
-            to_copy.append(s)
-    seen.update(locations.values())
+    to_copy, cached, waiting, held, locations, retire = _classify(
+        stacks, by_key, _valid_map(stacks, by_key, valid), inventory.reserved)
+    seen = {s.key for s in stacks} | set(locations.values())
 
     reserved_total = sum(inventory.reserved.values())
     used = inventory.owned_bytes + reserved_total
