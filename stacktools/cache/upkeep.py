@@ -136,7 +136,12 @@ def scan_foreign(cache: "Cache", owned: set[str]) -> tuple[int, list[dict]]:
         if len(items) < MAX_LISTED:
             items.append({"path": path, "what": what})
 
-    root = str(cache.root)
+    _scan_root(str(cache.root), note)
+    return _scan_files(cache, owned, note), items
+
+
+def _scan_root(root: str, note: Callable[[str, str], None]) -> None:
+    """Note what at the cache root (and in its own directories) is not the cache's."""
     for name in sorted(os.listdir(root)):
         p = os.path.join(root, name)
         st = os.lstat(p)
@@ -146,16 +151,7 @@ def scan_foreign(cache: "Cache", owned: set[str]) -> tuple[int, list[dict]]:
             if not stat.S_ISDIR(st.st_mode):
                 note(p, "not a directory")
             elif name in _DIR_HOLDS:
-                for sub in sorted(os.listdir(p)):
-                    sp = os.path.join(p, sub)
-                    try:
-                        sst = os.lstat(sp)
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISLNK(sst.st_mode):
-                        note(sp, "symlink (not followed, left alone)")
-                    elif not stat.S_ISREG(sst.st_mode) or not sub.endswith(_DIR_HOLDS[name]):
-                        note(sp, "foreign file (left alone)")
+                _scan_own_dir(p, _DIR_HOLDS[name], note)
         elif name in OWN_FILES:
             if not stat.S_ISREG(st.st_mode):
                 note(p, "not a regular file (left alone)")
@@ -164,6 +160,25 @@ def scan_foreign(cache: "Cache", owned: set[str]) -> tuple[int, list[dict]]:
         elif not (name.startswith("index.db.corrupt-")
                   or (name.startswith(".ledger.jsonl.") and name.endswith(TMP_SUFFIX))):
             note(p, "foreign file (left alone)")
+
+
+def _scan_own_dir(d: str, suffix: str, note: Callable[[str, str], None]) -> None:
+    """Note what in ``locks/`` or ``pins/`` is not one of the cache's files."""
+    for sub in sorted(os.listdir(d)):
+        sp = os.path.join(d, sub)
+        try:
+            sst = os.lstat(sp)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(sst.st_mode):
+            note(sp, "symlink (not followed, left alone)")
+        elif not stat.S_ISREG(sst.st_mode) or not sub.endswith(suffix):
+            note(sp, "foreign file (left alone)")
+
+
+def _scan_files(cache: "Cache", owned: set[str], note: Callable[[str, str], None]) -> int:
+    """Bytes under ``files/`` that are not the cache's copies; notes symlinked
+    directories and temporary-looking names the cache did not make."""
     proven = proven_temps(cache.index)
     nbytes = 0
     for dp, dnames, names in os.walk(cache.files_dir):
@@ -182,7 +197,7 @@ def scan_foreign(cache: "Cache", owned: set[str]) -> tuple[int, list[dict]]:
                 nbytes += os.lstat(p).st_size
             except OSError:
                 pass
-    return nbytes, items
+    return nbytes
 
 
 def root_warnings(root: Path) -> list[str]:
