@@ -71,7 +71,7 @@ def cold(work: Path, mb: int, repeat: int) -> None:
             d = fresh("ssd")
             real = cache_copy.digest_fd
             if not digest:
-                cache_copy.digest_fd = lambda fd, size=None: ""
+                cache_copy.digest_fd = lambda fd, size=None, **kw: ""
             try:
                 res = Cache(d, reserve_mb=0, threads=threads).ensure(paths)
             finally:

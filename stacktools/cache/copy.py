@@ -179,7 +179,7 @@ def start_copy(src: str, dest: Path, size: int, mtime_ns: int,
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
-        digest = digest_fd(fd_out, size)
+        digest = digest_fd(fd_out, size, mapped=True)  # the temporary is ours alone (0600)
         os.fchmod(fd_out, copy_mode(st2, fd_out))
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
         pending = Pending(src, dest, name, fd_out, tmp_ino, digest, claim, owned_ino)
