@@ -644,7 +644,8 @@ class Cache:
 
         finishing: list = []
         try:
-            with ThreadPoolExecutor(finishers, thread_name_prefix="cache-finish") as finisher:
+            with self.index.ledger_kept_open(), \
+                    ThreadPoolExecutor(finishers, thread_name_prefix="cache-finish") as finisher:
                 try:
                     if n == 1 or len(todo) == 1:
                         for s in todo:
