@@ -90,9 +90,11 @@ def test_kill_at_each_point_of_a_copy_leaves_nothing_unowned(proj, tmp_path, whe
     elif where == "before_rename":
         assert finals == [] and any(f.stat().st_ino in recorded for f in temps)
     else:
-        # renamed, never recorded in the index: one of the set's, its inode in the ledger
-        assert [f.name for f in finals] in [[Path(p).name] for p in paths]
-        assert finals[0].stat().st_ino in recorded
+        # renamed, never recorded in the index: the set's, each inode in the ledger (a
+        # second finishing thread may rename one more before the kill lands)
+        assert 1 <= len(finals) <= 2
+        assert all(f.name in {Path(p).name for p in paths} for f in finals)
+        assert all(f.stat().st_ino in recorded for f in finals)
     _clear_and_check(ssd, foreign)
 
 

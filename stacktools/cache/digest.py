@@ -23,7 +23,7 @@ MAP_CHUNK = 64 << 20
 
 
 def digest_fd(fd: int, size: int | None = None, *, mapped: bool = False) -> str:
-    """Digest of the file open on ``fd``, read with ``pread`` (the offset is untouched).
+    """Digest of the file open on ``fd``, read with ``pread`` or mapped (the offset is untouched).
 
     Args:
         fd: A readable descriptor.
