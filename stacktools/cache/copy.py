@@ -20,10 +20,10 @@ from typing import Callable, NamedTuple
 
 from ..atomic import TMP_SUFFIX
 from ..errors import CacheError, CacheForeignPathError, CacheFullError
-from .digest import digest_fd
+from .digest import hash_mapped, hexdigest, new_hasher
 from .safefs import fit_name, is_disk_full, open_own
 
-CHUNK = 8 << 20
+CHUNK = 2 << 20  # a copied chunk is hashed while it is still in the CPU's cache
 
 Claim = Callable[[str, "int | None", "str | None"], None]
 
@@ -59,8 +59,13 @@ def copy_mode(src_st: os.stat_result, fd_out: int) -> int:
     return mode
 
 
-def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], None] | None) -> int:
+def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], None] | None,
+               hasher=None) -> int:
     """Copy ``size`` bytes from ``fd_in`` to ``fd_out``: the one place a copy's bytes move.
+
+    With ``hasher``, each chunk is hashed from ``fd_out``'s page cache right after it
+    is written, while it is still in the CPU's cache (see
+    :func:`~stacktools.cache.digest.hash_mapped`): the digest is of the copy's bytes.
 
     Returns the number of bytes copied (less than ``size`` if the source was short).
     """
@@ -75,6 +80,8 @@ def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], Non
                 raise
         if n == 0:
             break
+        if hasher is not None:
+            hash_mapped(hasher, fd_out, done, done + n)
         done += n
         if progress is not None:
             progress(n)
@@ -135,10 +142,10 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
 
     Returns:
         :class:`Copied`: the copy's inode and its content digest. The digest is
-        taken by reading the temporary copy back (from the page cache, just
-        written) before it is synced and renamed: the kernel copies the data
-        without it passing through user space, so there are no bytes to hash on
-        the way.
+        of the temporary copy's own bytes: the kernel copies the data without it
+        passing through user space, so each chunk is hashed from the copy's page
+        cache (mapped, not read out) right after it is written, before the copy
+        is synced and renamed.
 
     Raises:
         CacheFullError: ``ENOSPC``/``EDQUOT``.
@@ -173,13 +180,14 @@ def start_copy(src: str, dest: Path, size: int, mtime_ns: int,
             st = os.fstat(fin.fileno())
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
                 raise SourceChanged(f"{src}: changed since it was planned")
-            copy_bytes(fin.fileno(), fd_out, size, progress)
+            h = new_hasher()
+            copy_bytes(fin.fileno(), fd_out, size, progress, h)
             st2 = os.fstat(fin.fileno())
         if st2.st_size != size or st2.st_mtime_ns != mtime_ns:
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
-        digest = digest_fd(fd_out, size, mapped=True)  # the temporary is ours alone (0600)
+        digest = hexdigest(h)  # of the copy's bytes, hashed as each chunk landed
         os.fchmod(fd_out, copy_mode(st2, fd_out))
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
         pending = Pending(src, dest, name, fd_out, tmp_ino, digest, claim, owned_ino)

@@ -19,31 +19,19 @@ import xxhash
 
 ALGO = "xxh3_128"
 CHUNK = 8 << 20
-MAP_CHUNK = 64 << 20
 
 
-def digest_fd(fd: int, size: int | None = None, *, mapped: bool = False) -> str:
-    """Digest of the file open on ``fd``, read with ``pread`` or mapped (the offset is untouched).
+def digest_fd(fd: int, size: int | None = None) -> str:
+    """Digest of the file open on ``fd``, read with ``pread`` (the offset is untouched).
 
     Args:
         fd: A readable descriptor.
         size: Bytes to hash (default: to the end of the file).
-        mapped: Hash the page cache in place through ``mmap`` instead of copying it
-            out (less memory traffic). Only for a file no one else can truncate
-            meanwhile (a cache temporary, mode 0600): a mapping past a shrunk end
-            raises SIGBUS. Needs ``size``.
 
     Returns:
         ``"xxh3_128:<hex>"``.
     """
     h = xxhash.xxh3_128()
-    if mapped and size is not None:
-        for off in range(0, size, MAP_CHUNK):
-            with mmap.mmap(fd, min(MAP_CHUNK, size - off), prot=mmap.PROT_READ,
-                           flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                           offset=off) as m:
-                h.update(m)
-        return f"{ALGO}:{h.hexdigest()}"
     off = 0
     while size is None or off < size:
         n = CHUNK if size is None else min(CHUNK, size - off)
@@ -53,6 +41,31 @@ def digest_fd(fd: int, size: int | None = None, *, mapped: bool = False) -> str:
         h.update(buf)
         off += len(buf)
     return f"{ALGO}:{h.hexdigest()}"
+
+
+def new_hasher() -> "xxhash.xxh3_128 | None":
+    """A running digest for :func:`hash_mapped` and :func:`hexdigest`."""
+    return xxhash.xxh3_128()
+
+
+def hash_mapped(h: "xxhash.xxh3_128", fd: int, start: int, end: int) -> None:
+    """Add bytes ``[start, end)`` of the file open on ``fd`` to ``h``, hashed in place.
+
+    The page cache is mapped rather than copied out (less memory traffic, and the
+    pages just written are still in the CPU's cache). Only for a file no one else
+    can truncate meanwhile (a cache temporary, mode 0600): a mapping past a shrunk
+    end raises SIGBUS.
+    """
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, end - base, prot=mmap.PROT_READ,
+                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=base) as m:
+        with memoryview(m) as mv:
+            h.update(mv[start - base:])
+
+
+def hexdigest(h: "xxhash.xxh3_128 | None") -> str:
+    """``"xxh3_128:<hex>"`` of a running digest (``""`` for none)."""
+    return f"{ALGO}:{h.hexdigest()}" if h is not None else ""
 
 
 def digest_file(path: str | os.PathLike) -> str:
