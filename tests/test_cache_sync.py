@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stacktools.cache import Cache
-from stacktools.errors import CacheFullError, PathEscapeError
+from stacktools.errors import CacheForeignPathError, CacheFullError, PathEscapeError
 from stacktools.particles import ParticleSet
 from tests.helpers import cli_json, final_files, ledger_copies, run_cli
 
@@ -382,6 +382,25 @@ def test_ledger_is_compacted_and_still_proves_ownership(ssd, pset):
     cache.index.close()
     (cache.root / "index.db").unlink()
     assert _cache(ssd).status()["entries"] == len(res.paths)
+
+
+def test_ledger_kept_open_follows_a_compaction_and_refuses_a_planted_symlink(ssd, pset, tmp_path):
+    cache = _cache(ssd)
+    cache.ensure(pset)
+    index, ledger = cache.index, cache.root / "ledger.jsonl"
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    with index.ledger_kept_open():
+        index.append_ledger({"op": "tmp", "key": "/a", "tmp": "one"})
+        index.compact_ledger(min_bytes=0)  # replaces ledger.jsonl under the open descriptor
+        index.append_ledger({"op": "tmp", "key": "/a", "tmp": "two"})
+        assert json.loads(ledger.read_text().splitlines()[-1])["tmp"] == "two"
+        ledger.rename(tmp_path / "moved.jsonl")
+        ledger.symlink_to(target)
+        with pytest.raises(CacheForeignPathError):
+            index.append_ledger({"op": "tmp", "key": "/a", "tmp": "three"})
+    assert target.read_text() == ""
+    assert "three" not in (tmp_path / "moved.jsonl").read_text()
 
 
 def test_directory_moved_out_and_symlinked_back_is_not_followed(ssd, pset, tmp_path):

@@ -18,12 +18,12 @@ import stat
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from stacktools.cache.digest import digest_fd
+from stacktools.cache.digest import hash_mapped, hexdigest, new_hasher
 from stacktools.cache.safefs import fit_name, is_disk_full, open_own
 from stacktools.errors import CacheError, CacheForeignPathError, CacheFullError
 from stacktools.formats.atomic import TMP_SUFFIX
 
-CHUNK = 8 << 20
+CHUNK = 2 << 20  # a copied chunk is hashed while it is still in the CPU's cache
 
 Claim = Callable[[str, "int | None", "str | None"], None]
 
@@ -59,8 +59,13 @@ def copy_mode(src_st: os.stat_result, fd_out: int) -> int:
     return mode
 
 
-def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], None] | None) -> int:
+def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], None] | None,
+               hasher=None) -> int:
     """Copy ``size`` bytes from ``fd_in`` to ``fd_out``: the one place a copy's bytes move.
+
+    With ``hasher``, each chunk is hashed from ``fd_out``'s page cache right after it
+    is written, while it is still in the CPU's cache (see
+    :func:`~stacktools.cache.digest.hash_mapped`): the digest is of the copy's bytes.
 
     Returns the number of bytes copied (less than ``size`` if the source was short).
     """
@@ -75,6 +80,8 @@ def copy_bytes(fd_in: int, fd_out: int, size: int, progress: Callable[[int], Non
                 raise
         if n == 0:
             break
+        if hasher is not None:
+            hash_mapped(hasher, fd_out, done, done + n)
         done += n
         if progress is not None:
             progress(n)
@@ -93,6 +100,25 @@ def _create_tmp(dest: Path, claim: Claim | None) -> tuple[str, int]:
         except FileExistsError:
             continue  # someone else's file has this name: never touch it, pick another
     raise CacheError(f"{dest.parent}: cannot create a temporary file (names taken)")
+
+
+class Pending:
+    """A copy whose data is written and hashed under its temporary name, not yet synced
+    or renamed (see :func:`start_copy` and :func:`finish_copy`)."""
+
+    __slots__ = ("src", "dest", "name", "fd", "ino", "digest", "claim", "owned_ino")
+
+    def __init__(self, src: str, dest: Path, name: str, fd: int, ino: int, digest: str,
+                 claim: Claim | None, owned_ino: int | None):
+        self.src, self.dest, self.name, self.fd, self.ino = src, dest, name, fd, ino
+        self.digest, self.claim, self.owned_ino = digest, claim, owned_ino
+
+    def discard(self) -> None:
+        """Close and remove the temporary (if it is still the one this made)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        _remove_tmp(self.dest.parent / self.name, self.ino)
 
 
 def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
@@ -116,10 +142,10 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
 
     Returns:
         :class:`Copied`: the copy's inode and its content digest. The digest is
-        taken by reading the temporary copy back (from the page cache, just
-        written) before it is synced and renamed: the kernel copies the data
-        without it passing through user space, so there are no bytes to hash on
-        the way.
+        of the temporary copy's own bytes: the kernel copies the data without it
+        passing through user space, so each chunk is hashed from the copy's page
+        cache (mapped, not read out) right after it is written, before the copy
+        is synced and renamed.
 
     Raises:
         CacheFullError: ``ENOSPC``/``EDQUOT``.
@@ -127,11 +153,25 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
         CacheForeignPathError: ``dest`` holds a file the cache does not own (it is
             left alone).
 
-    The temporary file is removed on every failure.
+    The temporary file is removed on every failure. :func:`start_copy` and
+    :func:`finish_copy` are its two halves, for a caller that syncs one copy
+    while the next one's data moves.
+    """
+    return finish_copy(start_copy(src, dest, size, mtime_ns, progress,
+                                  claim=claim, owned_ino=owned_ino))
+
+
+def start_copy(src: str, dest: Path, size: int, mtime_ns: int,
+               progress: Callable[[int], None] | None = None, *,
+               claim: Claim | None = None, owned_ino: int | None = None) -> Pending:
+    """First half of :func:`copy_into`: claim, create, copy, check and hash the temporary.
+
+    Returns the :class:`Pending` copy, still open; pass it to :func:`finish_copy`
+    (or call its ``discard``). On failure the temporary is removed.
     """
     tmp = None
+    tmp_ino = None
     fd_out = -1
-    ok = False
     try:
         name, fd_out = _create_tmp(dest, claim)
         tmp = dest.parent / name
@@ -140,38 +180,67 @@ def copy_into(src: str, dest: Path, size: int, mtime_ns: int,
             st = os.fstat(fin.fileno())
             if st.st_size != size or st.st_mtime_ns != mtime_ns:
                 raise SourceChanged(f"{src}: changed since it was planned")
-            copy_bytes(fin.fileno(), fd_out, size, progress)
+            h = new_hasher()
+            copy_bytes(fin.fileno(), fd_out, size, progress, h)
             st2 = os.fstat(fin.fileno())
         if st2.st_size != size or st2.st_mtime_ns != mtime_ns:
             raise SourceChanged(f"{src}: changed while it was being copied")
         if os.fstat(fd_out).st_size != size:
             raise CacheError(f"{dest}: copy has {os.fstat(fd_out).st_size} bytes, source {size}")
-        digest = digest_fd(fd_out, size)
+        digest = hexdigest(h)  # of the copy's bytes, hashed as each chunk landed
         os.fchmod(fd_out, copy_mode(st2, fd_out))
         os.utime(fd_out, ns=(st2.st_atime_ns, mtime_ns))
-        os.fdatasync(fd_out)  # data and size; a lost mtime only makes the entry invalid
-        os.close(fd_out)
+        pending = Pending(src, dest, name, fd_out, tmp_ino, digest, claim, owned_ino)
         fd_out = -1
-        _check_replaceable(dest, owned_ino)
-        if claim is not None:
-            claim(name, tmp_ino, digest)
-        os.replace(tmp, dest)
-        ok = True
-        return Copied(tmp_ino, digest)
+        return pending
     except OSError as err:
         if is_disk_full(err):
-            raise CacheFullError(f"SSD full while copying {src} to {dest.parent}: "
-                                 f"{os.strerror(err.errno)}") from err
+            raise _full(src, dest, err) from err
         raise
     finally:
         if fd_out >= 0:
             os.close(fd_out)
-        if not ok and tmp is not None:
-            try:
-                if os.lstat(tmp).st_ino == tmp_ino:
-                    os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _remove_tmp(tmp, tmp_ino)
+
+
+def finish_copy(p: Pending) -> Copied:
+    """Second half of :func:`copy_into`: sync the data, record the copy, rename it into place.
+
+    The temporary is removed on failure.
+    """
+    ok = False
+    try:
+        os.fdatasync(p.fd)  # data and size; a lost mtime only makes the entry invalid
+        os.close(p.fd)
+        p.fd = -1
+        _check_replaceable(p.dest, p.owned_ino)
+        if p.claim is not None:
+            p.claim(p.name, p.ino, p.digest)
+        os.replace(p.dest.parent / p.name, p.dest)
+        ok = True
+        return Copied(p.ino, p.digest)
+    except OSError as err:
+        if is_disk_full(err):
+            raise _full(p.src, p.dest, err) from err
+        raise
+    finally:
+        if not ok:
+            p.discard()
+
+
+def _full(src: str, dest: Path, err: OSError) -> CacheFullError:
+    return CacheFullError(f"SSD full while copying {src} to {dest.parent}: {os.strerror(err.errno)}")
+
+
+def _remove_tmp(tmp: Path | None, tmp_ino: int | None) -> None:
+    """Remove a temporary this made, only while it is still the same file."""
+    if tmp is None or tmp_ino is None:
+        return
+    try:
+        if os.lstat(tmp).st_ino == tmp_ino:
+            os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def _check_replaceable(dest: Path, owned_ino: int | None) -> None:

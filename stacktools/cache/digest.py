@@ -12,6 +12,7 @@ resist a forger, only to catch accidents.
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import xxhash
@@ -40,6 +41,31 @@ def digest_fd(fd: int, size: int | None = None) -> str:
         h.update(buf)
         off += len(buf)
     return f"{ALGO}:{h.hexdigest()}"
+
+
+def new_hasher() -> "xxhash.xxh3_128 | None":
+    """A running digest for :func:`hash_mapped` and :func:`hexdigest`."""
+    return xxhash.xxh3_128()
+
+
+def hash_mapped(h: "xxhash.xxh3_128", fd: int, start: int, end: int) -> None:
+    """Add bytes ``[start, end)`` of the file open on ``fd`` to ``h``, hashed in place.
+
+    The page cache is mapped rather than copied out (less memory traffic, and the
+    pages just written are still in the CPU's cache). Only for a file no one else
+    can truncate meanwhile (a cache temporary, mode 0600): a mapping past a shrunk
+    end raises SIGBUS.
+    """
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, end - base, prot=mmap.PROT_READ,
+                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), offset=base) as m:
+        with memoryview(m) as mv:
+            h.update(mv[start - base:])
+
+
+def hexdigest(h: "xxhash.xxh3_128 | None") -> str:
+    """``"xxh3_128:<hex>"`` of a running digest (``""`` for none)."""
+    return f"{ALGO}:{h.hexdigest()}" if h is not None else ""
 
 
 def digest_file(path: str | os.PathLike) -> str:

@@ -24,17 +24,19 @@ from the ledger and the filesystem (:meth:`Index.ledger_rows`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from stacktools.cache.safefs import is_disk_full, open_own, same_file
+from stacktools.cache.safefs import is_disk_full, open_own
 from stacktools.errors import CacheError, CacheForeignPathError, DiskFullError
 from stacktools.formats.atomic import TMP_SUFFIX
 
@@ -122,6 +124,10 @@ class Index:
         self.ledger_path = root / "ledger.jsonl"
         self.rebuilt = False
         self._con: sqlite3.Connection | None = None
+        self._ledger_mutex = threading.Lock()  # appends come from several copying threads
+        self._ledger_keep = False
+        self._ledger_fd: int | None = None
+        self._ledger_id = (0, 0)
 
     # -- connection -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -236,23 +242,62 @@ class Index:
         """Append one line; a single ``write`` under ``O_APPEND`` keeps lines whole.
 
         The write holds a shared ``flock`` on the ledger, so that a compaction (which
-        holds it exclusively while it rewrites the file) never loses a line.
+        holds it exclusively while it rewrites the file) never loses a line. Inside
+        :meth:`ledger_kept_open` the descriptor stays open between appends.
 
         Raises:
             CacheForeignPathError: ``ledger.jsonl`` is a symlink or not a file.
             OSError: The write failed (``ENOSPC`` on a full SSD).
         """
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        while True:
-            fd = open_own(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with self._ledger_mutex:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                if same_file(self.ledger_path, fd):
-                    if os.write(fd, line) != len(line):
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.ledger_path))
-                    return
+                while True:
+                    if self._ledger_fd is None:
+                        fd = open_own(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                        st = os.fstat(fd)
+                        self._ledger_fd, self._ledger_id = fd, (st.st_ino, st.st_dev)
+                    fd = self._ledger_fd
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    try:
+                        try:
+                            st = os.lstat(self.ledger_path)
+                        except FileNotFoundError:
+                            st = None
+                        if st is not None and (st.st_ino, st.st_dev) == self._ledger_id:
+                            if os.write(fd, line) != len(line):
+                                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.ledger_path))
+                            return
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    self._close_ledger()  # a compaction replaced the file meanwhile: append to the new one
             finally:
-                os.close(fd)  # a compaction replaced the file meanwhile: append to the new one
+                if not self._ledger_keep:
+                    self._close_ledger()
+
+    @contextlib.contextmanager
+    def ledger_kept_open(self) -> Iterator[None]:
+        """Keep the ledger's descriptor open for the appends made meanwhile (one sync's).
+
+        Each append still checks, under its ``flock``, that the ledger's name is the
+        file open (by inode), so a compaction's new file or a planted symlink is
+        never written through the old descriptor.
+        """
+        with self._ledger_mutex:
+            outer = self._ledger_keep
+            self._ledger_keep = True
+        try:
+            yield
+        finally:
+            with self._ledger_mutex:
+                self._ledger_keep = outer
+                if not outer:
+                    self._close_ledger()
+
+    def _close_ledger(self) -> None:
+        fd, self._ledger_fd = self._ledger_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def read_ledger(self) -> Iterator[dict]:
         """The ledger's records, in order (a torn last line is skipped)."""

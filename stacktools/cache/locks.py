@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,12 @@ from stacktools.cache.safefs import open_own, same_file
 from stacktools.errors import CacheForeignPathError
 
 WaitCallback = Callable[[str], None]
+
+
+@functools.lru_cache(maxsize=1)
+def _hostname() -> str:
+    """This node's name, for lock notes (asked once: one ``uname`` per lock added up)."""
+    return socket.gethostname()
 
 
 def key_hash(key: str) -> str:
@@ -107,7 +114,7 @@ class FileLock:
                 raise
             self.fd = fd
             if not shared:
-                self._write_note(note or f"pid {os.getpid()} on {socket.gethostname()}")
+                self._write_note(note or f"pid {os.getpid()} on {_hostname()}")
             return True
 
     def _write_note(self, text: str) -> None:

@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Sequence
 
 from stacktools.cache import maintenance, upkeep
 from stacktools.cache.config import CACHE_DIRNAME, CacheConfig, missing_ssd_error, resolve_config
-from stacktools.cache.copy import SourceChanged, copy_into
+from stacktools.cache.copy import Pending, SourceChanged, finish_copy, start_copy
 from stacktools.cache.index import Index
 from stacktools.cache.locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
 from stacktools.cache.peek import describe_set
@@ -573,7 +573,69 @@ class Cache:
         dirs: set[str] = set()
         owner = f"{socket.gethostname()}:{os.getpid()}"
 
-        def one(s: SourceFile) -> None:
+        n = max(1, threads or self.config.threads)
+        # Each copy's fdatasync and rename run on a finishing thread, so that the next
+        # copy's data moves while earlier ones reach the disk, and their journal commits
+        # and device flushes are shared. At most `window` copies wait there, each holding
+        # its entry lock until it is renamed into place.
+        finishers = min(2 * n, 8)
+        window = threading.BoundedSemaphore(2 * finishers)
+        failed: list[BaseException] = []
+
+        def done(s: SourceFile, lock: FileLock, waited: bool, rec: dict, dest: Path,
+                 pending: Pending) -> None:
+            try:
+                try:
+                    made = finish_copy(pending)
+                except FileNotFoundError:
+                    # Directory removed by hand under us: copy again, from the start.
+                    self._dest_dirs.discard(str(dest.parent))
+                    made = finish_copy(start(s, dest, rec))
+                rec["ino"] = made.ino
+                rec["digest"] = made.digest
+                with mutex:
+                    records.append(rec)
+                    dirs.add(str(dest.parent))
+                    result.copied += 1
+                    result.bytes_copied += s.size
+                    result.copies.append(s.key)
+            except BaseException as err:
+                with mutex:
+                    failed.append(err)
+                raise
+            finally:
+                with mutex:
+                    result.waited += waited
+                lock.release()
+                window.release()
+
+        def start(s: SourceFile, dest: Path, rec: dict) -> Pending:
+            claim = upkeep.ledger_claim(self.index, rec)
+            owned_ino = self.index.owner_ino(rec["key"]) if os.path.lexists(dest) else None
+            for attempt in range(3):
+                try:
+                    if str(dest.parent) not in self._dest_dirs:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        self._check_dest_dir(str(dest.parent))
+                    return start_copy(s.key, dest, s.size, s.mtime_ns, progress,
+                                      claim=claim, owned_ino=owned_ino)
+                except FileNotFoundError:
+                    # Directory removed by hand under us: make it again.
+                    self._dest_dirs.discard(str(dest.parent))
+                    if attempt == 2:
+                        raise
+                except SourceChanged as err:
+                    raise CacheError(str(err)) from None
+                except OSError as err:
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise CacheFullError(f"SSD full while caching {s.path}: "
+                                             f"{os.strerror(err.errno)}") from err
+                    raise
+            raise AssertionError("unreachable")
+
+        def one(s: SourceFile, finisher: ThreadPoolExecutor, finishing: list) -> None:
+            if failed:
+                return  # a copy failed: start no more
             if s.key.startswith(VERSIONS + "/"):
                 raise CacheError(f"{s.key}: sources under {VERSIONS} cannot be cached "
                                  "(the cache keeps versions of stacks under that name)")
@@ -586,6 +648,7 @@ class Cache:
                 if on_wait is not None:
                     on_wait(msg)
             lock.acquire(on_wait=told)
+            handed = False
             try:
                 if ek in self.locate([s], content=content).values():
                     return  # another process copied it while we waited
@@ -596,49 +659,44 @@ class Cache:
                 rec = {"key": ek, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
                        "created": now, "last_access": now, "owner": owner, "project": project,
                        "digest": ""}
-                claim = upkeep.ledger_claim(self.index, rec)
-                owned_ino = self.index.owner_ino(ek) if os.path.lexists(dest) else None
-                for attempt in range(3):
-                    try:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        self._check_dest_dir(str(dest.parent))
-                        made = copy_into(s.key, dest, s.size, s.mtime_ns, progress,
-                                         claim=claim, owned_ino=owned_ino)
-                        break
-                    except FileNotFoundError:
-                        # Directory removed by hand under us: make it again.
-                        self._dest_dirs.discard(str(dest.parent))
-                        if attempt == 2:
-                            raise
-                    except SourceChanged as err:
-                        raise CacheError(str(err)) from None
-                    except OSError as err:
-                        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                            raise CacheFullError(f"SSD full while caching {s.path}: "
-                                                 f"{os.strerror(err.errno)}") from err
-                        raise
-                rec["ino"] = made.ino
-                rec["digest"] = made.digest
+                pending = start(s, dest, rec)
+                window.acquire()
+                try:
+                    fut = finisher.submit(done, s, lock, waited[0], rec, dest, pending)
+                except BaseException:
+                    window.release()
+                    pending.discard()
+                    raise
+                handed = True
                 with mutex:
-                    records.append(rec)
-                    dirs.add(str(dest.parent))
-                    result.copied += 1
-                    result.bytes_copied += s.size
-                    result.copies.append(s.key)
+                    finishing.append(fut)
+            except BaseException as err:
+                with mutex:
+                    failed.append(err)
+                raise
             finally:
-                with mutex:
-                    result.waited += waited[0]
-                lock.release()
+                if not handed:
+                    with mutex:
+                        result.waited += waited[0]
+                    lock.release()
 
-        n = max(1, threads or self.config.threads)
+        finishing: list = []
         try:
-            if n == 1 or len(todo) == 1:
-                for s in todo:
-                    one(s)
-            else:
-                with ThreadPoolExecutor(n) as pool:
-                    for f in [pool.submit(one, s) for s in todo]:
-                        f.result()
+            with self.index.ledger_kept_open(), \
+                    ThreadPoolExecutor(finishers, thread_name_prefix="cache-finish") as finisher:
+                try:
+                    if n == 1 or len(todo) == 1:
+                        for s in todo:
+                            one(s, finisher, finishing)
+                    else:
+                        with ThreadPoolExecutor(n) as pool:
+                            for f in [pool.submit(one, s, finisher, finishing) for s in todo]:
+                                f.result()
+                finally:
+                    for f in list(finishing):
+                        f.exception()  # wait for every handed-over copy (its lock, its temporary)
+            for f in finishing:
+                f.result()
         finally:
             for d in dirs:
                 fsync_dir(Path(d))
