@@ -111,7 +111,7 @@ def test_sigkill_at_random_points_then_clear_leaves_nothing(proj, tmp_path):
     rng = random.Random(3)
     foreign = _plant_foreign(ssd, os.path.realpath(paths[-1]))
     mid_work = 0
-    for i in range(8):
+    for _ in range(8):
         sub = rng.sample(paths[:-1], 10)
         threads = rng.choice([1, 2])
         out = kill_slow_worker(ssd, sub, threads, rng.uniform(0.05, 0.7))

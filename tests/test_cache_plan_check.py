@@ -20,7 +20,8 @@ def _tree(root: Path) -> dict:
         for n in dns + fns:
             p = os.path.join(dp, n)
             st = os.lstat(p)
-            digest = hashlib.sha1(open(p, "rb").read()).hexdigest() if os.path.isfile(p) and not os.path.islink(p) else ""
+            regular = os.path.isfile(p) and not os.path.islink(p)
+            digest = hashlib.sha1(open(p, "rb").read()).hexdigest() if regular else ""
             out[p] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
     return out
 

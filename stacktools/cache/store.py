@@ -475,34 +475,8 @@ class Cache:
                 try:
                     if fresh_pin:
                         stacks = self.sources([s.path or s.key for s in stacks])
-                        valid = self.locate(stacks, content=plan.check_content)
-                    else:
-                        valid = {s.key: plan.entry_key(s) for s in plan.cached}
-                    if plan.to_copy or plan.waiting or plan.retire or fresh_pin:
-                        inv = self._inventory_locked(pin)
-                        new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
-                        if new.decisions() != plan.decisions():
-                            new.stacks = stacks
-                            new.cache_bytes, new.consolidated_bytes = plan.cache_bytes, plan.consolidated_bytes
-                            new.project, new.check_content = plan.project, plan.check_content
-                            plan, result.replanned, result.plan = new, True, new
-                    if not plan.fits:
-                        raise full_error(plan)
-                    self._sweep_temps({os.path.dirname(self.cached_path(s.key)) for s in plan.to_copy})
-                    for e in plan.expire:
-                        if self._remove_entry(e.key, self._inodes.get(e.key)):
-                            result.expired += 1
-                            result.bytes_expired += e.size
-                    for e in plan.evict:
-                        if self._remove_entry(e.key, self._inodes.get(e.key)):
-                            result.evicted += 1
-                            result.bytes_evicted += e.size
-                    for e in plan.retire:
-                        if self._remove_entry(e.key, self._inodes.get(e.key)):
-                            result.retired += 1
-                    pin.add(plan.locations.values())
-                    pin.reserved = {plan.entry_key(s): s.size for s in plan.to_copy}
-                    pin.write()
+                    plan = self._replan_locked(plan, stacks, pin, fresh_pin, result)
+                    self._make_room_locked(plan, pin, result)
                 finally:
                     lock.release()
                 todo = plan.to_copy + plan.waiting
@@ -537,6 +511,44 @@ class Cache:
             pin.close()
         return result
 
+    def _replan_locked(self, plan: CachePlan, stacks: list[SourceFile], pin: PinFile,
+                       fresh_pin: bool, result: SyncResult) -> CachePlan:
+        """The plan to carry out, checked against the cache as it is now (space lock
+        held): ``plan`` itself, or a fresh one for the same stacks if the cache changed."""
+        if fresh_pin:
+            valid = self.locate(stacks, content=plan.check_content)
+        else:
+            valid = {s.key: plan.entry_key(s) for s in plan.cached}
+        inv = self._inventory_locked(pin)
+        new = plan_stacks(stacks, inv, valid=valid, partial=plan.partial)
+        if new.decisions() != plan.decisions():
+            new.stacks = stacks
+            new.cache_bytes, new.consolidated_bytes = plan.cache_bytes, plan.consolidated_bytes
+            new.project, new.check_content = plan.project, plan.check_content
+            plan, result.replanned, result.plan = new, True, new
+        if not plan.fits:
+            raise full_error(plan)
+        return plan
+
+    def _make_room_locked(self, plan: CachePlan, pin: PinFile, result: SyncResult) -> None:
+        """Sweep crashed copies' temporaries, expire, evict and retire as planned, and
+        reserve the bytes to copy in the pin (space lock held)."""
+        self._sweep_temps({os.path.dirname(self.cached_path(s.key)) for s in plan.to_copy})
+        for e in plan.expire:
+            if self._remove_entry(e.key, self._inodes.get(e.key)):
+                result.expired += 1
+                result.bytes_expired += e.size
+        for e in plan.evict:
+            if self._remove_entry(e.key, self._inodes.get(e.key)):
+                result.evicted += 1
+                result.bytes_evicted += e.size
+        for e in plan.retire:
+            if self._remove_entry(e.key, self._inodes.get(e.key)):
+                result.retired += 1
+        pin.add(plan.locations.values())
+        pin.reserved = {plan.entry_key(s): s.size for s in plan.to_copy}
+        pin.write()
+
     def ensure(self, pset, *, partial: bool = False, hold: bool = False,
                progress: Progress | None = None, on_wait: WaitCallback | None = None,
                threads: int | None = None, check_content: bool = False) -> SyncResult:
@@ -561,7 +573,7 @@ class Cache:
         plan = self.plan(pset, partial=partial, pinned=True, check_content=check_content)
         return self.execute(plan, hold=hold, progress=progress, on_wait=on_wait, threads=threads)
 
-    def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
+    def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,  # noqa: C901 (its closures share one sync's state)
                   progress: Progress | None, on_wait: WaitCallback | None, project: str,
                   threads: int | None, content: bool = False,
                   locations: dict[str, str] | None = None) -> None:
