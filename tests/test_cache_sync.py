@@ -269,7 +269,7 @@ def test_crashed_copy_temps_are_swept(ssd, pset):
     dest.parent.mkdir(parents=True)
     # A crashed copy's temporary: named in the ledger before it was made.
     tmp = dest.parent / f".{dest.name}.abc123.stacktools-tmp"
-    cache.index.append_ledger({"op": "tmp", "t": 0, "key": src, "tmp": tmp.name})
+    cache.index.ledger.append({"op": "tmp", "t": 0, "key": src, "tmp": tmp.name})
     tmp.write_bytes(b"half")
     # A file that merely looks like a temporary: not the cache's, so it stays.
     foreign = dest.parent / f".{dest.name}.abcdefgh.stacktools-tmp"
@@ -390,15 +390,15 @@ def test_ledger_kept_open_follows_a_compaction_and_refuses_a_planted_symlink(ssd
     index, ledger = cache.index, cache.root / "ledger.jsonl"
     target = tmp_path / "elsewhere.jsonl"
     target.write_text("")
-    with index.ledger_kept_open():
-        index.append_ledger({"op": "tmp", "key": "/a", "tmp": "one"})
+    with index.ledger.kept_open():
+        index.ledger.append({"op": "tmp", "key": "/a", "tmp": "one"})
         index.compact_ledger(min_bytes=0)  # replaces ledger.jsonl under the open descriptor
-        index.append_ledger({"op": "tmp", "key": "/a", "tmp": "two"})
+        index.ledger.append({"op": "tmp", "key": "/a", "tmp": "two"})
         assert json.loads(ledger.read_text().splitlines()[-1])["tmp"] == "two"
         ledger.rename(tmp_path / "moved.jsonl")
         ledger.symlink_to(target)
         with pytest.raises(CacheForeignPathError):
-            index.append_ledger({"op": "tmp", "key": "/a", "tmp": "three"})
+            index.ledger.append({"op": "tmp", "key": "/a", "tmp": "three"})
     assert target.read_text() == ""
     assert "three" not in (tmp_path / "moved.jsonl").read_text()
 

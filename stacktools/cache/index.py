@@ -8,13 +8,8 @@ the directory, and ownership is re-established from the append-only ledger
 (``ledger.jsonl``). A file is the cache's own only if the ledger names its path with
 the same inode and size.
 
-Each copy writes two ledger lines, both before the file reaches its final name, so
-that a kill at any instant leaves nothing the cache made without an owner:
-
-* ``{"op": "tmp", "key", "tmp"}`` before the temporary file is created (with
-  ``O_EXCL``): a temporary of that name is then provably the cache's;
-* ``{"op": "copy", "key", "tmp", "ino", "size", "mtime_ns", "digest", ...}`` after the data
-  is on disk and before the rename, so the renamed file is the cache's.
+How each copy is claimed in the ledger, so that a kill at any instant leaves
+nothing the cache made without an owner, is :mod:`stacktools.cache.ledger`'s job.
 
 A full disk is not corruption: only a database that SQLite reports as corrupt (or
 of another schema) is set aside and rebuilt; a full one raises
@@ -25,20 +20,15 @@ from the ledger and the filesystem (:meth:`Index.ledger_rows`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
 import sqlite3
 import stat
-import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from stacktools.cache.safefs import is_disk_full, open_own
+from stacktools.cache.ledger import Ledger, entry_row
 from stacktools.errors import CacheError, CacheForeignPathError, DiskFullError
-from stacktools.formats.atomic import TMP_SUFFIX
 
 SCHEMA_VERSION = 1
 
@@ -121,13 +111,8 @@ class Index:
         self.root = root
         self.files_dir = files_dir
         self.db_path = root / "index.db"
-        self.ledger_path = root / "ledger.jsonl"
-        self.rebuilt = False
+        self.ledger = Ledger(root, files_dir)
         self._con: sqlite3.Connection | None = None
-        self._ledger_mutex = threading.Lock()  # appends come from several copying threads
-        self._ledger_keep = False
-        self._ledger_fd: int | None = None
-        self._ledger_id = (0, 0)
 
     # -- connection -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -237,201 +222,60 @@ class Index:
         """Store one setting in the ``meta`` table."""
         self.run(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v)))
 
-    # -- ledger ---------------------------------------------------------------------
-    def append_ledger(self, record: dict) -> None:
-        """Append one line; a single ``write`` under ``O_APPEND`` keeps lines whole.
-
-        The write holds a shared ``flock`` on the ledger, so that a compaction (which
-        holds it exclusively while it rewrites the file) never loses a line. Inside
-        :meth:`ledger_kept_open` the descriptor stays open between appends.
-
-        Raises:
-            CacheForeignPathError: ``ledger.jsonl`` is a symlink or not a file.
-            OSError: The write failed (``ENOSPC`` on a full SSD).
-        """
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        with self._ledger_mutex:
-            try:
-                while True:
-                    if self._ledger_fd is None:
-                        fd = open_own(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                        st = os.fstat(fd)
-                        self._ledger_fd, self._ledger_id = fd, (st.st_ino, st.st_dev)
-                    fd = self._ledger_fd
-                    fcntl.flock(fd, fcntl.LOCK_SH)
-                    try:
-                        try:
-                            st = os.lstat(self.ledger_path)
-                        except FileNotFoundError:
-                            st = None
-                        if st is not None and (st.st_ino, st.st_dev) == self._ledger_id:
-                            if os.write(fd, line) != len(line):
-                                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.ledger_path))
-                            return
-                    finally:
-                        fcntl.flock(fd, fcntl.LOCK_UN)
-                    self._close_ledger()  # a compaction replaced the file meanwhile: append to the new one
-            finally:
-                if not self._ledger_keep:
-                    self._close_ledger()
-
-    @contextlib.contextmanager
-    def ledger_kept_open(self) -> Iterator[None]:
-        """Keep the ledger's descriptor open for the appends made meanwhile (one sync's).
-
-        Each append still checks, under its ``flock``, that the ledger's name is the
-        file open (by inode), so a compaction's new file or a planted symlink is
-        never written through the old descriptor.
-        """
-        with self._ledger_mutex:
-            outer = self._ledger_keep
-            self._ledger_keep = True
-        try:
-            yield
-        finally:
-            with self._ledger_mutex:
-                self._ledger_keep = outer
-                if not outer:
-                    self._close_ledger()
-
-    def _close_ledger(self) -> None:
-        fd, self._ledger_fd = self._ledger_fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def read_ledger(self) -> Iterator[dict]:
-        """The ledger's records, in order (a torn last line is skipped)."""
-        for rec, _ in self.ledger_lines(0):
-            yield rec
-
-    def ledger_lines(self, offset: int) -> Iterator[tuple[dict, int]]:
-        """``(record, offset of its line's end)`` from ``offset`` on."""
-        try:
-            fd = open_own(self.ledger_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        with os.fdopen(fd, "rb") as fh:
-            fh.seek(offset)
-            pos = offset
-            for line in fh:
-                pos += len(line)
-                if not line.endswith(b"\n"):
-                    return  # a torn last line from a crash
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and "key" in rec:
-                    yield rec, pos
-
-    def tmp_path(self, rec: dict) -> str:
-        """Where the temporary file a ledger record names lives."""
-        return os.path.dirname(str(self.files_dir) + rec["key"]) + "/" + rec["tmp"]
-
-    def claim_state(self, rec: dict) -> str:
-        """What a ``copy`` record's file is now: ``"final"`` (renamed into place, ours),
-        ``"tmp"`` (still under its temporary name) or ``"gone"``."""
-        ino = rec.get("ino")
-        for where, path in (("final", str(self.files_dir) + rec["key"]),
-                            ("tmp", self.tmp_path(rec) if rec.get("tmp") else None)):
-            if path is None:
-                continue
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_ino == ino and st.st_size == rec.get("size"):
-                return where
-        return "gone"
-
     def owner_ino(self, key: str) -> int | None:
         """Inode of the cache's own file at ``key``'s location (index, else ledger), if any."""
         row = self.get_many([key]).get(key)
         if row is not None:
             return row["ino"]
-        for rec in self.read_ledger():
-            if rec["key"] == key and rec.get("op", "copy") == "copy" and self.claim_state(rec) == "final":
+        for rec in self.ledger.read():
+            if rec["key"] == key and rec.get("op", "copy") == "copy" and self.ledger.claim_state(rec) == "final":
                 return rec["ino"]
         return None
 
     def ledger_rows(self) -> list[dict]:
-        """Index rows for the files the ledger proves are the cache's, from the filesystem.
-
-        Used to rebuild the index, and instead of it when it cannot be written.
-        """
-        rows: dict[str, dict] = {}
-        now = time.time()
-        for rec in self.read_ledger():
-            if rec.get("op", "copy") != "copy" or self.claim_state(rec) != "final":
-                continue
-            t = rec.get("t", now)
-            rows[rec["key"]] = {"key": rec["key"], "size": rec["size"],
-                                "mtime_ns": rec.get("mtime_ns", 0), "ino": rec["ino"],
-                                "created": t, "last_access": t, "owner": rec.get("owner", ""),
-                                "project": rec.get("project", ""),
-                                "digest": rec.get("digest", "")}
-        for r in rows.values():
-            try:
-                r["last_access"] = max(r["last_access"], os.lstat(str(self.files_dir) + r["key"]).st_atime)
-            except OSError:
-                pass
-        return list(rows.values())
+        """Index rows for the files the ledger proves are the cache's (see :meth:`Ledger.rows`)."""
+        return self.ledger.rows()
 
     def compact_ledger(self, min_bytes: int = 4 << 20) -> None:
-        """Rewrite the ledger with only the records still in force, once it has grown large.
+        """Rewrite the ledger once it has grown large (see :meth:`Ledger.compact`), and
+        remember how much of it the index has absorbed."""
+        absorbed = self.ledger.compact(self.all, min_bytes)
+        if absorbed is not None:
+            with contextlib.suppress(DiskFullError):
+                self.set_meta("ledger_offset", str(absorbed))
 
-        Kept: ``copy`` records whose file is in place (in the index or not yet) or
-        still a temporary, and ``tmp`` records whose temporary still exists. The
-        ledger is held exclusively meanwhile, so no append is lost. On a full SSD
-        nothing is rewritten.
+    def absorb_ledger(self) -> None:
+        """Record copies whose process died between its rename and its index write.
+
+        The offset kept in the index stops at the first copy still under its
+        temporary name (in progress, or left by a kill until swept), so that its
+        rename, if it comes, is absorbed by a later call.
         """
+        row = self.run(lambda c: c.execute("SELECT v FROM meta WHERE k='ledger_offset'").fetchone())
+        offset = int(row[0]) if row else 0
         try:
-            fd = open_own(self.ledger_path, os.O_RDONLY)
+            if os.lstat(self.ledger.path).st_size <= offset:
+                return
         except FileNotFoundError:
             return
-        try:
-            size = os.fstat(fd).st_size
-            rows = self.all()
-            if min_bytes and (size < min_bytes or size < 4 * 300 * max(1, len(rows))):
-                return  # min_bytes=0 compacts unconditionally
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            indexed = {(r["key"], r["ino"]) for r in rows}
-            live: dict[tuple, dict] = {}  # the last record in force per file, in order
-            for rec in self.read_ledger():
-                if rec.get("op", "copy") == "copy":
-                    state = self.claim_state(rec)
-                    if state != "gone":
-                        live.pop((state, rec["key"]), None)
-                        live[(state, rec["key"])] = rec
-                elif rec.get("op") == "tmp" and os.path.lexists(self.tmp_path(rec)):
-                    live[("tmp", rec["key"], rec["tmp"])] = rec
-            first = [r for r in live.values() if (r["key"], r.get("ino")) in indexed]
-            rest = [r for r in live.values() if (r["key"], r.get("ino")) not in indexed]
-            lines = [(json.dumps(r, separators=(",", ":")) + "\n").encode() for r in first + rest]
-            absorbed = sum(len(x) for x in lines[:len(first)])
-            tmp = self.ledger_path.with_name(f".{self.ledger_path.name}.{os.getpid()}{TMP_SUFFIX}")
-            try:
-                out = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return  # a foreign file (or a crashed compaction's) has the name: leave it
-            try:
-                try:
-                    os.write(out, b"".join(lines))
-                    os.fsync(out)
-                finally:
-                    os.close(out)
-                os.replace(tmp, self.ledger_path)
-            except OSError as err:
-                os.unlink(tmp)
-                if is_disk_full(err):
-                    return
-                raise
-            try:
-                self.set_meta("ledger_offset", str(absorbed))
-            except DiskFullError:
-                pass
-        finally:
-            os.close(fd)
+        recs, stop, end = [], None, offset
+        for rec, pos in self.ledger.lines(offset):
+            if rec.get("op", "copy") == "copy":
+                state = self.ledger.claim_state(rec)
+                if state == "final":
+                    recs.append(rec)
+                elif state == "tmp" and stop is None:
+                    stop = end
+            end = pos
+        have = self.get_many(r["key"] for r in recs)
+        new = {}
+        for r in recs:
+            k = r["key"]
+            if k not in have or have[k]["ino"] != r["ino"]:
+                new[k] = entry_row(r)
+        if new:
+            self.record(list(new.values()))
+        self.set_meta("ledger_offset", str(end if stop is None else stop))
 
     # -- rebuild --------------------------------------------------------------------
     def _rebuild(self, con: sqlite3.Connection) -> None:
@@ -443,7 +287,6 @@ class Index:
         con.executemany(f"INSERT OR REPLACE INTO entries VALUES ({','.join('?' * len(COLUMNS))})", rows)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('rebuilt', ?)", (str(now),))
         con.execute("COMMIT")
-        self.rebuilt = True
 
     # -- queries --------------------------------------------------------------------
     def all(self) -> list[dict]:
@@ -480,18 +323,6 @@ class Index:
         def w(c):
             c.execute("BEGIN IMMEDIATE")
             c.executemany("DELETE FROM entries WHERE key=?", keys)
-            c.execute("COMMIT")
-        self.run(w)
-
-    def touch(self, keys: list[str], when: float) -> None:
-        """Set ``last_access`` of ``keys`` now, in one transaction."""
-        if not keys:
-            return
-
-        def w(c):
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("UPDATE entries SET last_access=? WHERE key=? AND last_access < ?",
-                          ((when, k, when) for k in keys))
             c.execute("COMMIT")
         self.run(w)
 

@@ -267,43 +267,6 @@ class Cache:
         v = os.statvfs(self.root)
         return v.f_bavail * v.f_frsize, v.f_blocks * v.f_frsize
 
-    def _absorb_ledger(self) -> None:
-        """Record copies whose process died between its rename and its index write.
-
-        The offset kept in the index stops at the first copy still under its
-        temporary name (in progress, or left by a kill until swept), so that its
-        rename, if it comes, is absorbed by a later call.
-        """
-        row = self.index.run(lambda c: c.execute("SELECT v FROM meta WHERE k='ledger_offset'").fetchone())
-        offset = int(row[0]) if row else 0
-        try:
-            if os.lstat(self.index.ledger_path).st_size <= offset:
-                return
-        except FileNotFoundError:
-            return
-        recs, stop, end = [], None, offset
-        for rec, pos in self.index.ledger_lines(offset):
-            if rec.get("op", "copy") == "copy":
-                state = self.index.claim_state(rec)
-                if state == "final":
-                    recs.append(rec)
-                elif state == "tmp" and stop is None:
-                    stop = end
-            end = pos
-        have = self.index.get_many(r["key"] for r in recs)
-        new = {}
-        for r in recs:
-            k = r["key"]
-            if k not in have or have[k]["ino"] != r["ino"]:
-                t = r.get("t", time.time())
-                new[k] = {"key": k, "size": r["size"], "mtime_ns": r.get("mtime_ns", 0),
-                          "ino": r["ino"], "created": t, "last_access": t,
-                          "owner": r.get("owner", ""), "project": r.get("project", ""),
-                          "digest": r.get("digest", "")}
-        if new:
-            self.index.record(list(new.values()))
-        self.index.set_meta("ledger_offset", str(end if stop is None else stop))
-
     def _inventory_locked(self, own: PinFile | None = None) -> Inventory:
         """Snapshot with the space lock held exclusively; drops rows whose files are gone.
 
@@ -312,7 +275,7 @@ class Cache:
         jobs: set[str] = set()
         in_use, reserved = live_pins(self.pins_dir, own.path if own is not None else None, jobs)
         try:
-            self._absorb_ledger()
+            self.index.absorb_ledger()
             self.index.fold_access(time.time() - 2 * self.config.lifetime_s - 86400)
             rows = self.index.all()
         except DiskFullError:
@@ -622,7 +585,7 @@ class Cache:
                 window.release()
 
         def start(s: SourceFile, dest: Path, rec: dict) -> Pending:
-            claim = upkeep.ledger_claim(self.index, rec)
+            claim = self.index.ledger.claim(rec)
             owned_ino = self.index.owner_ino(rec["key"]) if os.path.lexists(dest) else None
             for attempt in range(3):
                 try:
@@ -694,7 +657,7 @@ class Cache:
 
         finishing: list = []
         try:
-            with self.index.ledger_kept_open(), \
+            with self.index.ledger.kept_open(), \
                     ThreadPoolExecutor(finishers, thread_name_prefix="cache-finish") as finisher:
                 try:
                     if n == 1 or len(todo) == 1:

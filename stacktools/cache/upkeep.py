@@ -19,7 +19,6 @@ from stacktools.cache.safefs import check_own_dir
 from stacktools.formats.atomic import TMP_SUFFIX
 
 if TYPE_CHECKING:  # pragma: no cover
-    from stacktools.cache.index import Index
     from stacktools.cache.store import Cache
 
 OWN_DIRS = ("files", "locks", "pins")
@@ -47,38 +46,6 @@ def make_root(root: Path, shared: bool) -> None:
     check_own_dir(root)
 
 
-def ledger_claim(index: "Index", rec: dict) -> Callable[[str, "int | None", "str | None"], None]:
-    """The ``claim`` callback of :func:`~stacktools.cache.copy.copy_into` for entry ``rec``.
-
-    Writes the ``tmp`` line before the temporary exists and the ``copy`` line (with
-    its inode and content digest) before it is renamed into place.
-    """
-    def claim(tmp: str, ino: int | None, digest: str | None = None) -> None:
-        if ino is None:
-            index.append_ledger({"op": "tmp", "t": rec["created"], "key": rec["key"], "tmp": tmp})
-        else:
-            index.append_ledger({"op": "copy", "t": rec["created"], "key": rec["key"], "tmp": tmp,
-                                 "ino": ino, "size": rec["size"], "mtime_ns": rec["mtime_ns"],
-                                 "owner": rec["owner"], "project": rec["project"],
-                                 "digest": digest or ""})
-    return claim
-
-
-def proven_temps(index: "Index", dirs: set[str] | None = None) -> dict[str, tuple[str, int | None]]:
-    """Temporaries the ledger says the cache made: path -> (entry key, inode or None)."""
-    out: dict[str, tuple[str, int | None]] = {}
-    for rec in index.read_ledger():
-        if not isinstance(rec.get("tmp"), str):
-            continue
-        path = index.tmp_path(rec)
-        if dirs is not None and os.path.dirname(path) not in dirs:
-            continue
-        ino = rec.get("ino")
-        if ino is not None or path not in out:
-            out[path] = (rec["key"], ino)
-    return out
-
-
 def _has_temp(d: str) -> bool:
     try:
         return any(n.endswith(TMP_SUFFIX) for n in os.listdir(d))
@@ -96,7 +63,7 @@ def sweep_temps(cache: "Cache", dirs: set[str] | None = None) -> int:
     if dirs is not None and not any(_has_temp(d) for d in dirs):
         return 0  # the usual case: nothing to sweep, no need to read the ledger
     n = 0
-    for path, (key, ino) in proven_temps(cache.index, dirs).items():
+    for path, (key, ino) in cache.index.ledger.proven_temps(dirs).items():
         d = os.path.dirname(path)
         if os.path.realpath(d) != d:
             continue  # never follow a symlinked directory out of the cache
@@ -179,7 +146,7 @@ def _scan_own_dir(d: str, suffix: str, note: Callable[[str, str], None]) -> None
 def _scan_files(cache: "Cache", owned: set[str], note: Callable[[str, str], None]) -> int:
     """Bytes under ``files/`` that are not the cache's copies; notes symlinked
     directories and temporary-looking names the cache did not make."""
-    proven = proven_temps(cache.index)
+    proven = cache.index.ledger.proven_temps()
     nbytes = 0
     for dp, dnames, names in os.walk(cache.files_dir):
         for dn in dnames:
