@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from stacktools.cache.digest import hash_mapped, hexdigest, new_hasher
-from stacktools.cache.safefs import fit_name, is_disk_full, open_own
+from stacktools.cache.safefs import is_disk_full, open_own
 from stacktools.errors import CacheError, CacheForeignPathError, CacheFullError
-from stacktools.formats.atomic import TMP_SUFFIX
+from stacktools.formats.atomic import tmp_name
 
 CHUNK = 2 << 20  # a copied chunk is hashed while it is still in the CPU's cache
 
@@ -37,11 +36,6 @@ class Copied(NamedTuple):
 
     ino: int
     digest: str
-
-
-def tmp_name(final_name: str) -> str:
-    """A fresh temporary name beside ``final_name`` that fits NAME_MAX whatever its length."""
-    return fit_name(f".{final_name}", f".{secrets.token_hex(8)}{TMP_SUFFIX}")
 
 
 def copy_mode(src_st: os.stat_result, fd_out: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -69,6 +70,17 @@ def tmp_name_for(final: Path) -> str:
         later run recognises (and sweeps) the temporaries of a crashed one.
     """
     return "." + fit_name(final.name, ".", NAME_MAX - _TMP_EXTRA - 1)
+
+
+def tmp_name(final_name: str) -> str:
+    """A fresh temporary name beside ``final_name``, for a caller that must know the
+    name before it creates the file (then with ``O_EXCL``).
+
+    The same form as :func:`atomic_output`'s temporaries: :func:`tmp_name_for`'s
+    prefix, 8 random characters and :data:`TMP_SUFFIX`, within NAME_MAX for any
+    legal ``final_name``.
+    """
+    return tmp_name_for(Path(final_name)) + secrets.token_hex(4) + TMP_SUFFIX
 
 
 def fsync_dir(directory: Path) -> None:
