@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,16 +73,22 @@ def cold(work: Path, mb: int, repeat: int, results: Results) -> None:
             assert res.copied == len(paths)
         return run
 
-    rows = [("cp -r", best_of(cp, repeat)), ("cp -r; sync", best_of(cp_sync, repeat))]
+    # Rounds alternate every contender, so that a burst of load on a shared machine
+    # hits all alike; the ratios below are medians of each round's own ratios.
+    plain, synced = [], []
+    without: dict[int, list[float]] = {t: [] for t in (1, 2, 4)}
+    with_: dict[int, list[float]] = {t: [] for t in (1, 2, 4)}
+    for _ in range(repeat):
+        plain.append(best_of(cp, 1))
+        synced.append(best_of(cp_sync, 1))
+        for t in (1, 2, 4):
+            without[t].append(best_of(ours(t, digest=False), 1))
+            with_[t].append(best_of(ours(t), 1))
+    rows = [("cp -r", min(plain)), ("cp -r; sync", min(synced))]
     for t in (1, 2, 4):
         name = f"stacktools cache sync, {t} thread{'s' if t > 1 else ''}"
-        # Alternate the two, so that a burst of load on a shared machine hits both alike.
-        without, with_ = [], []
-        for _ in range(repeat):
-            without.append(best_of(ours(t, digest=False), 1))
-            with_.append(best_of(ours(t), 1))
-        rows.append((name + ", no digest", min(without)))
-        rows.append((name, min(with_)))
+        rows.append((name + ", no digest", min(without[t])))
+        rows.append((name, min(with_[t])))
     print_table(f"Cold sync of {len(paths)} stacks, {total / 1e6:,.0f} MB (best of {repeat})",
                 rows, "cp -r", results)
     from stacktools.cache.digest import digest_file
@@ -94,10 +101,13 @@ def cold(work: Path, mb: int, repeat: int, results: Results) -> None:
           f"{hash_t * 1e3:,.1f} ms, {total / hash_t / 1e6:,.0f} MB/s")
     results.add("read back and hash (XXH3-128), page cache", hash_t, params={"bytes": total})
     print("\nthroughput: " + ", ".join(f"{name}: {total / t / 1e6:,.0f} MB/s" for name, t in rows))
-    times = dict(rows)
     for t in (1, 2, 4):
-        name = f"stacktools cache sync, {t} thread{'s' if t > 1 else ''}"
-        print(f"digest cost, {t} thread(s): {times[name] / times[name + ', no digest'] - 1:+.1%}")
+        cost = statistics.median(w / o for w, o in zip(with_[t], without[t])) - 1
+        vs_sync = statistics.median(w / c for w, c in zip(with_[t], synced))
+        print(f"{t} thread(s), paired medians of {repeat} rounds: digest cost {cost:+.1%}, "
+              f"{vs_sync:.2f}x cp -r; sync")
+        results.add(f"cache sync, {t} thread(s), with digest vs without, paired median",
+                    statistics.median(with_[t]), ratio=1 + cost, params={"rounds": repeat})
 
 
 def warm(work: Path, n: int, repeat: int, results: Results) -> None:
