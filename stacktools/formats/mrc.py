@@ -7,6 +7,7 @@ is one ``pread`` at its offset: a stack is never read whole.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ _PROBE = 64  # headers read before deciding whether threads would help
 _SLOW_READ_S = 50e-6
 
 
+@functools.lru_cache(maxsize=None)  # a handful of modes; called once per stack on hot paths
 def mode_dtype(mode: int, byte_order: str = "<") -> np.dtype:
     """The pixel dtype of an MRC mode, from mrcfile's mode table.
 
@@ -61,6 +63,7 @@ def mode_of_dtype(dtype: str | np.dtype) -> int:
     return int(mode_from_dtype(np.dtype(dtype)))
 
 
+@functools.lru_cache(maxsize=None)
 def mode_name(mode: int) -> str:
     """A mode's pixel type as people name it.
 
