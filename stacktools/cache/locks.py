@@ -171,7 +171,8 @@ class PinFile:
 
     def add(self, keys: Iterable[str]) -> None:
         """Pin more entries (call with the space lock held, then :meth:`write`)."""
-        more = [k for k in keys if k not in set(self.keys)]
+        have = set(self.keys)
+        more = [k for k in dict.fromkeys(keys) if k not in have]
         if more:
             self.keys += more
             self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
