@@ -1,4 +1,10 @@
-"""The root ``stacktools`` Typer app and its error handling.
+"""The root ``stacktools`` command: a table of commands, each built only when invoked.
+
+Start-up is most of the time of a short command, so the root knows its commands
+by name and one-line help (:data:`COMMANDS`) and imports a command's module, and
+builds its Click object, only when that command runs or its help is shown. Help
+is rendered by Click as plain text (Typer's rich mode would import rich's
+Markdown renderer, and with it ``markdown_it`` and ``pygments``, for every help).
 
 Errors from bad input (any :class:`stacktools.errors.StacktoolsError`, and
 ``OSError``) print one line on stderr and exit with status 2; ``--debug`` shows
@@ -7,64 +13,78 @@ the traceback instead.
 
 from __future__ import annotations
 
-import re
+import importlib
 import sys
 
 import typer
 from typer.core import TyperGroup
 
-from stacktools.cli import cache as _cache
-from stacktools.cli import consolidate as _consolidate
-from stacktools.cli import cs as _cs
-from stacktools.cli import demo as _demo
-from stacktools.cli import size as _size
+from stacktools.cli.options import cli_app
 
-# Rich reads "[word…]" as a markup tag and drops it, which hid every "[default: …]"
-# written in help text. Help is plain text here: every "[" that would open a tag
-# is escaped once, for the whole command tree (same rule as rich.markup.escape,
-# without importing rich at start-up). Already escaped text is left alone.
-_MARKUP_TAG_OPEN = re.compile(r"(?<!\\)\[(?=[a-z#/@])")
+# name -> (module, attribute, one-line help). The attribute is a command function
+# or a Typer app of subcommands. The help here is what `stacktools --help` lists;
+# tests/test_cli_help.py checks it against each command's own.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "size": ("stacktools.cli.size", "size", "Report how big a particle dataset is."),
+    "demo": ("stacktools.cli.demo", "demo",
+             "Make a small CryoSPARC-shaped project and run size → consolidate → cache on it."),
+    "consolidate": ("stacktools.cli.consolidate", "consolidate",
+                    "Write stacks holding only the selected particles, plus a .cs that points at them."),
+    "verify": ("stacktools.cli.consolidate", "verify",
+               "Check every particle and field of a consolidated set against its source set."),
+    "cs": ("stacktools.cli.cs", "app", "Inspect, filter, join, combine and convert .cs files."),
+    "cache": ("stacktools.cli.cache", "app", "Manage a node-local SSD particle cache."),
+}
+
+# Plain-text help up to this width (Click's default is 80 columns).
+HELP_WIDTH = 120
 
 
-def literal_help(text: str | None) -> str | None:
-    """Escape ``text`` so that rich shows it as written.
+def build_command(name: str):
+    """The Click command (or group) ``name`` of :data:`COMMANDS`, built now.
 
     Args:
-        text: Help text of a command or parameter, or None.
+        name: A key of :data:`COMMANDS`.
 
     Returns:
-        The text with each unescaped ``[`` that would open a rich markup tag
-        preceded by a backslash; None stays None.
+        A ``click.Command``; a ``click.Group`` for ``cs`` and ``cache``.
     """
-    return None if text is None else _MARKUP_TAG_OPEN.sub(r"\\[", text)
+    module, attr, _ = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attr)
+    if isinstance(target, typer.Typer):
+        cmd = typer.main.get_group(target)
+    else:
+        one = cli_app()
+        one.command(name)(target)
+        cmd = typer.main.get_command(one)
+    cmd.name = name
+    return cmd
 
 
-class _LiteralHelpGroup(TyperGroup):
-    """The root group: makes the help of every command and parameter below it literal."""
+class LazyGroup(TyperGroup):
+    """The root group: lists :data:`COMMANDS` without importing them."""
 
-    def __init__(self, **attrs) -> None:
-        super().__init__(**attrs)
-        _make_help_literal(self)
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
 
+    def get_command(self, ctx, cmd_name: str):
+        return build_command(cmd_name) if cmd_name in COMMANDS else None
 
-def _make_help_literal(cmd) -> None:
-    for c in (cmd, *getattr(cmd, "params", ())):
-        for attr in ("help", "short_help", "epilog"):
-            if isinstance(getattr(c, attr, None), str):
-                setattr(c, attr, literal_help(getattr(c, attr)))
-    for sub in getattr(cmd, "commands", {}).values():
-        _make_help_literal(sub)
+    def format_commands(self, ctx, formatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
 
 app = typer.Typer(
-    cls=_LiteralHelpGroup,
+    cls=LazyGroup,
     name="stacktools",
     help="Size, consolidate, manipulate and cache cryo-EM particle stacks "
-         "(CryoSPARC .cs files and the MRC stacks they point into).",
+         "(CryoSPARC .cs files, RELION STAR files and the MRC stacks they point into).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH},
 )
 
 _state = {"debug": False}
@@ -74,13 +94,6 @@ _state = {"debug": False}
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
     _state["debug"] = debug
 
-
-app.command("size")(_size.size)
-app.command("demo")(_demo.demo)
-app.command("consolidate")(_consolidate.consolidate)
-app.command("verify")(_consolidate.verify)
-app.add_typer(_cs.app, name="cs")
-app.add_typer(_cache.app, name="cache")
 
 EXIT_BAD_INPUT = 2
 

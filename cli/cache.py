@@ -11,10 +11,10 @@ from typing import List, Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, cli_app
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
-app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
+app = cli_app(help="Manage a node-local SSD particle cache.")
 
 _SSD_HELP = "SSD directory [default: config file, $STACKTOOLS_SSD_PATH, $CRYOSPARC_SSD_PATH]."
 

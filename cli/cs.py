@@ -14,6 +14,7 @@ from typing import Callable, Iterator, List, Optional
 
 import typer
 
+from stacktools.cli.options import cli_app
 from stacktools.cli.output import (
     console,
     count_progress,
@@ -23,7 +24,7 @@ from stacktools.cli.output import (
     table,
 )
 
-app = typer.Typer(help="Inspect, filter, join, combine and convert .cs files.", no_args_is_help=True)
+app = cli_app(help="Inspect, filter, join, combine and convert .cs files.")
 
 _OUT = typer.Option(..., "--output", "-o", help="Output file.", dir_okay=False)
 _FORCE = typer.Option(False, "--force", "-f", help="Replace the output if it exists.")

@@ -20,3 +20,10 @@ ALLOW_OUTSIDE_PROJECT = typer.Option(
     False, "--allow-outside-project",
     help="Accept blob/path values that are absolute or lead outside the project directory "
          "(imports that really point elsewhere). Default: off, such a path is an error.")
+
+
+def cli_app(**kw) -> typer.Typer:
+    """A Typer app with the settings every stacktools command group shares."""
+    kw.setdefault("no_args_is_help", True)
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                       rich_markup_mode=None, **kw)

@@ -43,7 +43,8 @@ def size(
             emit_json({"box": box, "count": count, "nsymbt": nsymbt,
                        "header_length": header_length, "formula_bytes": total})
         else:
-            console().print(f"(4·{box}² + {nsymbt} + {header_length}) × {count:,} = {fmt_bytes(total)}")
+            # Plain print: the one line needs no rich console (start-up is the whole cost here).
+            print(f"(4·{box}² + {nsymbt} + {header_length}) × {count:,} = {fmt_bytes(total)}")
         return
 
     from stacktools.particles import ParticleSet
