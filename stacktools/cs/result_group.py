@@ -101,6 +101,15 @@ def clear_result_group(cs_path: str | os.PathLike, *, overwrite: bool) -> Path:
     return csg
 
 
+def _version() -> str:
+    # From the installed metadata: importing the package itself would reach api.py.
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("stacktools")
+    except PackageNotFoundError:
+        return "(version unknown)"
+
+
 def write_result_group(files: Sequence[tuple], *, description: str = "",
                        title: str = "Particles", fsync: bool = True) -> Path | None:
     """Write the ``.csg`` of a particle set whose ``.cs`` files are already written.
@@ -134,8 +143,7 @@ def write_result_group(files: Sequence[tuple], *, description: str = "",
         for slot in slots(dtype):
             if slot not in results and slot not in _EXPOSURE_SLOTS:
                 results[slot] = Result(slot, rel, int(n), f"particle.{slot_type(slot)}")
-    from stacktools import __version__
-    made = f"written by stacktools {__version__}"
+    made = f"written by stacktools {_version()}"
     try:
         text = csg_text(list(results.values()), group_type="particle", name="particles", title=title,
                         description=f"{description}; {made}" if description else made)
