@@ -275,6 +275,8 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
     assert_same_particles(doc["cs"], demo.project_dir, demo.selected_cs, demo.project_dir)
     new_pt = independent.read_cs(doc["passthrough"])
     assert (new_pt["uid"] == independent.read_cs(doc["cs"])["uid"]).all()
+    assert independent.result_group(doc["csg"])["results"]["ctf"]["metafile"] == \
+        ">" + Path(doc["passthrough"]).name
 
 
 def test_failed_verification_leaves_nothing(demo, monkeypatch):
