@@ -92,6 +92,8 @@ def consolidate(
     ]
     if result.passthrough:
         rows.insert(6, ("passthrough", result.passthrough))
+    if result.csg:
+        rows.insert(7 if result.passthrough else 6, ("result group", result.csg))
     if result.stacks_resumed:
         rows.append(("kept from an earlier run", f"{result.stacks_resumed:,} stacks, "
                                                  f"{fmt_bytes(result.bytes_resumed)}"))

@@ -36,6 +36,9 @@ _PASS = typer.Option(None, "--passthrough", help="Passthrough .cs to inner-join 
 def _check_output(out: Path, inputs: list[Optional[Path]], force: bool) -> None:
     from stacktools.formats.atomic import check_output
     check_output(out, inputs, overwrite=force)
+    if out.suffix == ".cs":  # and the result group that goes beside it
+        from stacktools.cs.result_group import csg_path
+        check_output(csg_path(out), inputs, overwrite=force)
 
 
 @contextlib.contextmanager

@@ -86,3 +86,43 @@ def read_bytes(path) -> bytes:
         return os.pread(fd, os.fstat(fd).st_size, 0)
     finally:
         os.close(fd)
+
+
+# Slot types that are not the slot's own name (cryosparc-tools' slot specifications).
+_SLOT_TYPES = (("alignments_class_", "alignments3D"), ("components_mode_", "components"))
+
+
+def result_group(csg_path) -> dict:
+    """Check a ``.csg`` as CryoSPARC's Import Result Group would read it, with PyYAML and
+    ``np.load`` only; return the parsed document.
+
+    Every result names, relative to the ``.csg``, a file that exists and has
+    ``num_items`` rows and that slot's fields; every slot of the files it names is
+    listed; a slot's type is ``particle.<its data type>``.
+    """
+    import datetime
+
+    import yaml
+
+    csg_path = Path(csg_path)
+    doc = yaml.safe_load(csg_path.read_text(encoding="utf-8"))
+    assert set(doc) == {"created", "group", "results", "version"}, f"{csg_path}: keys {sorted(doc)}"
+    assert isinstance(doc["created"], datetime.datetime), f"{csg_path}: created {doc['created']!r}"
+    assert doc["group"]["type"] == "particle" and doc["group"]["name"]
+    assert {"description", "name", "title", "type"} == set(doc["group"])
+    assert str(doc["version"]).startswith("v")
+    files: dict[str, np.ndarray] = {}
+    for slot, res in doc["results"].items():
+        assert set(res) == {"metafile", "num_items", "type"}, f"{csg_path}: {slot}: {sorted(res)}"
+        assert res["metafile"].startswith(">"), f"{csg_path}: {slot}: {res['metafile']!r}"
+        target = csg_path.parent / res["metafile"][1:]
+        assert target.is_file(), f"{csg_path}: {slot} names {target}, which is missing"
+        rows = files.setdefault(res["metafile"], read_cs(target))
+        assert len(rows) == res["num_items"], f"{csg_path}: {slot}: {len(rows)} rows in {target}"
+        assert any(n.startswith(slot + "/") for n in rows.dtype.names), f"{csg_path}: {slot} not in {target}"
+        kind = next((k for p, k in _SLOT_TYPES if slot.startswith(p)), slot)
+        assert res["type"] == f"particle.{kind}", f"{csg_path}: {slot}: type {res['type']}"
+    for name, rows in files.items():
+        held = {n.split("/", 1)[0] for n in rows.dtype.names if "/" in n}
+        assert held <= set(doc["results"]), f"{csg_path}: slots of {name} not listed: {held - set(doc['results'])}"
+    return doc

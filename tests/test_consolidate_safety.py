@@ -275,6 +275,8 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
     assert_same_particles(doc["cs"], demo.project_dir, demo.selected_cs, demo.project_dir)
     new_pt = independent.read_cs(doc["passthrough"])
     assert (new_pt["uid"] == independent.read_cs(doc["cs"])["uid"]).all()
+    assert independent.result_group(doc["csg"])["results"]["ctf"]["metafile"] == \
+        ">" + Path(doc["passthrough"]).name
 
 
 def test_failed_verification_leaves_nothing(demo, monkeypatch):
@@ -333,7 +335,7 @@ def assert_cs_files_honest(out: Path, project: Path, truth: dict[int, bytes],
 def assert_only_own_outputs(out: Path, doc: dict) -> None:
     """OUT holds the manifest and exactly the outputs of the run that wrote it."""
     manifest = json.loads((out / MANIFEST).read_text())
-    own = {s["path"] for s in manifest["stacks"]} | {Path(doc["cs"]).name}
+    own = {s["path"] for s in manifest["stacks"]} | {Path(doc["cs"]).name, Path(doc["csg"]).name}
     if doc["passthrough"]:
         own.add(Path(doc["passthrough"]).name)
     present = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()}
@@ -356,9 +358,9 @@ def test_force_rerun_killed_anywhere_never_serves_wrong_pixels(demo, tmp_path):
     sel_b = {int(u) for u in read_cs(demo.selected_cs)["uid"]}
     new_total = len(np.unique(read_cs(demo.selected_cs)["blob/path"]))
     rng = np.random.default_rng(2026)
-    # Steps of a full run: a removal per .cs name (old and new), a copy per new stack,
-    # then a removal per old stack the new run does not reuse.
-    steps = 4 + new_total + (first.stacks - new_total) + 2
+    # Steps of a full run: a removal per .csg and .cs name (old and new), a copy per new
+    # stack, then a removal per old stack the new run does not reuse.
+    steps = 6 + new_total + (first.stacks - new_total) + 2
     mid_stacks = after_cs = before_any = 0
     for _ in range(20):
         shutil.rmtree(out)
@@ -382,8 +384,11 @@ def test_force_rerun_killed_anywhere_never_serves_wrong_pixels(demo, tmp_path):
         rewritten = sum(1 for n, ino in now.items() if inodes.get(n) != ino)
         mid_stacks += 0 < rewritten < new_total
         before_any += rewritten == 0
-        # The property: whatever the kill point, each .cs reads back its own pixels.
+        # The property: whatever the kill point, each .cs reads back its own pixels,
+        # and a .csg names only complete files with its own row counts.
         n_cs = assert_cs_files_honest(out, demo.project_dir, truth, [sel_a, sel_b])
+        for csg in out.glob("*.csg"):
+            independent.result_group(csg)
         after_cs += rewritten == new_total and n_cs > 0
         # A rerun of the same command completes, bit-exact, with only its own outputs.
         res = consolidate(demo.selected_cs, out, project_dir=demo.project_dir,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from stacktools.consolidate.outdir import STACKS_DIR
+from stacktools.cs.result_group import csg_path
 from stacktools.cs.rows import uid_lookup, with_blob_paths
 from stacktools.errors import (
     BoxMismatchError,
@@ -29,7 +30,7 @@ from stacktools.errors import (
     SourceOverwriteError,
 )
 from stacktools.formats import cs as csfile
-from stacktools.formats.atomic import fit_name
+from stacktools.formats.atomic import NAME_MAX, fit_name
 from stacktools.formats.mrc import (
     HEADER_BYTES,
     StackHeader,
@@ -115,8 +116,14 @@ class ConsolidationPlan:
 
     @property
     def cs_outputs(self) -> list[Path]:
-        """The ``.cs`` files a run writes: the new set's, then the passthrough's."""
-        return [self.out_cs] + ([self.out_passthrough] if self.out_passthrough else [])
+        """The metadata files a run writes, in the order a rerun removes them: the
+        ``.csg`` that names the others, the new set's ``.cs``, then the passthrough's."""
+        return [self.out_csg, self.out_cs] + ([self.out_passthrough] if self.out_passthrough else [])
+
+    @property
+    def out_csg(self) -> Path:
+        """The result group beside the new ``.cs``, for CryoSPARC's Import Result Group."""
+        return csg_path(self.out_cs)
 
     def own_outputs(self) -> list[str]:
         """Every output of the plan, relative to OUTDIR."""
@@ -306,14 +313,15 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     new_paths = [s.blob_path for s in stacks]
     new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
 
-    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs")
+    # One byte short of the limit, so that the .csg beside it fits too.
+    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs", NAME_MAX - 1)
     out_pt = None
     pt_path = Path(passthrough) if passthrough is not None else None
     if pt_path is not None:
         out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_consolidated.cs")
         if out_pt.name == out_cs.name:
             out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_passthrough_consolidated.cs")
-    outputs = [s.path for s in stacks] + [out_cs] + ([out_pt] if out_pt else [])
+    outputs = [s.path for s in stacks] + [out_cs, csg_path(out_cs)] + ([out_pt] if out_pt else [])
     for p in outputs:
         _check_inside(p, outdir)
     inputs = [cs_path] + ([pt_path] if pt_path else [])

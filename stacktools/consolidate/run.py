@@ -2,8 +2,9 @@
 
 :func:`run_plan` takes OUTDIR's lock, retires an earlier different consolidation
 (its ``.cs`` first), keeps the stacks of an interrupted run of the same plan that
-match their sources, writes the rest on a thread pool, then the ``.cs`` files, and
-removes the earlier run's leftovers last. After an error it removes what it wrote;
+match their sources, writes the rest on a thread pool, then the ``.cs`` files and
+the ``.csg`` result group that names them, and removes the earlier run's leftovers
+last. After an error it removes what it wrote;
 after Ctrl-C complete stacks stay for a rerun to keep. :func:`consolidate` is
 planning and running in one call.
 """
@@ -34,6 +35,7 @@ from stacktools.consolidate.plan import (
     OutputStack,
     plan_consolidation,
 )
+from stacktools.cs.result_group import write_result_group
 from stacktools.errors import (
     DiskFullError,
     Hint,
@@ -78,6 +80,7 @@ class ConsolidateResult:
     verified: bool = False
     dry_run: bool = False
     outputs: list[dict] = field(default_factory=list)
+    csg: str | None = None  # the result group for CryoSPARC's Import Result Group
 
     @property
     def saved_bytes(self) -> int:
@@ -145,7 +148,7 @@ def _result(plan: ConsolidationPlan, *, resumed: list[OutputStack], verified: bo
         bytes_written=plan.nbytes,
         source_bytes=sum(h.file_size for h in plan.headers),
         stacks_resumed=len(resumed), bytes_resumed=sum(s.nbytes for s in resumed),
-        verified=verified, dry_run=dry_run, outputs=outputs)
+        verified=verified, dry_run=dry_run, outputs=outputs, csg=os.path.abspath(plan.out_csg))
 
 
 def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
@@ -329,6 +332,10 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
             written.append(plan.out_passthrough)
         csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
         written.append(plan.out_cs)
+        # Last, once every file it names is complete under its final name.
+        if write_result_group(_group_files(plan), description=f"consolidated from {plan.cs_path.name}",
+                              fsync=fsync) is not None:
+            written.append(plan.out_csg)
         _retire_stale(plan, fsync=fsync)
     except KeyboardInterrupt:
         raise
@@ -336,6 +343,14 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
         _clean_failed(plan, written, created)
         raise
     return resumed
+
+
+def _group_files(plan: ConsolidationPlan) -> list[tuple]:
+    """The files of the new set for its result group: the ``.cs``, then the passthrough."""
+    files = [(plan.out_cs, plan.new_data.dtype, len(plan.new_data))]
+    if plan.pt_rows is not None:
+        files.append((plan.out_passthrough, plan.pt_rows.dtype, len(plan.pt_rows)))
+    return files
 
 
 def _check_outdir(plan: ConsolidationPlan, manifest: dict | None, *, force: bool) -> None:
@@ -389,8 +404,9 @@ def _prepare(plan: ConsolidationPlan, *, force: bool, threads: int, fsync: bool)
         old = listed_outputs(plan.outdir, manifest) if manifest is not None else []
         for p in plan.cs_outputs:  # also whatever force replaces under these names
             unlink_own(plan.outdir, p.name)
-        for rel in old:
-            if rel.endswith(".cs"):
+        # The .csg first: it must never name a .cs that is gone.
+        for rel in sorted(old, key=lambda r: not r.endswith(".csg")):
+            if rel.endswith((".cs", ".csg")):
                 unlink_own(plan.outdir, rel)
         if fsync:
             fsync_dir(plan.outdir)
@@ -425,7 +441,7 @@ def _retire_stale(plan: ConsolidationPlan, *, fsync: bool) -> None:
 
 def _record(plan: ConsolidationPlan, stale: list[str], *, fsync: bool) -> None:
     """Write OUTDIR's manifest: this plan's outputs and the earlier runs' files to remove."""
-    write_manifest(plan.outdir, key=plan.key, cs=plan.out_cs.name,
+    write_manifest(plan.outdir, key=plan.key, cs=plan.out_cs.name, csg=plan.out_csg.name,
                    passthrough=plan.out_passthrough.name if plan.out_passthrough else None,
                    stacks=[{"path": str(s.path.relative_to(plan.outdir)), "bytes": s.nbytes,
                             "particles": s.count} for s in plan.stacks],
@@ -478,7 +494,7 @@ def _clean_failed(plan: ConsolidationPlan, written: list[Path], created: list[Pa
     Stacks kept from an earlier run stay, and so does the manifest that vouches for them
     (and lists any earlier run's files still to be removed).
     """
-    for path in written:
+    for path in reversed(written):  # the .csg, then the .cs, then the stacks they name
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     manifest = read_manifest(plan.outdir)

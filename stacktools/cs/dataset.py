@@ -110,15 +110,27 @@ class CsDataset:
         from stacktools.formats.tabular import to_pandas
         return to_pandas(self.data, decode)
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False,
+             result_group: bool = True) -> Path:
         """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order).
+
+        With ``result_group``, a particle set also gets ``NAME.csg`` beside it, written
+        after the ``.cs`` (see :mod:`stacktools.cs.result_group`), for CryoSPARC's
+        Import Result Group.
 
         Raises:
             SourceOverwriteError: ``path`` is the file this dataset was read from.
-            OutputError: ``path`` exists and ``overwrite`` is false.
+            OutputError: ``path`` (or its ``.csg``) exists and ``overwrite`` is false.
         """
+        from stacktools.cs.result_group import clear_result_group, write_result_group
         from stacktools.formats.cs import write_cs
-        return write_cs(self._output(path, overwrite), self.data, overwrite=overwrite)
+        out = self._output(path, overwrite)
+        if result_group:
+            clear_result_group(out, overwrite=overwrite)
+        write_cs(out, self.data, overwrite=overwrite)
+        if result_group:
+            write_result_group([(out, self.dtype, len(self))], description=self._made_from())
+        return out
 
     def to_star(self, path: str | os.PathLike, *, mrcs: bool = False,
                 overwrite: bool = False) -> Path:
@@ -138,6 +150,9 @@ class CsDataset:
         """Write Parquet (needs pyarrow), same columns as :meth:`to_csv`."""
         from stacktools.formats.tabular import write_parquet
         return write_parquet(self._output(path, overwrite), self.data, overwrite=overwrite)
+
+    def _made_from(self) -> str:
+        return f"from {Path(self.source).name}" if self.source else ""
 
     def _output(self, path: str | os.PathLike, overwrite: bool) -> Path:
         """Refuse, before any work, to write over the file this dataset came from."""

@@ -30,6 +30,7 @@ CryoSPARC                        RELION 3.1
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -378,10 +379,15 @@ def cs_to_star(cs_path: str | os.PathLike, star_path: str | os.PathLike, *,
 def star_to_cs(star_path: str | os.PathLike, cs_path: str | os.PathLike, *,
                uid_column: str | None = None, seed: int | None = None,
                overwrite: bool = False) -> np.ndarray:
-    """Convert a RELION particle STAR file to a ``.cs`` file; return the dataset written."""
+    """Convert a RELION particle STAR file to a ``.cs`` file and the ``.csg`` beside it;
+    return the dataset written."""
+    from stacktools.cs.result_group import clear_result_group, write_result_group
     from stacktools.formats.cs import write_cs
 
     data = from_star_blocks(read_star(star_path), uid_column=uid_column, seed=seed,
                             label=str(star_path))
+    clear_result_group(cs_path, overwrite=overwrite)
     write_cs(cs_path, data, overwrite=overwrite)
+    write_result_group([(cs_path, data.dtype, len(data))],
+                       description=f"from RELION {Path(star_path).name}")
     return data
