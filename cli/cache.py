@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_HELP
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 app = typer.Typer(help="Manage a node-local SSD particle cache.", no_args_is_help=True)
@@ -136,8 +136,8 @@ def _print_plan(plan, title: str) -> None:
 
 @app.command("plan")
 def plan_cmd(
-    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    particles: Path = typer.Argument(..., help="Particles .cs or RELION particle STAR.", dir_okay=False),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
     partial: bool = typer.Option(False, "--partial", help="Plan what fits if the whole set does not."),
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
@@ -167,9 +167,9 @@ def plan_cmd(
 
 @app.command("sync")
 def sync_cmd(
-    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
+    particles: Path = typer.Argument(..., help="Particles .cs or RELION particle STAR.", dir_okay=False),
     command: Optional[List[str]] = typer.Argument(None, help="After `--`: a command to run while the set is pinned."),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
     partial: bool = typer.Option(False, "--partial",
                                  help="Cache what fits, in the set's order; read the rest from the source."),
@@ -333,7 +333,7 @@ def clear_cmd(
 @app.command("evict")
 def evict_cmd(
     particles: Optional[Path] = typer.Argument(None, help="Evict this set's entries.", dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     mb: Optional[float] = typer.Option(None, "--mb", min=0,
                                        help="Evict least-recently-used entries until this many MB are freed."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],
