@@ -175,6 +175,10 @@ def sync_cmd(
                                  help="Cache what fits, in the set's order; read the rest from the source."),
     write_cs: Optional[Path] = typer.Option(None, "--write-cs",
                                             help="Write a .cs whose blob/path points at the cached copies."),
+    write_star: Optional[Path] = typer.Option(None, "--write-star",
+                                              help="For a STAR input: write it with every rlnImageName pointing "
+                                                   "at the cached copies, by absolute path (.mrc stacks as "
+                                                   "x.mrc:mrcs, which RELION reads as stacks)."),
     use_cache: Optional[bool] = typer.Option(None, "--use-cache/--no-use-cache",
                                              help="Override the project's default (`cache default`)."),
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
@@ -211,12 +215,14 @@ def sync_cmd(
             use_cache=use_cache, partial=partial, hold=bool(command), check_content=check_content,
             progress_for=lambda total: bars.enter_context(
                 byte_progress("caching", total, quiet or not sys.stderr.isatty())),
-            on_wait=_wait_printer(quiet), write_cs=write_cs)
+            on_wait=_wait_printer(quiet), write_cs=write_cs, write_star=write_star)
     elapsed = time.monotonic() - started
     if as_json:
         d = result.to_dict()
         if write_cs is not None:
             d["cs"] = str(write_cs)
+        if write_star is not None:
+            d["star"] = str(write_star)
         emit_json(d)
     elif not quiet:
         rows = [("copied", f"{result.copied:,} files, {fmt_bytes(result.bytes_copied)}"),

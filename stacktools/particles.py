@@ -54,6 +54,27 @@ class StarTables:
     def particles(self):
         return self.blocks[self.particles_key]
 
+    def with_image_names(self, paths: list[str], stack_of_row: np.ndarray, idx_of_row: np.ndarray,
+                         *, keep_original: bool = False) -> dict:
+        """The blocks with each particle's ``rlnImageName`` set to ``idx+1@paths[stack]``.
+
+        Every other block and column is kept as it is. With ``keep_original`` the old
+        names go to ``rlnImageOriginalName``, unless the file already has that column
+        (then it is kept: it names where the particle came from first).
+        """
+        import pandas as pd
+
+        old = self.particles
+        names = pd.Series(np.asarray(paths, dtype=object)[stack_of_row], index=old.index, dtype=object)
+        number = pd.Series(np.asarray(idx_of_row, np.int64) + 1, index=old.index).astype(str).str.zfill(6)
+        new = old.copy(deep=False)
+        new["rlnImageName"] = (number + "@" + names).astype(old["rlnImageName"].dtype)
+        if keep_original and "rlnImageOriginalName" not in old:
+            new["rlnImageOriginalName"] = old["rlnImageName"]
+        blocks = dict(self.blocks)
+        blocks[self.particles_key] = new
+        return blocks
+
 
 def read_particle_star(path: str | os.PathLike) -> tuple[np.ndarray, StarTables]:
     """The rows of a particle STAR as a ``blob/*`` dataset, and its blocks.

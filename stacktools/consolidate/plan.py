@@ -39,7 +39,7 @@ from stacktools.formats.mrc import (
     mode_name,
     mode_of_dtype,
 )
-from stacktools.particles import ParticleSet, StarTables
+from stacktools.particles import ParticleSet
 
 LAYOUTS = ("per-stack", "packed")
 # dtype option -> MRC mode written (None: each source's own). "auto" is "keep" for a
@@ -349,32 +349,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
                              relative, key, layout, dtype, warnings=warnings)
     if star:
-        plan.new_star = star_with_image_names(pset.star, new_paths, stack_of_row, idx_of_row)
+        plan.new_star = pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
+                                                   keep_original=True)
     if pt_path is not None:
         plan.pt_rows = _passthrough_rows(plan, new_paths, stack_of_row, idx_of_row)
     return plan
-
-
-def star_with_image_names(star: StarTables, paths: list[str], stack_of_row: np.ndarray,
-                          idx_of_row: np.ndarray) -> dict:
-    """A STAR's blocks with each particle's ``rlnImageName`` set to ``idx+1@paths[stack]``.
-
-    Every other block and column is kept as it is. The old names go to
-    ``rlnImageOriginalName`` unless the file already has that column (then it is
-    kept: it names where the particle came from first).
-    """
-    import pandas as pd
-
-    old = star.particles
-    names = pd.Series(np.asarray(paths, dtype=object)[stack_of_row], index=old.index, dtype=object)
-    number = pd.Series(np.asarray(idx_of_row, np.int64) + 1, index=old.index).astype(str).str.zfill(6)
-    new = old.copy(deep=False)
-    new["rlnImageName"] = (number + "@" + names).astype(old["rlnImageName"].dtype)
-    if "rlnImageOriginalName" not in old:
-        new["rlnImageOriginalName"] = old["rlnImageName"]
-    blocks = dict(star.blocks)
-    blocks[star.particles_key] = new
-    return blocks
 
 
 def _check_inside(path: Path, outdir: Path) -> None:
