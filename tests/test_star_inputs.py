@@ -351,3 +351,14 @@ def test_write_star_needs_a_star(demo, tmp_path):
                   "--reserve-mb", "0", "--write-star", tmp_path / "x.star")
     assert_one_line_error(res, "not a STAR file", "--write-cs")
     assert res.returncode == 2 and not (tmp_path / "x.star").exists()
+
+
+def test_cache_place_takes_a_star(demo, tmp_path):
+    star = _star(demo)
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text(f'[[node]]\nname = "gpu01"\nquota_mb = 100000\nreserve_mb = 0\nssd_path = "{ssd}"\n')
+    from_star = cli_json("cache", "place", nodes, star)["placements"][0]
+    from_cs = cli_json("cache", "place", nodes, demo.selected_cs, "-p", demo.project_dir)["placements"][0]
+    assert from_star["node"] == "gpu01" and from_star["bytes_to_copy"] == from_cs["bytes_to_copy"] > 0
