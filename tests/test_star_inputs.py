@@ -362,3 +362,29 @@ def test_cache_place_takes_a_star(demo, tmp_path):
     from_star = cli_json("cache", "place", nodes, star)["placements"][0]
     from_cs = cli_json("cache", "place", nodes, demo.selected_cs, "-p", demo.project_dir)["placements"][0]
     assert from_star["node"] == "gpu01" and from_star["bytes_to_copy"] == from_cs["bytes_to_copy"] > 0
+
+
+_values = st.one_of(
+    st.lists(st.integers(-10**9, 10**9), min_size=3, max_size=3),
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 6)), min_size=3, max_size=3),
+    st.lists(st.text("abcXYZ09_./@-", min_size=1, max_size=12), min_size=3, max_size=3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=6).map(lambda s: "rln" + s), _values,
+                       min_size=1, max_size=6))
+def test_fast_reader_agrees_with_starfile_on_any_plain_table(tmp_path_factory, columns):
+    path = tmp_path_factory.mktemp("star") / "t.star"
+    starfile.write({"optics": pd.DataFrame({"rlnOpticsGroup": [1]}), "particles": pd.DataFrame(columns)}, path)
+    ours, theirs = read_star(path), starfile.read(path, always_dict=True)
+    assert list(ours) == list(theirs)
+    for k in ours:
+        pd.testing.assert_frame_equal(ours[k], theirs[k])
+
+
+def test_a_star_without_the_extension_is_recognised(demo, tmp_path):
+    star = _star(demo)
+    other = star.with_name("particles.txt")
+    shutil.copy(star, other)
+    assert ParticleSet.open(other).star is not None
+    assert cli_json("size", other)["particles"] == demo.selected
