@@ -115,7 +115,8 @@ def bench_size(name: str, stacks: int, base: Path, repeats: int) -> list[dict]:
     }
     # The consolidated set, for the cache rows (made once, outside the project's out/).
     consolidated = root / "proj" / "Cons" / "job003"
-    subprocess.run([*st, "consolidate", str(star), "--out", str(consolidated), "--quiet"], check=True)
+    subprocess.run([*st, "consolidate", str(star), "--out", str(consolidated), "--quiet"], check=True,
+                   capture_output=True)
     cons_star = consolidated / "particles_consolidated.star"
     times: dict[str, list[float]] = {k: [] for k in cons}
     rss: dict[str, int] = {k: 0 for k in cons}
