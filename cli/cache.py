@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, cli_app
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_HELP, cli_app
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 app = cli_app(help="Manage a node-local SSD particle cache.")
@@ -136,8 +136,8 @@ def _print_plan(plan, title: str) -> None:
 
 @app.command("plan")
 def plan_cmd(
-    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    particles: Path = typer.Argument(..., help="Particles .cs or RELION particle STAR.", dir_okay=False),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
     partial: bool = typer.Option(False, "--partial", help="Plan what fits if the whole set does not."),
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
@@ -167,14 +167,18 @@ def plan_cmd(
 
 @app.command("sync")
 def sync_cmd(
-    particles: Path = typer.Argument(..., help="Particles .cs file.", dir_okay=False),
+    particles: Path = typer.Argument(..., help="Particles .cs or RELION particle STAR.", dir_okay=False),
     command: Optional[List[str]] = typer.Argument(None, help="After `--`: a command to run while the set is pinned."),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
     partial: bool = typer.Option(False, "--partial",
                                  help="Cache what fits, in the set's order; read the rest from the source."),
     write_cs: Optional[Path] = typer.Option(None, "--write-cs",
                                             help="Write a .cs whose blob/path points at the cached copies."),
+    write_star: Optional[Path] = typer.Option(None, "--write-star",
+                                              help="For a STAR input: write it with every rlnImageName pointing "
+                                                   "at the cached copies, by absolute path (.mrc stacks as "
+                                                   "x.mrc:mrcs, which RELION reads as stacks)."),
     use_cache: Optional[bool] = typer.Option(None, "--use-cache/--no-use-cache",
                                              help="Override the project's default (`cache default`)."),
     ssd_path: Optional[str] = _O["ssd_path"], quota_mb: Optional[float] = _O["quota_mb"],
@@ -211,12 +215,14 @@ def sync_cmd(
             use_cache=use_cache, partial=partial, hold=bool(command), check_content=check_content,
             progress_for=lambda total: bars.enter_context(
                 byte_progress("caching", total, quiet or not sys.stderr.isatty())),
-            on_wait=_wait_printer(quiet), write_cs=write_cs)
+            on_wait=_wait_printer(quiet), write_cs=write_cs, write_star=write_star)
     elapsed = time.monotonic() - started
     if as_json:
         d = result.to_dict()
         if write_cs is not None:
             d["cs"] = str(write_cs)
+        if write_star is not None:
+            d["star"] = str(write_star)
         emit_json(d)
     elif not quiet:
         rows = [("copied", f"{result.copied:,} files, {fmt_bytes(result.bytes_copied)}"),
@@ -333,7 +339,7 @@ def clear_cmd(
 @app.command("evict")
 def evict_cmd(
     particles: Optional[Path] = typer.Argument(None, help="Evict this set's entries.", dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     mb: Optional[float] = typer.Option(None, "--mb", min=0,
                                        help="Evict least-recently-used entries until this many MB are freed."),
     ssd_path: Optional[str] = _O["ssd_path"], config: Optional[Path] = _O["config"],

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_DEFAULT, PROJECT_DIR_HELP
 from stacktools.cli.output import (
     byte_progress,
     console,
@@ -26,19 +26,18 @@ class Layout(str, Enum):
 
 
 class DType(str, Enum):
+    auto = "auto"
     keep = "keep"
     float32 = "float32"
     float16 = "float16"
 
 
 def consolidate(
-    particles: Path = typer.Argument(..., help="Particles .cs of the subset (e.g. Select 2D's).",
-                                     dir_okay=False),
+    particles: Path = typer.Argument(..., help="Particles of the subset: a .cs (e.g. Select 2D's) "
+                                     "or a RELION particle STAR.", dir_okay=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: stacks go to OUT/stacks/, "
-                                                      "the new .cs to OUT/."),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
-                                               help="CryoSPARC project directory that blob/path is relative to "
-                                                    "[default: the parent of the .cs file's job directory]."),
+                                                      "the new .cs (or .star) to OUT/."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough",
                                                help="Passthrough .cs; a matching one is written next to the new .cs."),
     layout: Layout = typer.Option(Layout.per_stack, "--layout",
@@ -47,9 +46,14 @@ def consolidate(
     particles_per_stack: Optional[int] = typer.Option(None, "--particles-per-stack", min=1,
                                                       help="Packed layout: particles per stack [default: 1000]."),
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time."),
-    dtype: DType = typer.Option(DType.keep, "--dtype",
-                                help="Pixel type written: keep (bit-exact copies), float32 or float16."),
-    mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them)."),
+    dtype: DType = typer.Option(DType.auto, "--dtype",
+                                help="Pixel type written. auto: bit-exact copies in the source's mode, except "
+                                     "that for a STAR input float16 (mode 12) sources become float32, which "
+                                     "RELION 3.1 reads (float32 stays bit-exact); keep: bit-exact always (with a "
+                                     "STAR, float16 stays float16 and a warning says RELION before 5.0 cannot "
+                                     "read it); float32 or float16: convert."),
+    mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them) "
+                                                    "[default: off for a .cs, always for a STAR]."),
     verify: bool = typer.Option(False, "--verify", help="Compare every written particle with its source."),
     fsync: bool = typer.Option(False, "--fsync", help="Flush each stack to the device before renaming it."),
     force: bool = typer.Option(False, "--force", help="Replace another consolidation's outputs in OUT."),
@@ -58,10 +62,12 @@ def consolidate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
-    """Write stacks holding only the selected particles, plus a .cs that points at them.
+    """Write stacks holding only the selected particles, plus a .cs (or STAR) that points at them.
 
     Only blob/path and blob/idx change in the new .cs; fields, row order and uids are
-    kept. A rerun of an interrupted command keeps the stacks already complete.
+    kept. For a STAR, only rlnImageName changes (the old names go to
+    rlnImageOriginalName when absent); both blocks and every column are kept. A rerun
+    of an interrupted command keeps the stacks already complete.
     """
     from stacktools.consolidate import plan_consolidation, run_plan
 
@@ -70,6 +76,8 @@ def consolidate(
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
                               dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project)
+    for warning in plan.warnings:
+        sys.stderr.write(f"stacktools: warning: {warning}\n")
     total = plan.nbytes
     quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
     with byte_progress("consolidating", total, quiet) as advance:
@@ -86,8 +94,9 @@ def consolidate(
         ("source stacks", fmt_bytes(result.source_bytes)),
         ("saved", f"{fmt_bytes(result.saved_bytes)}, "
                   f"{result.saved_bytes / result.source_bytes:.1%}" if result.source_bytes else "-"),
-        ("new .cs", result.cs),
-        ("blob/path", f"{result.paths} (project {result.project_dir})" if result.paths == "relative"
+        ("new STAR", result.star) if result.star else ("new .cs", result.cs),
+        ("rlnImageName" if result.star else "blob/path",
+         f"{result.paths} (project {result.project_dir})" if result.paths == "relative"
          else "absolute (OUT is outside the project directory)"),
     ]
     if result.passthrough:
@@ -109,11 +118,11 @@ def consolidate(
 
 
 def verify(
-    new_cs: Path = typer.Argument(..., help="The consolidated .cs.", dir_okay=False),
-    against: Path = typer.Option(..., "--against", help="The .cs it was made from."),
+    new_cs: Path = typer.Argument(..., help="The consolidated .cs or STAR.", dir_okay=False),
+    against: Path = typer.Option(..., "--against", help="The .cs or STAR it was made from."),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
-                                               help="Project directory for relative blob/path values "
-                                                    "[default: the parent of --against's job directory]."),
+                                               help="Project directory for relative paths "
+                                                    "[default: as for --against; " + PROJECT_DIR_DEFAULT + "]."),
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

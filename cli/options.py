@@ -21,6 +21,13 @@ ALLOW_OUTSIDE_PROJECT = typer.Option(
     help="Accept blob/path values that are absolute or lead outside the project directory "
          "(imports that really point elsewhere). Default: off, such a path is an error.")
 
+# The default project directory, as ParticleSet.open decides it (particles.default_project_dir).
+PROJECT_DIR_DEFAULT = ("for a .cs, the parent of its job directory (P1/J7/x.cs: P1); for a RELION "
+                       "STAR, the directory above its Type/jobNNN/ job directory "
+                       "(proj/Extract/job012/particles.star: proj), else the current directory")
+PROJECT_DIR_HELP = ("Project directory that blob/path (CryoSPARC) or rlnImageName (RELION) is relative to "
+                    f"[default: {PROJECT_DIR_DEFAULT}].")
+
 
 def cli_app(**kw) -> typer.Typer:
     """A Typer app with the settings every stacktools command group shares."""

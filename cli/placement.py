@@ -10,15 +10,17 @@ from typing import List, Optional
 
 import typer
 
+from stacktools.cli.options import PROJECT_DIR_HELP
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 
 def place(
     nodes_file: Path = typer.Argument(..., help="Nodes file (TOML or JSON): name, quota_mb, reserve_mb "
                                       "and ssd_path or inventory for each [[node]].", dir_okay=False),
-    particles: List[Path] = typer.Argument(..., help="Particles .cs files, in queue order.", dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help="CryoSPARC project directory "
-                                               "[default: parent of each .cs file's job directory]."),
+    particles: List[Path] = typer.Argument(...,
+                                     help="Particles .cs or RELION particle STAR files, in queue order.",
+                                     dir_okay=False),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     biggest_first: bool = typer.Option(False, "--biggest-first", help="Place the biggest set first "
                                        "[default: the order given]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

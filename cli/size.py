@@ -7,16 +7,15 @@ from typing import Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_HELP
 from stacktools.cli.output import console, emit_json, fmt_bytes, kv_table, table
 
 
 def size(
-    particles: Optional[Path] = typer.Argument(None, help="Particles .cs file (omit for formula mode).",
+    particles: Optional[Path] = typer.Argument(None,
+                                               help="Particles .cs or RELION particle STAR (omit for formula mode).",
                                                exists=False, dir_okay=False),
-    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
-                                               help="CryoSPARC project directory that blob/path is relative to "
-                                                    "[default: parent of the .cs file's job directory]."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     passthrough: Optional[Path] = typer.Option(None, "--passthrough", help="Passthrough .cs to join on uid."),
     box: Optional[int] = typer.Option(None, "--box", min=1, help="Formula mode: box size in pixels."),
     count: Optional[int] = typer.Option(None, "--count", "-n", min=0, help="Formula mode: number of particles."),

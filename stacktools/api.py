@@ -208,11 +208,14 @@ def star_to_cs(star_path: PathLike, cs_path: PathLike, *, uid_column: str | None
 def open_particles(cs_path: PathLike, project_dir: PathLike | None = None,
                    passthrough: PathLike | None = None, *,
                    allow_outside_project: bool = False) -> ParticleSet:
-    """Open a particle set: a ``.cs`` whose rows resolve their stacks in a project.
+    """Open a particle set: a ``.cs`` or RELION particle STAR whose rows resolve their
+    stacks in a project.
 
     Args:
-        cs_path: The particles ``.cs``.
-        project_dir: The project directory (default: the parent of the job directory).
+        cs_path: The particles ``.cs``, or a RELION 3.0/3.1+ particle STAR.
+        project_dir: The project directory (default: for a ``.cs`` the parent of the
+            job directory; for a STAR the directory above its ``Type/jobNNN/``
+            directory, else the current directory).
         passthrough: A passthrough ``.cs`` inner-joined on uid.
         allow_outside_project: Accept ``blob/path`` values that lead outside the project.
 
@@ -220,8 +223,8 @@ def open_particles(cs_path: PathLike, project_dir: PathLike | None = None,
         :class:`~stacktools.particles.ParticleSet`.
 
     Raises:
-        CsFormatError, FieldError: Not a particle ``.cs``; PathEscapeError: a
-        ``blob/path`` leads outside the project.
+        CsFormatError, FieldError, StarFormatError: Not a particle ``.cs`` or STAR;
+        PathEscapeError: a stack path leads outside the project.
     """
     from stacktools.particles import ParticleSet
     return ParticleSet.open(cs_path, project_dir, passthrough, allow_outside_project=allow_outside_project)
@@ -261,18 +264,20 @@ def size_particles(pset: ParticleSet, *, validate: bool = True) -> SizeReport:
 
 def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
                        passthrough: PathLike | None = None, layout: str = "per-stack",
-                       particles_per_stack: int | None = None, dtype: str = "keep",
+                       particles_per_stack: int | None = None, dtype: str = "auto",
                        mrcs: bool = False, allow_outside_project: bool = False) -> ConsolidationPlan:
     """Decide what a consolidation would write, and write nothing.
 
     Args:
-        particles: The subset's ``.cs``.
+        particles: The subset's ``.cs`` or RELION particle STAR (then a new STAR is
+            written, and the stacks are ``.mrcs``).
         out: Output directory (its ``stacks/`` gets the new stacks).
         project_dir: See :func:`open_particles`.
         passthrough: The subset's passthrough ``.cs``, rewritten alongside.
         layout: ``"per-stack"`` (one output per source stack) or ``"packed"``.
         particles_per_stack: Particles per output stack with ``"packed"``.
-        dtype: ``"keep"``, ``"float32"`` or ``"float16"``.
+        dtype: ``"auto"`` (``"keep"``, except that a STAR's float16 sources become
+            float32, which RELION 3.1 reads), ``"keep"``, ``"float32"`` or ``"float16"``.
         mrcs: Name the stacks ``.mrcs`` (RELION's extension).
         allow_outside_project: See :func:`open_particles`.
 
@@ -293,7 +298,7 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
 def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
                           passthrough: PathLike | None = None, layout: str = "per-stack",
                           particles_per_stack: int | None = None, threads: int = 4,
-                          dtype: str = "keep", mrcs: bool = False, verify: bool = False,
+                          dtype: str = "auto", mrcs: bool = False, verify: bool = False,
                           dry_run: bool = False, fsync: bool = False, force: bool = False,
                           progress: Callable[[int], None] | None = None,
                           allow_outside_project: bool = False) -> ConsolidateResult:
@@ -332,8 +337,8 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
     """Check every particle and field of a consolidated set against the set it came from.
 
     Args:
-        new_cs: The consolidated ``.cs``.
-        against: The ``.cs`` it was made from.
+        new_cs: The consolidated ``.cs`` or STAR.
+        against: The ``.cs`` or STAR it was made from.
         project_dir: See :func:`open_particles` (default: from ``against``).
         threads: Stacks checked at the same time.
         progress: Called with byte counts as particles are compared.
@@ -384,7 +389,7 @@ def open_cache(ssd_path: PathLike | None = None, *, quota_mb: float | None = Non
 
 def sync_particles(pset: ParticleSet, cache: Cache, *, use_cache: bool | None = None,
                    partial: bool = False, hold: bool = False, check_content: bool = False,
-                   write_cs: PathLike | None = None) -> SyncResult:
+                   write_cs: PathLike | None = None, write_star: PathLike | None = None) -> SyncResult:
     """Make every stack of a set present and valid in the SSD cache, as ``cache sync`` does.
 
     Args:
@@ -397,6 +402,8 @@ def sync_particles(pset: ParticleSet, cache: Cache, *, use_cache: bool | None = 
             manager, or pass ``result.pin_fd`` to the job's process.
         check_content: Hash the sources before serving copies.
         write_cs: Also write a ``.cs`` whose ``blob/path`` points at what to read.
+        write_star: For a set opened from a RELION STAR: also write that STAR with
+            every ``rlnImageName`` pointing, by absolute path, at what to read.
 
     Returns:
         :class:`~stacktools.cache.SyncResult`: ``paths`` maps each source to what to read.
@@ -406,7 +413,7 @@ def sync_particles(pset: ParticleSet, cache: Cache, *, use_cache: bool | None = 
     """
     from stacktools.cache import sync_particles as sync
     return sync(pset, lambda: cache, use_cache=use_cache, partial=partial, hold=hold,
-                check_content=check_content, write_cs=write_cs)
+                check_content=check_content, write_cs=write_cs, write_star=write_star)
 
 
 # ---- placement -------------------------------------------------------------------------------

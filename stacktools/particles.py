@@ -1,13 +1,22 @@
-"""The particle model: a ``.cs`` dataset plus the project directory it lives in.
+"""The particle model: a ``.cs`` dataset or a RELION particle STAR, plus the project
+directory it lives in.
 
 A :class:`ParticleSet` resolves ``blob/path`` (relative to the project directory,
 with CryoSPARC's leading ``>`` for imported files stripped) to stack files, groups
 rows by stack and validates them against the stacks' headers.
+
+:meth:`ParticleSet.open` reads either format. A STAR (RELION 3.1+ with
+``data_optics``, or 3.0 with one table) becomes the same rows: ``blob/path`` and
+``blob/idx`` from ``rlnImageName`` (``N@path``, 1-based), ``blob/shape`` from
+``rlnImageSize`` when the file has it; the STAR's own blocks are kept in
+:attr:`ParticleSet.star` for the commands that write a STAR back. Commands never
+ask which format they were given, except to choose what metadata to write.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +34,119 @@ from stacktools.errors import (
 from stacktools.formats import cs as csfile
 from stacktools.formats.cs import strip_import_marker
 from stacktools.formats.mrc import StackHeader, read_headers
+from stacktools.formats.star import is_star
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
+_RELION_JOB = re.compile(r"job\d+")
+# RELION's type suffix: "N@x.mrc:mrcs" reads x.mrc as a stack.
+RELION_STACK_SUFFIX = ":mrcs"
+
+
+@dataclass
+class StarTables:
+    """The blocks of a particle STAR (name -> DataFrame, in file order) and which
+    block holds the particles (``"particles"``, or a RELION 3.0 file's one table)."""
+
+    blocks: dict
+    particles_key: str
+
+    @property
+    def particles(self):
+        return self.blocks[self.particles_key]
+
+    def with_image_names(self, paths: list[str], stack_of_row: np.ndarray, idx_of_row: np.ndarray,
+                         *, keep_original: bool = False) -> dict:
+        """The blocks with each particle's ``rlnImageName`` set to ``idx+1@paths[stack]``.
+
+        Every other block and column is kept as it is. With ``keep_original`` the old
+        names go to ``rlnImageOriginalName``, unless the file already has that column
+        (then it is kept: it names where the particle came from first).
+        """
+        import pandas as pd
+
+        old = self.particles
+        names = pd.Series(np.asarray(paths, dtype=object)[stack_of_row], index=old.index, dtype=object)
+        number = pd.Series(np.asarray(idx_of_row, np.int64) + 1, index=old.index).astype(str).str.zfill(6)
+        new = old.copy(deep=False)
+        new["rlnImageName"] = (number + "@" + names).astype(old["rlnImageName"].dtype)
+        if keep_original and "rlnImageOriginalName" not in old:
+            new["rlnImageOriginalName"] = old["rlnImageName"]
+        blocks = dict(self.blocks)
+        blocks[self.particles_key] = new
+        return blocks
+
+
+def read_particle_star(path: str | os.PathLike) -> tuple[np.ndarray, StarTables]:
+    """The rows of a particle STAR as a ``blob/*`` dataset, and its blocks.
+
+    Raises:
+        StarFormatError: Unreadable, no particles table with ``rlnImageName``, or a
+            value that is not ``N@path`` (the message names the 1-based row).
+    """
+    import pandas as pd
+
+    from stacktools.cs.relion import split_image_names
+    from stacktools.errors import StarFormatError
+    from stacktools.formats.star import read_star
+
+    blocks = read_star(path)
+    key = "particles" if "particles" in blocks else next(
+        (k for k, b in blocks.items() if isinstance(b, pd.DataFrame) and "rlnImageName" in b), None)
+    table = blocks.get(key) if key is not None else None
+    if not isinstance(table, pd.DataFrame) or "rlnImageName" not in table:
+        raise StarFormatError(f"{path}: no particles table with rlnImageName")
+    images = split_image_names(table["rlnImageName"], str(path))
+    # RELION's ":mrcs" names the stack x.mrc; the file is what the set reads.
+    paths = [p[:-len(RELION_STACK_SUFFIX)] if p.endswith(RELION_STACK_SUFFIX) else p
+             for p in images.paths]
+    size = _image_sizes(blocks, table)
+    n = len(table)
+    width = max([1] + [len(p.encode("utf-8", "surrogateescape")) for p in paths])
+    descr = [("blob/path", f"S{width}"), ("blob/idx", "<u4")]
+    if size is not None:
+        descr.append(("blob/shape", "<u4", (2,)))
+    data = np.zeros(n, dtype=descr)
+    if n:
+        encoded = np.array([p.encode("utf-8", "surrogateescape") for p in paths], dtype=f"S{width}")
+        data["blob/path"] = encoded[images.codes]
+    data["blob/idx"] = images.idx
+    if size is not None:
+        data["blob/shape"] = size[:, None]
+    return data, StarTables(blocks, key)
+
+
+def _image_sizes(blocks: dict, table) -> np.ndarray | None:
+    """Each row's box from ``rlnImageSize`` (the row's or its optics group's), if known."""
+    import pandas as pd
+
+    if "rlnImageSize" in table:
+        v = pd.to_numeric(table["rlnImageSize"], errors="coerce").to_numpy(np.float64)
+    else:
+        optics = blocks.get("optics")
+        if not isinstance(optics, pd.DataFrame) or not {"rlnImageSize", "rlnOpticsGroup"} <= set(optics) \
+                or "rlnOpticsGroup" not in table:
+            return None
+        by_group = dict(zip(optics["rlnOpticsGroup"].tolist(), optics["rlnImageSize"].tolist()))
+        v = table["rlnOpticsGroup"].map(by_group).to_numpy(np.float64)
+    if np.isnan(v).any() or (v <= 0).any():
+        return None
+    return v.astype(np.int64)
 
 
 def default_project_dir(particles: str | os.PathLike) -> Path:
-    """The project directory of a particle file: the parent of its job directory.
+    """The project directory of a particle file; this is the one place it is decided.
 
-    ``P1/J7/J7_particles_selected.cs`` gives ``P1``. This is the one place the
-    default is decided.
+    For a ``.cs``, the parent of its job directory: ``P1/J7/J7_particles_selected.cs``
+    gives ``P1``. For a RELION STAR, the directory above its ``Type/jobNNN/`` job
+    directory (``proj/Extract/job012/particles.star`` gives ``proj``), else the
+    current directory (where RELION itself resolves ``rlnImageName``).
     """
-    return Path(particles).resolve().parent.parent
+    path = Path(particles).resolve()
+    if not is_star(particles):
+        return path.parent.parent
+    if _RELION_JOB.fullmatch(path.parent.name) and path.parent.parent != path.parent:
+        return path.parent.parent.parent
+    return Path.cwd()
 
 
 def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
@@ -98,6 +209,7 @@ class ParticleSet:
         self.project_dir = Path(project_dir)
         self.source = str(source) if source is not None else None
         self.allow_outside_project = allow_outside_project
+        self.star: StarTables | None = None  # set when read from a STAR
         self._codes: np.ndarray | None = None
         self._blob_paths: list[str] | None = None
         self._stack_paths: list[Path] | None = None
@@ -108,18 +220,19 @@ class ParticleSet:
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
              passthrough: str | os.PathLike | None = None, *,
              allow_outside_project: bool = False) -> "ParticleSet":
-        """Load a particle set from a ``.cs`` file.
+        """Load a particle set from a ``.cs`` file or a RELION particle STAR.
 
         Parameters
         ----------
         cs_path
-            The particles ``.cs``.
+            The particles ``.cs``, or a particle STAR (``.star``, or any file whose
+            first block is a ``data_`` block).
         project_dir
-            The CryoSPARC project directory. Defaults to the parent of the job
-            directory holding ``cs_path`` (``P1/J7/x.cs`` gives ``P1``).
+            The project directory; see :func:`default_project_dir` for the default
+            (``P1/J7/x.cs`` gives ``P1``, ``proj/Extract/job012/x.star`` gives ``proj``).
         passthrough
             Optional passthrough ``.cs``; its fields are inner-joined on ``uid``
-            (fields of ``cs_path`` win on clashes).
+            (fields of ``cs_path`` win on clashes). Not for a STAR.
         allow_outside_project
             See :class:`ParticleSet`.
 
@@ -134,22 +247,41 @@ class ParticleSet:
         PathEscapeError
             A ``blob/path`` leads outside the project (see ``allow_outside_project``).
         """
-        data = csfile.read_cs(cs_path)
-        if passthrough is not None:
-            from stacktools.cs.rows import join
-            data = join(data, csfile.read_cs(passthrough))
+        star = None
+        if is_star(cs_path):
+            if passthrough is not None:
+                raise FieldError(f"{cs_path}: a STAR file has no passthrough; "
+                                 "its particles table holds every column")
+            data, star = read_particle_star(cs_path)
+        else:
+            data = csfile.read_cs(cs_path)
+            if passthrough is not None:
+                from stacktools.cs.rows import join
+                data = join(data, csfile.read_cs(passthrough))
         if project_dir is None:
             project_dir = default_project_dir(cs_path)
         pset = cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project)
+        pset.star = star
         pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
         return pset
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def _where(self, row: int | None = None) -> str:
+    def where(self, row: int | None = None) -> str:
+        """The set, or one of its rows, as messages name it: ``x.cs row 5`` (0-based,
+        as CryoSPARC counts) or ``x.star particle row 6`` (1-based, as RELION does)."""
         base = self.source or "dataset"
-        return f"{base} row {row}" if row is not None else base
+        if row is None:
+            return base
+        return f"{base} particle row {row + 1}" if self.star is not None else f"{base} row {row}"
+
+    _where = where
+
+    @property
+    def path_field(self) -> str:
+        """What the input calls a row's stack path, for messages."""
+        return "rlnImageName path" if self.star is not None else "blob/path"
 
     def _factorise(self) -> None:
         if self._codes is None:
@@ -209,7 +341,7 @@ class ParticleSet:
             if full not in roots and not full.startswith(prefixes):
                 row = self._first_row(k)
                 raise PathEscapeError(
-                    f"{self._where(row)}: blob/path {blob!r} is outside the project directory "
+                    f"{self._where(row)}: {self.path_field} {blob!r} is outside the project directory "
                     f"{roots[0]} (it names {full})",
                     hints=[Hint("allow_outside_project", "; pass {} if the stacks really live there")])
 
@@ -220,13 +352,14 @@ class ParticleSet:
         """Where a missing stack was looked for, and how to look elsewhere."""
         name, blob = self._stack_path_names()[code], self._blob_paths[code]
         proj = os.path.abspath(self.project_dir)
-        msg = (f"{name}: stack not found: blob/path {blob!r} of {self._where(self._first_row(code))}, "
+        msg = (f"{name}: stack not found: {self.path_field} {blob!r} of {self._where(self._first_row(code))}, "
                f"resolved against the project directory {proj}")
         hints = [Hint("project_dir", "; set it with {}", None)]
         if self.source is not None and not os.path.isabs(blob):
             beside = os.path.dirname(os.path.abspath(self.source))
             if beside != proj and os.path.exists(os.path.join(beside, blob)):
-                hints.append(Hint("project_dir", "; the stack exists beside the .cs: use {}", beside))
+                kind = "STAR" if self.star is not None else ".cs"
+                hints.append(Hint("project_dir", f"; the stack exists beside the {kind}: use {{}}", beside))
         return msg, hints
 
     def groups(self) -> list[StackGroup]:

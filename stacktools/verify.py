@@ -18,7 +18,6 @@ import numpy as np
 
 from stacktools.cs.rows import uid_lookup
 from stacktools.errors import FieldError, StacktoolsError
-from stacktools.formats import cs as csfile
 from stacktools.formats.mrc import StackHeader, read_header
 from stacktools.particles import ParticleSet, default_project_dir
 from stacktools.stacks import read_to_array
@@ -165,8 +164,8 @@ def verify_bytes(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     Raises:
         StacktoolsError: The new set or one of its stacks is unreadable.
     """
-    new = ParticleSet(csfile.read_cs(new_cs), _project_of(against, project_dir), source=new_cs,
-                      allow_outside_project=allow_outside_project)
+    new = ParticleSet.open(new_cs, _project_of(against, project_dir),
+                           allow_outside_project=allow_outside_project)
     return sum(h.particle_bytes * len(g.rows) for h, g in zip(new.stack_headers(), new.groups()))
 
 
@@ -197,6 +196,58 @@ def _old_rows(nd: np.ndarray, od: np.ndarray, new_cs: str | os.PathLike,
     return np.arange(len(od))
 
 
+# What a consolidation of a STAR changes: the names, and the record of the old ones.
+STAR_NAME_COLUMNS = ("rlnImageName", "rlnImageOriginalName")
+
+
+def _same_values(a, b) -> np.ndarray:
+    """Per row, whether two columns hold the same values (numbers by value, NaN == NaN)."""
+    import pandas as pd
+
+    if a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+        x, y = a.to_numpy(np.float64), b.to_numpy(np.float64)
+        return (x == y) | (np.isnan(x) & np.isnan(y))
+    return (pd.Series(a).astype(str).to_numpy() == pd.Series(b).astype(str).to_numpy())
+
+
+def _star_differences(new: ParticleSet, old: ParticleSet, old_rows: np.ndarray,
+                      note: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Compare two STARs' blocks: every particles column but the names, row by row, and
+    every other block whole. Returns the number of differing columns and the columns compared."""
+    if new.star is None or old.star is None:
+        note(f"{new.source}: one of the two sets is a STAR and the other is not; "
+             "only particles were compared")
+        return 1, []
+    bad, compared = 0, []
+    for key, old_block in old.star.blocks.items():
+        new_key = new.star.particles_key if key == old.star.particles_key else key
+        new_block = new.star.blocks.get(new_key)
+        if new_block is None:
+            bad += 1
+            note(f"{new.source}: block data_{key} of {old.source} is missing")
+            continue
+        particles = key == old.star.particles_key
+        old_part = old_block.iloc[old_rows].reset_index(drop=True) if particles else old_block
+        for col in old_block.columns:
+            if particles and col in STAR_NAME_COLUMNS:
+                continue
+            compared.append(f"data_{key}/{col}")
+            if col not in new_block:
+                bad += 1
+                note(f"{new.source}: column {col} of data_{key} is missing")
+                continue
+            if len(new_block) != len(old_part):
+                bad += 1
+                note(f"{new.source}: data_{key} has {len(new_block)} rows, {old.source} {len(old_part)}")
+                break
+            same = _same_values(new_block[col].reset_index(drop=True), old_part[col])
+            if not same.all():
+                bad += 1
+                r = int(np.flatnonzero(~same)[0])
+                note(f"{new.source}: column {col} of data_{key} differs at particle row {r + 1}")
+    return bad, compared
+
+
 def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
            project_dir: str | os.PathLike | None = None, threads: int = 4,
            chunk_bytes: int = VERIFY_CHUNK_BYTES,
@@ -207,9 +258,11 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     Parameters
     ----------
     new_cs
-        The consolidated ``.cs``.
+        The consolidated ``.cs`` or STAR.
     against
-        The ``.cs`` it was made from.
+        The ``.cs`` or STAR it was made from. For STARs, every block and every
+        particles column except ``rlnImageName`` and ``rlnImageOriginalName`` is
+        compared too (rows by position: a STAR has no uids).
     project_dir
         Project directory both sets' relative ``blob/path`` values resolve against;
         defaults to the parent of ``against``'s job directory.
@@ -229,10 +282,8 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
         Bad input (missing stacks, truncated files) raises instead.
     """
     project_dir = _project_of(against, project_dir)
-    new = ParticleSet(csfile.read_cs(new_cs), project_dir, source=new_cs,
-                      allow_outside_project=allow_outside_project)
-    old = ParticleSet(csfile.read_cs(against), project_dir, source=against,
-                      allow_outside_project=allow_outside_project)
+    new = ParticleSet.open(new_cs, project_dir, allow_outside_project=allow_outside_project)
+    old = ParticleSet.open(against, project_dir, allow_outside_project=allow_outside_project)
     new_list = new.check()
     old_list = old.check()
     problems: list[str] = []
@@ -258,6 +309,11 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
         if differ.any():
             field_bad += 1
             note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")
+
+    if new.star is not None or old.star is not None:
+        star_bad, star_fields = _star_differences(new, old, old_rows, note)
+        field_bad += star_bad
+        fields += star_fields
 
     old_codes = old.stack_codes[old_rows]
     old_idx = np.asarray(od["blob/idx"], np.int64)[old_rows]

@@ -37,3 +37,42 @@ def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path
     write_result_group([(out, data.dtype, len(data))],
                        description=f"{origin}reading the node-local cache copies")
     return Path(out)
+
+
+def write_cached_star(pset, paths: dict[str, str], out: str | os.PathLike) -> Path:
+    """Write a copy of ``pset``'s STAR whose ``rlnImageName`` points at the cached copies.
+
+    Names are absolute (RELION resolves a relative name against the directory it
+    runs in, which need not be the project). A ``.mrc`` stack is named ``x.mrc:mrcs``:
+    RELION 3.1 refuses ``N@x.mrc`` ("extensions are reserved for 3D maps") and reads
+    the file as a stack with its ``:mrcs`` type suffix. Every other block and column
+    is kept.
+
+    Args:
+        pset: The particle set that was synced, read from a STAR.
+        paths: ``SyncResult.paths``: source path -> path to read (absolute).
+        out: The STAR to write (atomically).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FieldError: ``pset`` was not read from a STAR.
+        SourceOverwriteError: ``out`` is the set's own STAR.
+    """
+    import numpy as np
+
+    from stacktools.errors import FieldError
+    from stacktools.formats.atomic import check_output
+    from stacktools.formats.star import write_star
+    from stacktools.particles import RELION_STACK_SUFFIX
+
+    if pset.star is None:
+        raise FieldError(f"{pset.source}: not a STAR file; write a .cs for it instead "
+                         "(--write-cs)")
+    check_output(out, [pset.source], overwrite=True)
+    targets = [os.path.abspath(paths[named_path(p)]) for p in pset.stack_paths]
+    targets = [t + RELION_STACK_SUFFIX if t.endswith(".mrc") else t for t in targets]
+    blocks = pset.star.with_image_names(targets, pset.stack_codes,
+                                        np.asarray(pset.data["blob/idx"], np.int64))
+    return write_star(out, blocks, float_format=None)

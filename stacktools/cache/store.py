@@ -789,7 +789,8 @@ def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | N
                    partial: bool = False, hold: bool = False, check_content: bool = False,
                    progress_for: Callable[[int], Progress | None] | None = None,
                    on_wait: WaitCallback | None = None,
-                   write_cs: str | os.PathLike | None = None) -> SyncResult:
+                   write_cs: str | os.PathLike | None = None,
+                   write_star: str | os.PathLike | None = None) -> SyncResult:
     """Sync a particle set as ``stacktools cache sync`` does, the project's default included.
 
     Args:
@@ -804,6 +805,9 @@ def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | N
             progress callback for the copies (a progress bar's ``advance``).
         on_wait: Called with one line when this process waits on a lock.
         write_cs: Also write a ``.cs`` whose ``blob/path`` points at what to read.
+        write_star: For a set read from a STAR: also write that STAR with every
+            ``rlnImageName`` pointing at what to read (absolute paths; see
+            :func:`~stacktools.cache.cached_set.write_cached_star`).
 
     Returns:
         :class:`SyncResult`.
@@ -812,7 +816,7 @@ def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | N
         CacheFullError: The set does not fit even after evicting everything evictable
             (nothing is copied); the errors of :class:`Cache` and of the set's stacks.
     """
-    from stacktools.cache.cached_set import write_cached_cs
+    from stacktools.cache.cached_set import write_cached_cs, write_cached_star
     from stacktools.cache.config import use_cache_for
     from stacktools.cache.sources import named_path
 
@@ -827,10 +831,12 @@ def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | N
             raise full_error(plan)
         progress = progress_for(plan.bytes_to_copy) if progress_for is not None else None
         result = cache.execute(plan, hold=hold, progress=progress, on_wait=on_wait)
-    if write_cs is not None:
-        try:
+    try:
+        if write_cs is not None:
             write_cached_cs(pset, result.paths, write_cs)
-        except BaseException:
-            result.release()
-            raise
+        if write_star is not None:
+            write_cached_star(pset, result.paths, write_star)
+    except BaseException:
+        result.release()
+        raise
     return result

@@ -45,8 +45,9 @@ def is_run(manifest: dict | None, key: str) -> bool:
     return manifest is not None and manifest.get("key") == key
 
 
-def write_manifest(outdir: Path, *, key: str, cs: str, passthrough: str | None,
-                   stacks: list[dict], stale: list[str], fsync: bool, csg: str | None = None) -> None:
+def write_manifest(outdir: Path, *, key: str, cs: str | None, passthrough: str | None,
+                   stacks: list[dict], stale: list[str], fsync: bool, csg: str | None = None,
+                   star: str | None = None) -> None:
     """Record atomically what a run writes, and what earlier runs left that it will remove.
 
     Args:
@@ -54,6 +55,7 @@ def write_manifest(outdir: Path, *, key: str, cs: str, passthrough: str | None,
         key: The plan key of the run.
         cs, passthrough: File names of the run's ``.cs`` outputs in OUTDIR.
         csg: File name of the result group beside ``cs``.
+        star: File name of the run's STAR output (a STAR input's run), in OUTDIR.
         stacks: One ``{"path", "bytes", "particles"}`` per stack, ``path`` relative to OUTDIR.
         stale: Files of earlier runs to remove, relative to OUTDIR.
         fsync: Flush the manifest to the device before renaming it into place.
@@ -63,6 +65,8 @@ def write_manifest(outdir: Path, *, key: str, cs: str, passthrough: str | None,
     """
     doc = {"tool": "stacktools consolidate", "version": MANIFEST_VERSION, "key": key,
            "cs": cs, "csg": csg, "passthrough": passthrough, "stacks": stacks, "stale": stale}
+    if star is not None:
+        doc["star"] = star
     with atomic_output(outdir / MANIFEST, fsync=fsync) as fh:
         fh.write(json.dumps(doc, indent=1).encode())
 
@@ -78,7 +82,8 @@ def listed_outputs(outdir: Path, manifest: dict) -> list[str]:
         Paths relative to OUTDIR, as the manifest gives them (not yet trusted).
     """
     listed = [s["path"] for s in manifest.get("stacks", ())]
-    listed += [n for n in (manifest.get("csg"), manifest.get("cs"), manifest.get("passthrough")) if n]
+    listed += [n for n in (manifest.get("csg"), manifest.get("cs"), manifest.get("star"),
+                           manifest.get("passthrough")) if n]
     listed += manifest.get("stale", [])
     if manifest.get("version", 1) < 2:
         # Version 1 did not record the passthrough; its .cs outputs all end like this.

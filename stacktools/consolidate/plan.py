@@ -10,6 +10,7 @@ new ``.cs`` rows. The :class:`ConsolidationPlan` it returns is all that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,8 +43,12 @@ from stacktools.formats.mrc import (
 from stacktools.particles import ParticleSet
 
 LAYOUTS = ("per-stack", "packed")
-# dtype option -> MRC mode written (None: each source's own)
-DTYPES = {"keep": None, **{name: mode_of_dtype(name) for name in ("float32", "float16")}}
+# dtype option -> MRC mode written (None: each source's own). "auto" is "keep" for a
+# .cs; for a STAR it turns float16 sources into float32, which RELION 3.1 reads.
+DTYPES = {"auto": None, "keep": None, **{name: mode_of_dtype(name) for name in ("float32", "float16")}}
+FLOAT16_MODE = 12
+RELION_FLOAT16_WARNING = ("float16 (MRC mode 12) stacks kept as float16: RELION before 5.0 "
+                          "cannot read them")
 DEFAULT_PARTICLES_PER_STACK = 1000
 
 
@@ -108,6 +113,8 @@ class ConsolidationPlan:
     layout: str
     dtype: str
     pt_rows: np.ndarray | None = None  # the passthrough rows to write, checked when planning
+    new_star: dict | None = None  # for a STAR input: the new STAR's blocks (out_cs is the .star)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -117,13 +124,14 @@ class ConsolidationPlan:
     @property
     def cs_outputs(self) -> list[Path]:
         """The metadata files a run writes, in the order a rerun removes them: the
-        ``.csg`` that names the others, the new set's ``.cs``, then the passthrough's."""
-        return [self.out_csg, self.out_cs] + ([self.out_passthrough] if self.out_passthrough else [])
+        ``.csg`` that names the others, the new set's ``.cs`` (or STAR), then the passthrough's."""
+        return [p for p in (self.out_csg, self.out_cs, self.out_passthrough) if p is not None]
 
     @property
-    def out_csg(self) -> Path:
-        """The result group beside the new ``.cs``, for CryoSPARC's Import Result Group."""
-        return csg_path(self.out_cs)
+    def out_csg(self) -> Path | None:
+        """The result group beside the new ``.cs``, for CryoSPARC's Import Result Group
+        (None for a STAR input's run: its output is a STAR for RELION)."""
+        return None if self.new_star is not None else csg_path(self.out_cs)
 
     def own_outputs(self) -> list[str]:
         """Every output of the plan, relative to OUTDIR."""
@@ -144,7 +152,7 @@ def _check_boxes(pset: ParticleSet, headers: list[StackHeader]) -> None:
         row = int(np.flatnonzero(pset.stack_codes == k1)[0])
         raise BoxMismatchError(
             f"{pset.source}: mixed box sizes in one set: {b0[0]}x{b0[1]} ({headers[k0].path}) "
-            f"and {b1[0]}x{b1[1]} ({headers[k1].path}) at row {row}")
+            f"and {b1[0]}x{b1[1]} ({headers[k1].path}) at {pset.where(row).removeprefix(str(pset.source) + ' ')}")
 
 
 def _safe_stem(name: str) -> str:
@@ -217,6 +225,22 @@ def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader
     return h.hexdigest()
 
 
+def _output_modes(dtype: str, star: bool, headers: list[StackHeader]):
+    """The MRC mode to write for each source header, and the warnings the choice calls for."""
+    want_mode = DTYPES[dtype]
+    warnings = []
+    if star and dtype == "keep" and any(h.mode == FLOAT16_MODE for h in headers):
+        warnings.append(RELION_FLOAT16_WARNING)
+
+    def mode_for(h: StackHeader) -> int:
+        if want_mode is not None:
+            return want_mode
+        if dtype == "auto" and star and h.mode == FLOAT16_MODE:
+            return mode_of_dtype("float32")
+        return h.mode
+    return mode_for, warnings
+
+
 def _particles_per_stack(layout: str, dtype: str, particles_per_stack: int | None) -> int:
     """Check the option values before any input is read; the packed stacks' size."""
     if layout not in LAYOUTS:
@@ -235,7 +259,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        project_dir: str | os.PathLike | None = None,
                        passthrough: str | os.PathLike | None = None,
                        layout: str = "per-stack", particles_per_stack: int | None = None,
-                       dtype: str = "keep", mrcs: bool = False,
+                       dtype: str = "auto", mrcs: bool = False,
                        allow_outside_project: bool = False) -> ConsolidationPlan:
     """Validate the inputs and decide every output, without writing anything.
 
@@ -258,12 +282,14 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
     headers = pset.check()
     _check_boxes(pset, headers)
+    star = pset.star is not None
+    mrcs = mrcs or star  # RELION reads stacks only under .mrcs
+    mode_for, warnings = _output_modes(dtype, star, headers)
     outdir = Path(out)
     proj = _resolved(pset.project_dir)
     out_real = _resolved(outdir)
     relative = out_real == proj or proj in out_real.parents
     ext = ".mrcs" if mrcs else ".mrc"
-    want_mode = DTYPES[dtype]
     data = pset.data
     n = len(data)
     idx_all = np.asarray(data["blob/idx"], np.int64)
@@ -290,12 +316,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             order = np.lexsort((g.rows, g.indices))
             rows = g.rows[order]
             path = stacks_dir / _out_name(g.blob_path, ext, taken)
-            mode = h.mode if want_mode is None else want_mode
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode_for(h), h.voxel_size, rows,
                                       np.full(len(rows), k, np.int64), g.indices[order]))
     else:
-        modes = {h.mode for h in headers}
-        if want_mode is None and len(modes) > 1:
+        modes = {mode_for(h) for h in headers}
+        if len(modes) > 1:
             raise ModeMismatchError(
                 f"{cs_path}: stacks of mixed pixel modes ({', '.join(mode_name(m) for m in sorted(modes))}) "
                 "cannot share packed stacks", hints=[Hint("dtype", "; use {} or the per-stack layout", "float32")])
@@ -303,9 +328,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         for j, start in enumerate(range(0, n, per)):
             rows = np.arange(start, min(n, start + per))
             h = headers[int(codes_all[rows[0]])]
-            mode = h.mode if want_mode is None else want_mode
             path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode_for(h), h.voxel_size, rows,
                                       codes_all[rows], idx_all[rows]))
     for s_no, s in enumerate(stacks):
         stack_of_row[s.rows] = s_no
@@ -313,15 +337,16 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     new_paths = [s.blob_path for s in stacks]
     new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
 
-    # One byte short of the limit, so that the .csg beside it fits too.
-    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs", NAME_MAX - 1)
+    # One byte short of the limit, so that the .csg beside a .cs fits too.
+    out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.star" if star else "_consolidated.cs",
+                               NAME_MAX - 1)
     out_pt = None
     pt_path = Path(passthrough) if passthrough is not None else None
     if pt_path is not None:
         out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_consolidated.cs")
         if out_pt.name == out_cs.name:
             out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_passthrough_consolidated.cs")
-    outputs = [s.path for s in stacks] + [out_cs, csg_path(out_cs)] + ([out_pt] if out_pt else [])
+    outputs = [s.path for s in stacks] + [out_cs] + ([] if star else [csg_path(out_cs)]) + ([out_pt] if out_pt else [])
     for p in outputs:
         _check_inside(p, outdir)
     inputs = [cs_path] + ([pt_path] if pt_path else [])
@@ -332,7 +357,10 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                "project": str(proj), "outdir": str(out_real), "version": 1}
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
-                relative, key, layout, dtype)
+                             relative, key, layout, dtype, warnings=warnings)
+    if star:
+        plan.new_star = pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
+                                                   keep_original=True)
     if pt_path is not None:
         plan.pt_rows = _passthrough_rows(plan, new_paths, stack_of_row, idx_of_row)
     return plan

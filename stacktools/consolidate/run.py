@@ -48,6 +48,7 @@ from stacktools.errors import (
 from stacktools.formats import cs as csfile
 from stacktools.formats.atomic import atomic_output, fsync_dir
 from stacktools.formats.mrc import HEADER_BYTES
+from stacktools.formats.star import write_star
 from stacktools.stacks import CHUNK_BYTES, Cancelled, Progress, copy_to_file, write_all
 from stacktools.verify import check_stack
 
@@ -64,7 +65,7 @@ class ConsolidateResult:
     relative to the project directory, ``"absolute"`` otherwise.
     """
 
-    cs: str
+    cs: str | None
     passthrough: str | None
     outdir: str
     project_dir: str
@@ -81,6 +82,8 @@ class ConsolidateResult:
     dry_run: bool = False
     outputs: list[dict] = field(default_factory=list)
     csg: str | None = None  # the result group for CryoSPARC's Import Result Group
+    star: str | None = None  # the new STAR, when the input was one (then cs is None)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def saved_bytes(self) -> int:
@@ -140,22 +143,26 @@ def _result(plan: ConsolidationPlan, *, resumed: list[OutputStack], verified: bo
                 "bytes": s.nbytes, "mode": s.mode, "resumed": id(s) in done}
                for s in plan.stacks]
     pt = os.path.abspath(plan.out_passthrough) if plan.out_passthrough else None
+    new_file = os.path.abspath(plan.out_cs)
+    star = plan.new_star is not None
     return ConsolidateResult(
-        cs=os.path.abspath(plan.out_cs), passthrough=pt,
+        cs=None if star else new_file, star=new_file if star else None, warnings=list(plan.warnings),
+        passthrough=pt,
         outdir=os.path.abspath(plan.outdir), project_dir=str(plan.project_dir), layout=plan.layout,
         dtype=plan.dtype, paths="relative" if plan.relative else "absolute",
         stacks=len(plan.stacks), particles=len(plan.new_data),
         bytes_written=plan.nbytes,
         source_bytes=sum(h.file_size for h in plan.headers),
         stacks_resumed=len(resumed), bytes_resumed=sum(s.nbytes for s in resumed),
-        verified=verified, dry_run=dry_run, outputs=outputs, csg=os.path.abspath(plan.out_csg))
+        verified=verified, dry_run=dry_run, outputs=outputs,
+        csg=os.path.abspath(plan.out_csg) if plan.out_csg else None)
 
 
 def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
                 project_dir: str | os.PathLike | None = None,
                 passthrough: str | os.PathLike | None = None,
                 layout: str = "per-stack", particles_per_stack: int | None = None,
-                threads: int = DEFAULT_THREADS, dtype: str = "keep", mrcs: bool = False,
+                threads: int = DEFAULT_THREADS, dtype: str = "auto", mrcs: bool = False,
                 verify: bool = False, dry_run: bool = False, fsync: bool = False,
                 force: bool = False, chunk_bytes: int = CHUNK_BYTES,
                 progress: Progress | None = None,
@@ -206,9 +213,16 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     threads
         Output stacks written at the same time.
     dtype
-        ``"keep"`` (bit-exact copies in the source mode), ``"float32"`` or ``"float16"``.
+        ``"auto"`` (bit-exact copies in the source mode, except that float16
+        sources of a STAR input become float32, which RELION 3.1 reads), ``"keep"``
+        (bit-exact copies always; for a STAR with float16 sources the result's
+        ``warnings`` say that RELION before 5.0 cannot read them), ``"float32"`` or
+        ``"float16"``.
     mrcs
-        Name the stacks ``.mrcs`` (RELION reads stacks only under that name).
+        Name the stacks ``.mrcs`` (RELION reads stacks only under that name);
+        always so for a STAR input, whose new STAR (``OUTDIR/<name>_consolidated.star``)
+        keeps both blocks and every column, with only ``rlnImageName`` changed and
+        the old names in ``rlnImageOriginalName`` when the file lacked it.
     verify
         Compare every written particle with its source before writing the ``.cs``.
     dry_run
@@ -330,11 +344,14 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
         if plan.pt_rows is not None:
             csfile.write_cs(plan.out_passthrough, plan.pt_rows, fsync=fsync)
             written.append(plan.out_passthrough)
-        csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
+        if plan.new_star is not None:
+            write_star(plan.out_cs, plan.new_star, float_format=None, fsync=fsync)
+        else:
+            csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
         written.append(plan.out_cs)
         # Last, once every file it names is complete under its final name.
-        if write_result_group(_group_files(plan), description=f"consolidated from {plan.cs_path.name}",
-                              fsync=fsync) is not None:
+        if plan.out_csg is not None and write_result_group(
+                _group_files(plan), description=f"consolidated from {plan.cs_path.name}", fsync=fsync) is not None:
             written.append(plan.out_csg)
         _retire_stale(plan, fsync=fsync)
     except KeyboardInterrupt:
@@ -404,9 +421,10 @@ def _prepare(plan: ConsolidationPlan, *, force: bool, threads: int, fsync: bool)
         old = listed_outputs(plan.outdir, manifest) if manifest is not None else []
         for p in plan.cs_outputs:  # also whatever force replaces under these names
             unlink_own(plan.outdir, p.name)
-        # The .csg first: it must never name a .cs that is gone.
+        # The .csg first: it must never name a .cs that is gone; the particle files
+        # (.csg, .cs, .star) go before any stack.
         for rel in sorted(old, key=lambda r: not r.endswith(".csg")):
-            if rel.endswith((".cs", ".csg")):
+            if rel.endswith((".cs", ".csg", ".star")):
                 unlink_own(plan.outdir, rel)
         if fsync:
             fsync_dir(plan.outdir)
@@ -441,7 +459,10 @@ def _retire_stale(plan: ConsolidationPlan, *, fsync: bool) -> None:
 
 def _record(plan: ConsolidationPlan, stale: list[str], *, fsync: bool) -> None:
     """Write OUTDIR's manifest: this plan's outputs and the earlier runs' files to remove."""
-    write_manifest(plan.outdir, key=plan.key, cs=plan.out_cs.name, csg=plan.out_csg.name,
+    star = plan.new_star is not None
+    write_manifest(plan.outdir, key=plan.key, cs=None if star else plan.out_cs.name,
+                   csg=plan.out_csg.name if plan.out_csg else None,
+                   star=plan.out_cs.name if star else None,
                    passthrough=plan.out_passthrough.name if plan.out_passthrough else None,
                    stacks=[{"path": str(s.path.relative_to(plan.outdir)), "bytes": s.nbytes,
                             "particles": s.count} for s in plan.stacks],

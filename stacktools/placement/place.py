@@ -57,7 +57,7 @@ class QueuedSet:
 
 def queue_from_cs(cs_files: Iterable[str | os.PathLike],
                   project_dir: str | os.PathLike | None = None) -> list[QueuedSet]:
-    """Open particles ``.cs`` files as a queue of sets, each labelled by its path as given.
+    """Open particle files (``.cs`` or RELION STAR) as a queue of sets, each labelled by its path.
 
     Args:
         cs_files: The ``.cs`` files, in queue order.
