@@ -29,9 +29,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("stacktools.cli.demo", "demo",
              "Make a small CryoSPARC-shaped project and run size → consolidate → cache on it."),
     "consolidate": ("stacktools.cli.consolidate", "consolidate",
-                    "Write stacks holding only the selected particles, plus a .cs that points at them."),
+                    "Write stacks holding only the selected particles, plus a .cs (or STAR) that points at them."),
     "verify": ("stacktools.cli.consolidate", "verify",
                "Check every particle and field of a consolidated set against its source set."),
+    "check": ("stacktools.cli.check", "check", "Read every selected particle once and report the corrupt ones."),
     "cs": ("stacktools.cli.cs", "app", "Inspect, filter, join, combine and convert .cs files."),
     "cache": ("stacktools.cli.cache", "app", "Manage a node-local SSD particle cache."),
 }

@@ -20,6 +20,7 @@ __version__ = "0.1.0"  # the one definition; pyproject.toml reads it
 
 if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first use
     from stacktools.api import (
+        check_particles,
         consolidate_particles,
         cs_info,
         cs_to_star,
@@ -40,10 +41,12 @@ if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first 
         star_to_cs,
         sync_particles,
         verify_consolidated,
+        write_clean,
         write_cs,
         write_star,
     )
     from stacktools.cache import Cache, Inventory, plan_stacks
+    from stacktools.check import CheckReport
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.errors import StacktoolsError
@@ -56,7 +59,7 @@ _CLASSES = {
     "ParticleSet": "particles", "StacktoolsError": "errors", "CsDataset": "cs.dataset",
     "ConsolidateResult": "consolidate", "ConsolidationPlan": "consolidate",
     "VerifyResult": "verify", "Cache": "cache", "Inventory": "cache", "plan_stacks": "cache",
-    "QueuedSet": "placement",
+    "QueuedSet": "placement", "CheckReport": "check",
 }
 __all__ = [*_api.__all__, *_CLASSES, "__version__"]
 

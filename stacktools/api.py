@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from stacktools.cache import Cache, Inventory, SyncResult
+    from stacktools.check import CheckReport
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.formats.mrc import StackHeader
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
            "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
            "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
-           "verify_consolidated", "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
+           "verify_consolidated", "check_particles", "write_clean",
+           "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
            "simulate_queue"]
 
 PathLike = str | os.PathLike
@@ -352,6 +354,51 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
     from stacktools.verify import verify
     return verify(new_cs, against, project_dir=project_dir, threads=threads, progress=progress,
                   allow_outside_project=allow_outside_project)
+
+
+def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> CheckReport:
+    """Read every selected particle once; report NaN/inf, all-zero and constant particles,
+    truncated stacks, boxes that disagree with the metadata and, optionally, outliers.
+
+    Args:
+        pset: The set, from :func:`open_particles` (a ``.cs`` or a RELION STAR).
+        outliers: Also flag particles whose mean or standard deviation lies more than
+            this many robust deviations (1.4826 × MAD) from the set's median.
+        threads: Stacks read at the same time (default: the number of cores, at most 8).
+        progress: Called with byte counts as particles are read.
+
+    Returns:
+        :class:`~stacktools.check.CheckReport`: ``clean``, ``bad`` (row → reasons),
+        ``counts``, ``stack_problems``.
+
+    Raises:
+        CheckError: A bad option.
+        MissingStackError, MrcHeaderError: A stack is missing or unreadable.
+    """
+    from stacktools.check import DEFAULT_THREADS
+    from stacktools.check import check_particles as check
+    return check(pset, outliers=outliers, threads=threads or DEFAULT_THREADS, progress=progress)
+
+
+def write_clean(pset: ParticleSet, report: CheckReport, out: PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``pset`` without the particles ``report`` found bad, in the input's format
+    (a ``.cs`` with its ``.csg``, or a STAR with every block kept).
+
+    Args:
+        pset: The set that was checked.
+        report: From :func:`check_particles`.
+        out: The file to write (atomically).
+        overwrite: Replace ``out`` if it exists.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        OutputError: ``out`` exists (without ``overwrite``) or is an input.
+    """
+    from stacktools.check import write_clean as write
+    return write(pset, report, out, overwrite=overwrite)
 
 
 # ---- SSD cache -----------------------------------------------------------------------------

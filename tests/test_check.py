@@ -1,0 +1,203 @@
+"""``stacktools check``: exactly the injected corrupt particles are found, nothing else.
+
+Particles are damaged with plain ``os.pwrite`` at the offsets an independent header
+reader gives (tests/independent.py), not through stacktools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stacktools.check import CheckError, check_particles
+from stacktools.particles import ParticleSet
+from tests import independent
+from tests.helpers import assert_one_line_error, run_cli
+
+
+def _locate(demo, row: int):
+    """(stack file, particle index) of a selected row, read independently."""
+    data = independent.read_cs(demo.selected_cs)
+    return independent.blob_file(demo.project_dir, data["blob/path"][row]), int(data["blob/idx"][row])
+
+
+def _poke(path, index: int, values) -> None:
+    """Overwrite particle ``index`` of ``path`` with ``values`` (broadcast), in place."""
+    h = independent.header(path)
+    img = np.empty((h["ny"], h["nx"]), h["dtype"])
+    img[...] = values
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        n = img.nbytes
+        assert os.pwrite(fd, img.tobytes(), h["offset"] + index * n) == n
+    finally:
+        os.close(fd)
+
+
+def _float_rows(demo, count: int, skip=()) -> list[int]:
+    """Selected rows in float32 stacks (float16 ones are used on purpose elsewhere)."""
+    data = independent.read_cs(demo.selected_cs)
+    out = []
+    for r in range(len(data)):
+        path, _ = _locate(demo, r)
+        if independent.header(path)["dtype"].kind == "f" and independent.header(path)["dtype"].itemsize == 4 \
+                and r not in skip and path not in {_locate(demo, k)[0] for k in out}:
+            out.append(r)
+        if len(out) == count:
+            break
+    assert len(out) == count
+    return out
+
+
+def _check(demo, *args):
+    res = run_cli("check", demo.selected_cs, "--json", *args)
+    assert res.returncode in (0, 1), res.stderr
+    return res.returncode, json.loads(res.stdout)
+
+
+def test_a_clean_set_is_clean(demo):
+    rc, doc = _check(demo)
+    assert rc == 0 and doc["clean"] and doc["bad_particles"] == 0 and not doc["stack_problems"]
+    assert doc["particles"] == demo.selected
+    # Every selected particle's pixels were read once.
+    data = independent.read_cs(demo.selected_cs)
+    want = 0
+    for r in range(len(data)):
+        h = independent.header(_locate(demo, r)[0])
+        want += h["nx"] * h["ny"] * h["dtype"].itemsize
+    assert doc["bytes_read"] == want
+
+
+def test_finds_exactly_the_injected_particles(demo):
+    nan_r, inf_r, ninf_r, zero_r, const_r = _float_rows(demo, 5)
+    for r, v in ((zero_r, 0.0), (const_r, 3.5)):
+        _poke(*_locate(demo, r), v)
+    for r, v in ((nan_r, np.nan), (inf_r, np.inf), (ninf_r, -np.inf)):
+        path, idx = _locate(demo, r)
+        img = independent.read_particle(path, idx).copy()
+        img[3, 5] = v  # one pixel is enough
+        _poke(path, idx, img)
+    rc, doc = _check(demo)
+    assert rc == 1 and not doc["clean"]
+    found = {b["row"]: b["reasons"] for b in doc["bad"]}
+    assert found == {nan_r: ["nan"], inf_r: ["inf"], ninf_r: ["inf"], zero_r: ["zeros"], const_r: ["constant"]}
+    assert doc["counts"] == {"nan": 1, "inf": 2, "zeros": 1, "constant": 1}
+    for r in found:
+        path, idx = _locate(demo, r)
+        b = next(b for b in doc["bad"] if b["row"] == r)
+        assert (os.path.realpath(b["stack"]), b["index"]) == (os.path.realpath(path), idx)
+
+
+def test_float16_stacks_are_checked_too(demo):
+    data = independent.read_cs(demo.selected_cs)
+    r = next(r for r in range(len(data)) if independent.header(_locate(demo, r)[0])["dtype"].itemsize == 2)
+    path, idx = _locate(demo, r)
+    img = independent.read_particle(path, idx).copy()
+    img[0, 0] = np.float16(np.inf)
+    _poke(path, idx, img)
+    rc, doc = _check(demo)
+    assert rc == 1 and [(b["row"], b["reasons"]) for b in doc["bad"]] == [(r, ["inf"])]
+
+
+def test_a_truncated_stack_flags_only_its_missing_particles(demo):
+    data = independent.read_cs(demo.selected_cs)
+    path, _ = _locate(demo, 0)
+    h = independent.header(path)
+    pb = h["nx"] * h["ny"] * h["dtype"].itemsize
+    rows_here = [r for r in range(len(data)) if _locate(demo, r)[0] == path]
+    idx_here = {r: _locate(demo, r)[1] for r in rows_here}
+    keep = max(idx_here.values())  # the last selected particle loses its last bytes
+    os.truncate(path, h["offset"] + keep * pb + pb // 2)
+    rc, doc = _check(demo)
+    assert rc == 1
+    assert [p["path"] for p in doc["stack_problems"]] == [str(path)] or \
+        [os.path.realpath(p["path"]) for p in doc["stack_problems"]] == [os.path.realpath(path)]
+    assert "truncated" in doc["stack_problems"][0]["problem"]
+    want = {r for r, i in idx_here.items() if i >= keep}
+    assert {b["row"] for b in doc["bad"]} == want
+    assert all(b["reasons"] == ["truncated"] for b in doc["bad"])
+
+
+def test_outliers_are_flagged_only_when_asked(demo):
+    (r,) = _float_rows(demo, 1)
+    path, idx = _locate(demo, r)
+    img = independent.read_particle(path, idx).astype(np.float64)
+    _poke(path, idx, (img - img.mean()) * 1000 + img.mean())  # same mean, 1000x the spread
+    rc, doc = _check(demo)
+    assert rc == 0 and doc["clean"]
+    rc, doc = _check(demo, "--outliers", "6")
+    assert rc == 1 and {b["row"]: b["reasons"] for b in doc["bad"]} == {r: ["outlier_std"]}
+
+
+def test_write_clean_leaves_out_the_bad_particles(demo, tmp_path):
+    bad = _float_rows(demo, 2)
+    for r in bad:
+        _poke(*_locate(demo, r), np.nan)
+    out = tmp_path / "clean.cs"
+    res = run_cli("check", demo.selected_cs, "--write-clean", out, "--quiet")
+    assert res.returncode == 1, res.stderr
+    before, after = independent.read_cs(demo.selected_cs), independent.read_cs(out)
+    keep = np.setdiff1d(np.arange(len(before)), bad)
+    assert after.tobytes() == before[keep].tobytes()
+    assert independent.result_group(out.with_suffix(".csg"))["results"]
+    assert run_cli("check", out, "--project-dir", demo.project_dir, "--quiet").returncode == 0
+
+
+def test_a_star_input_is_checked_and_cleaned(demo, tmp_path):
+    star = tmp_path / "particles.star"
+    assert run_cli("cs", "to-star", demo.selected_cs, "-o", star).returncode == 0
+    (r,) = _float_rows(demo, 1)
+    _poke(*_locate(demo, r), 0.0)
+    res = run_cli("check", star, "--project-dir", demo.project_dir, "--json", "--write-clean",
+                  tmp_path / "clean.star")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert [(b["row"], b["reasons"]) for b in doc["bad"]] == [(r, ["zeros"])]
+    clean = ParticleSet.open(tmp_path / "clean.star", demo.project_dir)
+    assert len(clean) == demo.selected - 1
+
+
+@pytest.mark.parametrize("args, what", [
+    (("--outliers", "0"), "outliers"),
+    (("--outliers", "-3"), "outliers"),
+])
+def test_bad_options_are_one_line_and_write_nothing(demo, tmp_path, args, what):
+    out = tmp_path / "clean.cs"
+    res = run_cli("check", demo.selected_cs, "--write-clean", out, *args)
+    assert_one_line_error(res, what)
+    assert res.returncode == 2 and not out.exists()
+
+
+def test_a_missing_stack_is_bad_input(demo, tmp_path):
+    os.unlink(_locate(demo, 0)[0])
+    out = tmp_path / "clean.cs"
+    res = run_cli("check", demo.selected_cs, "--write-clean", out)
+    assert_one_line_error(res, "stack not found")
+    assert res.returncode == 2 and not out.exists()
+
+
+def test_write_clean_refuses_its_own_input(demo):
+    res = run_cli("check", demo.selected_cs, "--write-clean", demo.selected_cs)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_api_refuses_a_non_positive_outlier_threshold(demo):
+    pset = ParticleSet.open(demo.selected_cs)
+    with pytest.raises(CheckError):
+        check_particles(pset, outliers=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 64))
+def test_threads_and_chunks_do_not_change_the_result(_demo_template, threads, chunk_kb):
+    pset = ParticleSet.open(_demo_template.selected_cs)
+    ref = check_particles(pset)
+    got = check_particles(pset, threads=threads, chunk_bytes=chunk_kb * 1024)
+    assert got.bad == ref.bad and got.bytes_read == ref.bytes_read
+    np.testing.assert_array_equal(got.mean, ref.mean)
+    np.testing.assert_array_equal(got.std, ref.std)
