@@ -70,6 +70,14 @@ def size(
         rows.insert(4, ("extended headers", fmt_bytes(report.extended_header_bytes)))
     out = console()
     out.print(kv_table(rows, title=str(particles)))
+    if report.shrink:
+        t = table("selected only, shrunk while consolidating", ("box", "pixels", "size", "of selected only"))
+        for r in report.shrink:
+            frac = r["bytes"] / report.consolidated_bytes if report.consolidated_bytes else 0.0
+            box_text = f"{r['box']} (Fourier crop)" if r["box"] != report.box else f"{r['box']}"
+            t.add_row(box_text, "float16" if r["dtype"] == "float16" else "as now", fmt_bytes(r["bytes"]),
+                      f"{frac:.1%}")
+        out.print(t)
     if per_stack:
         t = table(None, ("stack", "selected", "particles", "mode", "file bytes", "consolidated"))
         for s in report.per_stack:

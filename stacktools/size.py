@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 DEFAULT_NSYMBT = 128
 DEFAULT_HEADER_LENGTH = 1024
+# Boxes people Fourier-crop to (even, with small prime factors for fast FFTs).
+COMMON_BOXES = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
+SHRINK_BOXES_SHOWN = 4
 
 
 def formula_bytes(box: int, count: int, nsymbt: int = DEFAULT_NSYMBT,
@@ -58,6 +61,7 @@ class SizeReport:
     stack_particles: int
     extended_header_bytes: int
     per_stack: list[dict] = field(default_factory=list)
+    shrink: list[dict] = field(default_factory=list)
 
     @property
     def saved_bytes(self) -> int:
@@ -109,8 +113,54 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
         per_stack.append({"path": h.path, "selected": n, "nz": h.nz, "mode": h.mode,
                           "file_bytes": h.file_size, "consolidated_bytes": out})
     box = pset.box() if len(pset) else (hdr_list[0].nx if hdr_list else 0)
+    itemsize = np.array([h.itemsize for h in hdr_list], dtype=np.int64)
     return SizeReport(particles=len(pset), stacks=len(hdr_list), box=box, modes=modes,
                       formula_bytes=formula_bytes(box, len(pset), nsymbt, header_length),
                       cache_bytes=cache, consolidated_bytes=consolidated,
                       stack_particles=total_nz, extended_header_bytes=ext,
-                      per_stack=per_stack)
+                      per_stack=per_stack, shrink=shrink_options(box, counts, itemsize))
+
+
+def shrink_boxes(box: int) -> list[int]:
+    """The boxes below ``box`` worth showing a Fourier crop to: the largest common
+    ones and half the box (rounded down to even), largest first."""
+    boxes = {b for b in COMMON_BOXES if b < box}
+    boxes = set(sorted(boxes)[-SHRINK_BOXES_SHOWN:])
+    half = box // 2 - (box // 2) % 2
+    if half >= 2:
+        boxes.add(half)
+    return sorted(boxes, reverse=True)
+
+
+def shrink_options(box: int, counts, itemsize) -> list[dict]:
+    """What the selected particles would take consolidated and shrunk.
+
+    One row for float16 output at the full box, then for each of :func:`shrink_boxes`
+    a Fourier crop to it in the stacks' own pixel types and in float16. Bytes count a
+    1024-byte header per non-empty output stack, as consolidation writes.
+
+    Args:
+        box: The set's box size.
+        counts: Selected particles per stack.
+        itemsize: Bytes per pixel of each stack.
+
+    Returns:
+        Dicts with ``option``, ``box``, ``dtype`` (``keep`` or ``float16``) and ``bytes``.
+    """
+    import numpy as np
+
+    from stacktools.formats.mrc import HEADER_BYTES
+
+    counts = np.asarray(counts, np.int64)
+    headers = HEADER_BYTES * int((counts > 0).sum())
+
+    def total(b: int, per_pixel) -> int:
+        return headers + int((counts * np.broadcast_to(np.asarray(per_pixel, np.int64), counts.shape)).sum()) * b * b
+
+    rows = [{"option": "selected only, float16", "box": box, "dtype": "float16", "bytes": total(box, 2)}]
+    for b in shrink_boxes(box):
+        rows.append({"option": f"selected only, Fourier-cropped to {b}", "box": b, "dtype": "keep",
+                     "bytes": total(b, itemsize)})
+        rows.append({"option": f"selected only, Fourier-cropped to {b}, float16", "box": b,
+                     "dtype": "float16", "bytes": total(b, 2)})
+    return rows

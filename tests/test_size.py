@@ -16,7 +16,7 @@ from stacktools.errors import FieldError
 from stacktools.formats.cs import read_cs, write_cs
 from stacktools.particles import ParticleSet
 from stacktools.size import formula_bytes, size_particles
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, cli_json
 
 
 def test_guide_worked_examples() -> None:
@@ -174,3 +174,27 @@ def test_sparse_scale_project_sizes_without_pixels(tmp_path: Path) -> None:
     r = size_particles(ParticleSet.open(proj.selected_cs, proj.project_dir))
     assert r.particles == 300 and r.stack_particles == 3000
     assert r.cache_bytes == sum(s.stat().st_size for s in proj.stacks)
+
+
+def test_size_shows_what_float16_and_fourier_crops_would_take(demo):
+    """Each shrink row's bytes, from an independent reading of the headers."""
+    from tests import independent
+
+    doc = cli_json("size", demo.selected_cs)
+    data = independent.read_cs(demo.selected_cs)
+    per_stack: dict = {}
+    for path, _ in zip(data["blob/path"], data["blob/idx"]):
+        f = independent.blob_file(demo.project_dir, path)
+        per_stack[f] = per_stack.get(f, 0) + 1
+    itemsize = {f: independent.header(f)["dtype"].itemsize for f in per_stack}
+    box = doc["box"]
+    rows = {(r["box"], r["dtype"]): r["bytes"] for r in doc["shrink"]}
+    head = 1024 * len(per_stack)
+    assert rows[(box, "float16")] == head + sum(n * box * box * 2 for n in per_stack.values())
+    crops = sorted({b for b, _ in rows if b != box}, reverse=True)
+    assert crops and all(b < box and b % 2 == 0 for b in crops)
+    for b in crops:
+        assert rows[(b, "keep")] == head + sum(n * b * b * itemsize[f] for f, n in per_stack.items())
+        assert rows[(b, "float16")] == head + sum(n * b * b * 2 for n in per_stack.values())
+    # Consolidated at full size in the stacks' own modes is the report's own figure.
+    assert doc["consolidated_bytes"] == head + sum(n * box * box * itemsize[f] for f, n in per_stack.items())
