@@ -49,6 +49,11 @@ def consolidate(
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time."),
     dtype: DType = typer.Option(DType.keep, "--dtype",
                                 help="Pixel type written: keep (bit-exact copies), float32 or float16."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop each particle about its centre to this box "
+                                       "(pixel size kept) [default: no crop]."),
+    fourier_crop: Optional[int] = typer.Option(None, "--fourier-crop",
+                                               help="Then Fourier-crop to this even box: pixel size x box/N, "
+                                                    "shifts rescaled, mean kept [default: no Fourier crop]."),
     mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them)."),
     verify: bool = typer.Option(False, "--verify", help="Compare every written particle with its source."),
     fsync: bool = typer.Option(False, "--fsync", help="Flush each stack to the device before renaming it."),
@@ -69,7 +74,8 @@ def consolidate(
         raise typer.BadParameter("--particles-per-stack needs --layout packed")
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
-                              dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project)
+                              dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project,
+                              crop=crop, fourier_crop=fourier_crop)
     total = plan.nbytes
     quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
     with byte_progress("consolidating", total, quiet) as advance:

@@ -63,7 +63,10 @@ def fourier_crop(batch: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
     uses several cores.
     """
     box = batch.shape[-1]
-    x = np.asarray(batch, np.float32)
+    # The mean goes around the float32 FFT, not through it: a large mean over a small
+    # std (raw counts) would otherwise cost the std most of float32's precision.
+    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    x = (batch - mean).astype(np.float32)
     f = _rfft2(x, workers)
     h = n // 2
     # Rows for frequencies 0..h-1, then -h..-1. The reference keeps -h but not +h;
@@ -75,6 +78,7 @@ def fourier_crop(batch: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
     nyq[..., h] = f[..., h, h]
     out = _irfft2(rows, n, workers)
     out *= (n / box) ** 2
+    out += mean.astype(np.float32)
     return out.astype(np.float32, copy=False)
 
 
@@ -152,3 +156,26 @@ class ShrinkSpec:
         if out_dtype.kind == "f" and out_dtype.itemsize == 2:
             return to_float16(x, describe).astype(out_dtype, copy=False)
         return np.ascontiguousarray(x, dtype=out_dtype)
+
+
+def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
+    """The ``.cs`` rows as they describe particles shrunk by ``spec`` from ``box``.
+
+    ``blob/shape`` becomes the written box and ``blob/psize_A`` grows by
+    ``box/N`` for a Fourier crop; alignment shifts (in pixels) shrink by the same
+    factor and ``alignments*/psize_A`` follow. A centred crop changes neither
+    (the centre pixel stays the centre). CTF fields are in Å and stay as they are.
+    """
+    if not spec:
+        return data
+    out = data.copy()
+    names = out.dtype.names or ()
+    factor = spec.pixel_factor(box)
+    if "blob/shape" in names:
+        out["blob/shape"] = spec.out_box(box)
+    for name in names:
+        if name == "blob/psize_A" or (name.startswith("alignments") and name.endswith("/psize_A")):
+            out[name] = out[name] * factor
+        elif name.startswith("alignments") and name.endswith("/shift"):
+            out[name] = out[name] / factor
+    return out

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from stacktools.formats.mrc import (
     mode_of_dtype,
 )
 from stacktools.particles import ParticleSet
+from stacktools.shrink import ShrinkSpec, shrink_fields
 
 LAYOUTS = ("per-stack", "packed")
 # dtype option -> MRC mode written (None: each source's own)
@@ -107,6 +108,7 @@ class ConsolidationPlan:
     layout: str
     dtype: str
     pt_rows: np.ndarray | None = None  # the passthrough rows to write, checked when planning
+    shrink: ShrinkSpec = field(default_factory=ShrinkSpec)  # crop / Fourier crop of every particle
 
     @property
     def nbytes(self) -> int:
@@ -229,12 +231,14 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        passthrough: str | os.PathLike | None = None,
                        layout: str = "per-stack", particles_per_stack: int | None = None,
                        dtype: str = "keep", mrcs: bool = False,
-                       allow_outside_project: bool = False) -> ConsolidationPlan:
+                       allow_outside_project: bool = False, crop: int | None = None,
+                       fourier_crop: int | None = None) -> ConsolidationPlan:
     """Validate the inputs and decide every output, without writing anything.
 
     Args:
         particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
-        mrcs, allow_outside_project: As for :func:`stacktools.consolidate.consolidate`.
+        mrcs, allow_outside_project, crop, fourier_crop: As for
+            :func:`stacktools.consolidate.consolidate`.
 
     Returns:
         The plan, for :func:`stacktools.consolidate.run_plan`.
@@ -251,6 +255,9 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
     headers = pset.check()
     _check_boxes(pset, headers)
+    shrink = ShrinkSpec(crop, fourier_crop)
+    for h in headers:
+        shrink.check(h.nx, h.path)
     outdir = Path(out)
     proj = _resolved(pset.project_dir)
     out_real = _resolved(outdir)
@@ -284,7 +291,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             rows = g.rows[order]
             path = stacks_dir / _out_name(g.blob_path, ext, taken)
             mode = h.mode if want_mode is None else want_mode
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode,
+                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
                                       np.full(len(rows), k, np.int64), g.indices[order]))
     else:
         modes = {h.mode for h in headers}
@@ -298,13 +306,16 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             h = headers[int(codes_all[rows[0]])]
             mode = h.mode if want_mode is None else want_mode
             path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode, h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode,
+                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
                                       codes_all[rows], idx_all[rows]))
     for s_no, s in enumerate(stacks):
         stack_of_row[s.rows] = s_no
         idx_of_row[s.rows] = np.arange(s.count)
     new_paths = [s.blob_path for s in stacks]
     new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
+    if shrink and headers:
+        new_data = shrink_fields(new_data, shrink, headers[0].nx)
 
     out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.cs")
     out_pt = None
@@ -322,9 +333,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                       headers_real + [_resolved(p) for p in inputs])
     options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
                "project": str(proj), "outdir": str(out_real), "version": 1}
+    if shrink:  # only then, so that earlier runs' keys stay valid
+        options["shrink"] = [crop, fourier_crop]
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
-                relative, key, layout, dtype)
+                relative, key, layout, dtype, shrink=shrink)
     if pt_path is not None:
         plan.pt_rows = _passthrough_rows(plan, new_paths, stack_of_row, idx_of_row)
     return plan
