@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from stacktools.cli import cache as _cache
+from stacktools.cli import check as _check
 from stacktools.cli import consolidate as _consolidate
 from stacktools.cli import cs as _cs
 from stacktools.cli import demo as _demo
@@ -79,6 +80,7 @@ app.command("size")(_size.size)
 app.command("demo")(_demo.demo)
 app.command("consolidate")(_consolidate.consolidate)
 app.command("verify")(_consolidate.verify)
+app.command("check")(_check.check)
 app.add_typer(_cs.app, name="cs")
 app.add_typer(_cache.app, name="cache")
 

@@ -20,6 +20,7 @@ __version__ = "0.1.0"  # the one definition; pyproject.toml reads it
 
 if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first use
     from stacktools.api import (
+        check_particles,
         consolidate_particles,
         cs_info,
         cs_to_star,

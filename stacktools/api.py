@@ -13,6 +13,7 @@ particle sets                :func:`open_particles`
 size                         :func:`formula_bytes`, :func:`size_particles`
 consolidation                :func:`plan_consolidation`, :func:`consolidate_particles`,
                              :func:`verify_consolidated`
+checking                     :func:`check_particles`
 SSD cache                    :func:`open_cache`, :func:`sync_particles`
 placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
                              :func:`simulate_queue`
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from stacktools.cache import Cache, Inventory, SyncResult
+    from stacktools.check import CheckResult
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.formats.mrc import StackHeader
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
            "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
-           "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
+           "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles", "check_particles",
            "verify_consolidated", "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
            "simulate_queue"]
 
@@ -288,6 +290,34 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
     return plan(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
                 particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
                 allow_outside_project=allow_outside_project)
+
+
+def check_particles(particles: PathLike, *, project_dir: PathLike | None = None,
+                    outliers: float | None = None, threads: int | None = None,
+                    write_clean: PathLike | None = None,
+                    allow_outside_project: bool = False) -> CheckResult:
+    """Read every selected particle once and report bad stacks and bad particles.
+
+    Args:
+        particles: The set's ``.cs``.
+        project_dir: See :func:`open_particles`.
+        outliers: Also flag particles whose mean or std is more than this many
+            robust deviations (median/MAD) from the set's; ``None`` skips it.
+        threads: Stacks read at once (default: all cores).
+        write_clean: Write the set without the bad rows here (atomically).
+        allow_outside_project: See :func:`open_particles`.
+
+    Returns:
+        :class:`~stacktools.check.CheckResult` (what ``check --json`` prints).
+
+    Raises:
+        The input errors of :func:`open_particles`; OutputError for ``write_clean``
+        on an input.
+    """
+    from stacktools.check import check_set
+    from stacktools.particles import ParticleSet
+    pset = ParticleSet.open(particles, project_dir, allow_outside_project=allow_outside_project)
+    return check_set(pset, outliers=outliers, threads=threads, write_clean=write_clean)
 
 
 def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
