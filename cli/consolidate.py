@@ -52,6 +52,11 @@ def consolidate(
                                      "RELION 3.1 reads (float32 stays bit-exact); keep: bit-exact always (with a "
                                      "STAR, float16 stays float16 and a warning says RELION before 5.0 cannot "
                                      "read it); float32 or float16: convert."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop each particle about its centre to this box "
+                                       "(pixel size kept) [default: no crop]."),
+    fourier_crop: Optional[int] = typer.Option(None, "--fourier-crop",
+                                               help="Then Fourier-crop to this even box: pixel size x box/N, "
+                                                    "shifts rescaled, mean kept [default: no Fourier crop]."),
     mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them) "
                                                     "[default: off for a .cs, always for a STAR]."),
     verify: bool = typer.Option(False, "--verify", help="Compare every written particle with its source."),
@@ -75,7 +80,8 @@ def consolidate(
         raise typer.BadParameter("--particles-per-stack needs --layout packed")
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
-                              dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project)
+                              dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project,
+                              crop=crop, fourier_crop=fourier_crop)
     for warning in plan.warnings:
         sys.stderr.write(f"stacktools: warning: {warning}\n")
     total = plan.nbytes

@@ -13,6 +13,7 @@ particle sets                :func:`open_particles`
 size                         :func:`formula_bytes`, :func:`size_particles`
 consolidation                :func:`plan_consolidation`, :func:`consolidate_particles`,
                              :func:`verify_consolidated`
+checking                     :func:`check_particles`
 SSD cache                    :func:`open_cache`, :func:`sync_particles`
 placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
                              :func:`simulate_queue`
@@ -267,7 +268,8 @@ def size_particles(pset: ParticleSet, *, validate: bool = True) -> SizeReport:
 def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
                        passthrough: PathLike | None = None, layout: str = "per-stack",
                        particles_per_stack: int | None = None, dtype: str = "auto",
-                       mrcs: bool = False, allow_outside_project: bool = False) -> ConsolidationPlan:
+                       mrcs: bool = False, allow_outside_project: bool = False, crop: int | None = None,
+                       fourier_crop: int | None = None) -> ConsolidationPlan:
     """Decide what a consolidation would write, and write nothing.
 
     Args:
@@ -282,6 +284,7 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
             float32, which RELION 3.1 reads), ``"keep"``, ``"float32"`` or ``"float16"``.
         mrcs: Name the stacks ``.mrcs`` (RELION's extension).
         allow_outside_project: See :func:`open_particles`.
+        crop, fourier_crop: See :func:`consolidate_particles`.
 
     Returns:
         :class:`~stacktools.consolidate.ConsolidationPlan`: run it with
@@ -294,7 +297,7 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
     from stacktools.consolidate import plan_consolidation as plan
     return plan(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
                 particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
-                allow_outside_project=allow_outside_project)
+                allow_outside_project=allow_outside_project, crop=crop, fourier_crop=fourier_crop)
 
 
 def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
@@ -303,7 +306,8 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
                           dtype: str = "auto", mrcs: bool = False, verify: bool = False,
                           dry_run: bool = False, fsync: bool = False, force: bool = False,
                           progress: Callable[[int], None] | None = None,
-                          allow_outside_project: bool = False) -> ConsolidateResult:
+                          allow_outside_project: bool = False, crop: int | None = None,
+                          fourier_crop: int | None = None) -> ConsolidateResult:
     """Rewrite a subset's stacks so that only its particles remain, with a new ``.cs``.
 
     Bit-exact (or converted as ``dtype`` asks), bounded memory, atomic and resumable:
@@ -312,6 +316,9 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
     Args:
         particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
         mrcs, allow_outside_project: See :func:`plan_consolidation`.
+        crop: Crop each particle about its centre to this box (pixel size kept).
+        fourier_crop: Then Fourier-crop to this even box (pixel size × box/N, shifts
+            rescaled, mean kept); see :mod:`stacktools.shrink`.
         threads: Output stacks written at the same time.
         verify: Read every particle back against its source afterwards.
         dry_run: Plan and check (space, outdir), write nothing.
@@ -324,13 +331,16 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
 
     Raises:
         The errors of :func:`plan_consolidation`; OutputError (another run in ``out``
-        without ``force``); DiskFullError; VerificationError with ``verify``.
+        without ``force``); DiskFullError; VerificationError with ``verify``;
+        ShrinkError (a crop size that cannot apply); Float16RangeError (a value
+        beyond float16's range with ``dtype="float16"``; nothing is left at a final name).
     """
     from stacktools.consolidate import consolidate
     return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
                        particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
                        mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
-                       progress=progress, allow_outside_project=allow_outside_project)
+                       progress=progress, allow_outside_project=allow_outside_project,
+                       crop=crop, fourier_crop=fourier_crop)
 
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,

@@ -111,6 +111,14 @@ class SourceOverwriteError(OutputError):
     """An output would be written onto a source file or into a source directory."""
 
 
+class ShrinkError(StacktoolsError):
+    """A crop, Fourier crop or pixel-type conversion cannot be done as asked."""
+
+
+class Float16RangeError(ShrinkError):
+    """A particle holds values beyond float16's range (|x| > 65504)."""
+
+
 class ModeMismatchError(StackError):
     """Stacks with different pixel modes would have to share one output stack."""
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from stacktools.errors import TruncatedStackError
 from stacktools.formats.mrc import StackHeader, open_stack
+from stacktools.shrink import ShrinkSpec
 
 CHUNK_BYTES = 8 * 2**20
 
@@ -198,8 +199,10 @@ class _SourceFiles:
 
 def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
               codes: np.ndarray, idx: np.ndarray, dst: np.ndarray, chunk_bytes: int,
-              cancel: threading.Event | None) -> None:
+              cancel: threading.Event | None, shrink: ShrinkSpec | None = None) -> None:
     out_dtype = np.dtype(out_dtype)
+    shrink = shrink or ShrinkSpec()
+    out_f16 = out_dtype.kind == "f" and out_dtype.itemsize == 2
     order, starts = coalesce(codes, idx, dst)
     sources = _SourceFiles(headers)
     scratch: memoryview | None = None
@@ -211,9 +214,13 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
             code = int(codes[sel[0]])
             h = headers[code]
             fd = sources.fd(code)
-            same = h.dtype == out_dtype
+            # A conversion to float16 is range-checked, never a silent infinity; a
+            # float16 source is already float16 and is copied as it is.
+            checked = bool(shrink) or (out_f16 and h.dtype.itemsize != 2)
+            same = h.dtype == out_dtype and not shrink
             in_pb = h.particle_bytes
-            out_pb = h.nx * h.ny * out_dtype.itemsize
+            box = shrink.out_box(h.nx)
+            out_pb = box * box * out_dtype.itemsize if shrink else h.nx * h.ny * out_dtype.itemsize
             step = max(1, chunk_bytes // max(in_pb, out_pb))
             first = int(idx[sel[0]])
             for p in range(0, len(sel), step):
@@ -236,6 +243,12 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                 read_exact(fd, raw, offset, h.path)
                 if same:
                     data = raw
+                elif checked:
+                    batch = np.frombuffer(raw, dtype=h.dtype).reshape(m, h.ny, h.nx)
+                    start = first + p
+                    conv = shrink.apply(batch, out_dtype,
+                                        lambda k, start=start, path=h.path: f"{path}: particle {start + k}")
+                    data = memoryview(np.ascontiguousarray(conv)).cast("B")
                 else:
                     conv = np.frombuffer(raw, dtype=h.dtype).astype(out_dtype)
                     data = memoryview(conv).cast("B")
@@ -254,7 +267,7 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
 def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
                  out_dtype: np.dtype, codes: np.ndarray, idx: np.ndarray, *,
                  chunk_bytes: int = CHUNK_BYTES, progress: Progress | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, shrink: ShrinkSpec | None = None) -> None:
     """Write particles ``k = 0..n-1`` into an open stack file.
 
     Parameters
@@ -275,15 +288,19 @@ def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
         Called with the number of bytes written after each write.
     cancel
         When set by another thread, the copy stops with :class:`Cancelled`.
+    shrink
+        Crop and Fourier crop applied to each batch (``stacktools.shrink``); the
+        destination's box is then ``shrink.out_box(nx)``.
     """
     codes = np.asarray(codes, np.int64)
     idx = np.asarray(idx, np.int64)
     if not len(codes):
         return
     h = headers[int(codes[0])]
-    pb = h.nx * h.ny * np.dtype(out_dtype).itemsize
+    box = shrink.out_box(h.nx) if shrink else None
+    pb = (box * box if box else h.nx * h.ny) * np.dtype(out_dtype).itemsize
     sink = _FileSink(fd, data_offset, pb, chunk_bytes, progress)
-    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, cancel)
+    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, cancel, shrink)
 
 
 def read_to_array(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: np.ndarray,

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from stacktools.errors import (
     Hint,
     ModeMismatchError,
     PathEscapeError,
+    ShrinkError,
     SourceOverwriteError,
 )
 from stacktools.formats import cs as csfile
@@ -41,6 +42,7 @@ from stacktools.formats.mrc import (
     mode_of_dtype,
 )
 from stacktools.particles import ParticleSet
+from stacktools.shrink import ShrinkSpec, shrink_fields
 
 LAYOUTS = ("per-stack", "packed")
 # dtype option -> MRC mode written (None: each source's own). "auto" is "keep" for a
@@ -115,6 +117,7 @@ class ConsolidationPlan:
     pt_rows: np.ndarray | None = None  # the passthrough rows to write, checked when planning
     new_star: dict | None = None  # for a STAR input: the new STAR's blocks (out_cs is the .star)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    shrink: ShrinkSpec = field(default_factory=ShrinkSpec)  # crop / Fourier crop of every particle
 
     @property
     def nbytes(self) -> int:
@@ -241,6 +244,20 @@ def _output_modes(dtype: str, star: bool, headers: list[StackHeader]):
     return mode_for, warnings
 
 
+def _shrink_spec(crop: int | None, fourier_crop: int | None, star: bool, headers: list[StackHeader],
+                 label: Path) -> ShrinkSpec:
+    """The crop and Fourier crop asked for, checked against every stack's box."""
+    shrink = ShrinkSpec(crop, fourier_crop)
+    if shrink and star:
+        # The optics table's rlnImageSize, rlnImagePixelSize and the origins would
+        # have to follow; until they do, refuse rather than write a wrong STAR.
+        raise ShrinkError(f"{label}: --crop and --fourier-crop take a .cs input; for a STAR, "
+                          "convert it with 'stacktools cs from-star' first")
+    for h in headers:
+        shrink.check(h.nx, h.path)
+    return shrink
+
+
 def _particles_per_stack(layout: str, dtype: str, particles_per_stack: int | None) -> int:
     """Check the option values before any input is read; the packed stacks' size."""
     if layout not in LAYOUTS:
@@ -260,12 +277,14 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        passthrough: str | os.PathLike | None = None,
                        layout: str = "per-stack", particles_per_stack: int | None = None,
                        dtype: str = "auto", mrcs: bool = False,
-                       allow_outside_project: bool = False) -> ConsolidationPlan:
+                       allow_outside_project: bool = False, crop: int | None = None,
+                       fourier_crop: int | None = None) -> ConsolidationPlan:
     """Validate the inputs and decide every output, without writing anything.
 
     Args:
         particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
-        mrcs, allow_outside_project: As for :func:`stacktools.consolidate.consolidate`.
+        mrcs, allow_outside_project, crop, fourier_crop: As for
+            :func:`stacktools.consolidate.consolidate`.
 
     Returns:
         The plan, for :func:`stacktools.consolidate.run_plan`.
@@ -285,6 +304,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     star = pset.star is not None
     mrcs = mrcs or star  # RELION reads stacks only under .mrcs
     mode_for, warnings = _output_modes(dtype, star, headers)
+    shrink = _shrink_spec(crop, fourier_crop, star, headers, cs_path)
     outdir = Path(out)
     proj = _resolved(pset.project_dir)
     out_real = _resolved(outdir)
@@ -316,7 +336,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             order = np.lexsort((g.rows, g.indices))
             rows = g.rows[order]
             path = stacks_dir / _out_name(g.blob_path, ext, taken)
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode_for(h), h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode_for(h),
+                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
                                       np.full(len(rows), k, np.int64), g.indices[order]))
     else:
         modes = {mode_for(h) for h in headers}
@@ -329,13 +350,16 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
             rows = np.arange(start, min(n, start + per))
             h = headers[int(codes_all[rows[0]])]
             path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
-            stacks.append(OutputStack(path, blob(path), h.nx, h.ny, mode_for(h), h.voxel_size, rows,
+            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode_for(h),
+                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
                                       codes_all[rows], idx_all[rows]))
     for s_no, s in enumerate(stacks):
         stack_of_row[s.rows] = s_no
         idx_of_row[s.rows] = np.arange(s.count)
     new_paths = [s.blob_path for s in stacks]
     new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
+    if shrink and headers:
+        new_data = shrink_fields(new_data, shrink, headers[0].nx)
 
     # One byte short of the limit, so that the .csg beside a .cs fits too.
     out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.star" if star else "_consolidated.cs",
@@ -355,9 +379,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                       headers_real + [_resolved(p) for p in inputs])
     options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
                "project": str(proj), "outdir": str(out_real), "version": 1}
+    if shrink:  # only then, so that earlier runs' keys stay valid
+        options["shrink"] = [crop, fourier_crop]
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
-                             relative, key, layout, dtype, warnings=warnings)
+                             relative, key, layout, dtype, warnings=warnings, shrink=shrink)
     if star:
         plan.new_star = pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
                                                    keep_original=True)

@@ -41,6 +41,7 @@ from stacktools.errors import (
     Hint,
     OutputError,
     OutputExistsError,
+    ShrinkError,
     StacktoolsError,
     VerificationError,
     describe_os_error,
@@ -115,7 +116,8 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
                 if progress:
                     progress(HEADER_BYTES)
                 copy_to_file(fd, HEADER_BYTES, plan.headers, s.dtype, s.codes, s.indices,
-                             chunk_bytes=chunk_bytes, progress=progress, cancel=cancel)
+                             chunk_bytes=chunk_bytes, progress=progress, cancel=cancel,
+                             shrink=plan.shrink)
             except OSError as err:
                 raise _disk_error(s.path, err) from err
     except OutputError as err:
@@ -166,7 +168,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
                 verify: bool = False, dry_run: bool = False, fsync: bool = False,
                 force: bool = False, chunk_bytes: int = CHUNK_BYTES,
                 progress: Progress | None = None,
-                allow_outside_project: bool = False) -> ConsolidateResult:
+                allow_outside_project: bool = False, crop: int | None = None,
+                fourier_crop: int | None = None) -> ConsolidateResult:
     """Write stacks holding only the selected particles, and a ``.cs`` pointing at them.
 
     Sources are never modified and outputs may not be written onto a source or into
@@ -239,6 +242,12 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     allow_outside_project
         Accept ``blob/path`` values outside the project directory; see
         :class:`~stacktools.particles.ParticleSet`.
+    crop
+        Crop every particle in real space to this box about its centre
+        (``stacktools.shrink``); ``blob/shape`` becomes it.
+    fourier_crop
+        Then Fourier-crop to this even box, smaller than the (cropped) box; the
+        pixel size grows by box/N and alignment shifts are rescaled to it.
 
     Returns
     -------
@@ -255,7 +264,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     """
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout, particles_per_stack=particles_per_stack,
-                              dtype=dtype, mrcs=mrcs, allow_outside_project=allow_outside_project)
+                              dtype=dtype, mrcs=mrcs, allow_outside_project=allow_outside_project,
+                              crop=crop, fourier_crop=fourier_crop)
     return run_plan(plan, threads=threads, verify=verify, dry_run=dry_run, fsync=fsync,
                     force=force, chunk_bytes=chunk_bytes, progress=progress)
 
@@ -280,6 +290,9 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
     Raises:
         StacktoolsError: As for :func:`consolidate`.
     """
+    if verify and plan.shrink:
+        raise ShrinkError(f"{plan.cs_path}: verify compares bytes with the sources, "
+                          "which a crop or Fourier crop changes; run without it")
     if dry_run:
         # The same checks as a real run, short of reading the stacks already written.
         if plan.outdir.is_dir():

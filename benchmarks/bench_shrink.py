@@ -1,0 +1,91 @@
+"""Fourier crop 256 -> 128: stacktools consolidate against relion_image_handler and plain NumPy.
+
+Particles per second and peak RSS (GNU time's %M) for each contender, paired per
+round (the three run back to back in each round, the order rotating), at two set
+sizes so that a memory that grows with the set shows. Run:
+
+    python -m benchmarks.bench_shrink [--particles 400 1200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import make_project, stacktools_command, warm_page_cache
+
+NUMPY_SCRIPT = r"""
+import sys, numpy as np, mrcfile
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with mrcfile.mmap(src, permissive=True) as m:
+    x = np.asarray(m.data, np.float32)
+    box = x.shape[-1]
+    f = np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))
+    lo = box // 2 - n // 2
+    y = np.real(np.fft.ifft2(np.fft.ifftshift(f[:, lo:lo + n, lo:lo + n], axes=(-2, -1)))) * (n / box) ** 2
+with mrcfile.new(dst, overwrite=True) as o:
+    o.set_data(y.astype(np.float32))
+"""
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes of ``cmd``."""
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return wall, int(res.stderr.strip().splitlines()[-1]) * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--particles", type=int, nargs="+", default=[400, 1200])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--box", type=int, default=256)
+    ap.add_argument("--new-box", type=int, default=128)
+    args = ap.parse_args()
+    relion = shutil.which("relion_image_handler")
+    print(f"{'particles':>9} {'contender':>12} {'p/s':>9} {'peak RSS':>10} {'their time / ours':>18}")
+    for n in args.particles:
+        with tempfile.TemporaryDirectory(prefix="bench-shrink-") as tmp:
+            proj = make_project(Path(tmp) / "P", stacks=1, per_stack=n, box=args.box, select_fraction=1.0)
+            stack = str(proj.stacks[0])
+            warm_page_cache([stack])
+            psize = 1.07 * args.box / args.new_box
+            out = Path(tmp) / "out"
+            cmds = {
+                "stacktools": stacktools_command() + ["consolidate", str(proj.extracted_cs), "--project-dir",
+                                                      str(proj.project_dir), "--out", str(out), "--force",
+                                                      "--quiet", "--fourier-crop", str(args.new_box),
+                                                      "--dtype", "float32"],
+                "numpy": [sys.executable, "-c", NUMPY_SCRIPT, stack, str(Path(tmp) / "np.mrcs"),
+                          str(args.new_box)],
+            }
+            if relion:
+                cmds["relion"] = [relion, "--i", stack, "--o", str(Path(tmp) / "relion.mrcs"),
+                                  "--rescale_angpix", f"{psize:.6f}", "--new_box", str(args.new_box)]
+            walls: dict[str, list[float]] = {k: [] for k in cmds}
+            rss: dict[str, int] = {k: 0 for k in cmds}
+            names = list(cmds)
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    if name == "stacktools" and out.exists():
+                        shutil.rmtree(out)
+                    w, m = timed(cmds[name])
+                    walls[name].append(w)
+                    rss[name] = max(rss[name], m)
+            for name in names:
+                ratio = statistics.median(b / a for a, b in zip(walls["stacktools"], walls[name]))
+                print(f"{n:>9} {name:>12} {n / statistics.median(walls[name]):>9.0f} "
+                      f"{rss[name] / 2**20:>8.0f}Mi {ratio:>17.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Make particles smaller: real-space crop, Fourier crop and float16, as array functions.
+
+Each function takes a batch ``(m, ny, nx)`` of particles and returns a new batch;
+:class:`ShrinkSpec` composes them in CryoSPARC's Downsample order: crop in real
+space, then Fourier crop, then convert the pixel type. ``stacks.py`` calls
+:meth:`ShrinkSpec.apply` once per bounded batch, so memory stays within a few
+chunks whatever the size of the set.
+
+Conventions, compared with other tools:
+
+- **Real-space crop** keeps the window ``[box//2 - N//2, box//2 - N//2 + N)`` on
+  both axes, as RELION's ``relion_image_handler --new_box`` does (its origin is
+  pixel ``box//2``, and the window runs from ``-N//2`` to ``N - N//2 - 1`` about it).
+  The centre pixel ``box//2`` lands on ``N//2``, so alignment shifts, measured from
+  that centre, are unchanged by a crop.
+- **Fourier crop** keeps the frequencies ``-N/2 .. N/2-1`` of the Fourier transform
+  (the standard FFT, not a Hartley transform) and scales by ``(N/box)^2`` so the
+  mean (the DC term) is preserved: it equals
+  ``real(ifft2(ifftshift(crop(fftshift(fft2(x)))))) * (N/box)^2``. It is computed
+  with real FFTs (``rfft2``/``irfft2``); on the Nyquist row and column the real
+  inverse keeps the Hermitian part of the cropped spectrum, which is exactly the
+  real part the reference takes, so the two agree to rounding. Nothing is padded
+  and nothing is windowed.
+- **RELION** (``relion_image_handler --rescale_angpix P·box/N --new_box N``, 3.1) gives
+  the same images: on ``tests/data/relion/relion31.mrcs`` (256 → 128) the mean and
+  the scale are identical and every Fourier coefficient strictly inside the Nyquist
+  lines agrees to 2e-7 (relative); only the Nyquist row and column (|k| = N/2)
+  differ, because RELION takes them from one side of its half-complex transform
+  rather than symmetrising them; that is about 5% of the image's std, all at Nyquist.
+- **cryoDRGN**'s ``downsample`` crops the Hartley transform; it has not yet been
+  compared with stacktools on real data.
+- **float16** rounds to nearest; any value beyond ``±65504`` (including ±inf) is a
+  :class:`~stacktools.errors.Float16RangeError` naming the particle, never a silent
+  infinity. NaNs pass through unchanged (``stacktools check`` reports them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from stacktools.errors import Float16RangeError, ShrinkError
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+# k -> a one-line description of particle k of the batch, for error messages
+Describe = Callable[[int], str]
+
+
+def crop_window(box: int, n: int) -> slice:
+    """The centred window of length ``n`` in an axis of length ``box`` (RELION's rounding)."""
+    start = box // 2 - n // 2
+    return slice(start, start + n)
+
+
+def crop(batch: np.ndarray, n: int) -> np.ndarray:
+    """Crop each particle of ``(m, box, box)`` to its centred ``n × n`` window."""
+    box = batch.shape[-1]
+    w = crop_window(box, n)
+    return batch[..., w, w]
+
+
+def fourier_crop(batch: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
+    """Fourier-crop each particle of ``(m, box, box)`` to ``(m, n, n)``, keeping the mean.
+
+    ``workers`` is passed to the FFT (``scipy.fft`` when installed) so one batch
+    uses several cores.
+    """
+    box = batch.shape[-1]
+    # The mean goes around the float32 FFT, not through it: a large mean over a small
+    # std (raw counts) would otherwise cost the std most of float32's precision.
+    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    x = (batch - mean).astype(np.float32)
+    f = _rfft2(x, workers)
+    h = n // 2
+    # Rows for frequencies 0..h-1, then -h..-1. The reference keeps -h but not +h;
+    # the real part it takes is the Hermitian part, which on the Nyquist row is the
+    # mean of the source's rows -h and +h (and the +h row's value in the corner).
+    rows = np.concatenate([f[..., :h, :h + 1], f[..., box - h:, :h + 1]], axis=-2)
+    nyq = rows[..., h, :]
+    nyq[..., :h] = (nyq[..., :h] + f[..., h, :h]) / 2
+    nyq[..., h] = f[..., h, h]
+    out = _irfft2(rows, n, workers)
+    out *= (n / box) ** 2
+    out += mean.astype(np.float32)
+    return out.astype(np.float32, copy=False)
+
+
+def _rfft2(x: np.ndarray, workers: int) -> np.ndarray:
+    try:
+        import scipy.fft as sfft
+    except ImportError:  # NumPy's FFT is single-threaded but always there
+        return np.fft.rfft2(x)
+    return sfft.rfft2(x, workers=workers)
+
+
+def _irfft2(f: np.ndarray, n: int, workers: int) -> np.ndarray:
+    try:
+        import scipy.fft as sfft
+    except ImportError:
+        return np.fft.irfft2(f, s=(n, n))
+    return sfft.irfft2(f, s=(n, n), workers=workers)
+
+
+def to_float16(batch: np.ndarray, describe: Describe | None = None) -> np.ndarray:
+    """Convert to float16, refusing any finite or infinite value beyond its range."""
+    too_big = np.abs(batch) > FLOAT16_MAX  # NaN compares False: passes through
+    if too_big.any():
+        k = int(np.flatnonzero(too_big.reshape(len(batch), -1).any(axis=1))[0])
+        worst = float(np.max(np.abs(np.nan_to_num(batch[k], nan=0.0))))
+        where = describe(k) if describe else f"particle {k}"
+        raise Float16RangeError(f"{where}: value {worst:.6g} is beyond float16's range "
+                                f"(±{FLOAT16_MAX:g}); use float32 or normalise the stack first")
+    return batch.astype(np.float16)
+
+
+@dataclass(frozen=True)
+class ShrinkSpec:
+    """What to do to each particle: crop to ``crop``, then Fourier-crop to ``fourier_crop``."""
+
+    crop: int | None = None
+    fourier_crop: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.crop or self.fourier_crop)
+
+    def check(self, box: int, where: str) -> None:
+        """Refuse sizes that cannot apply to a ``box``-pixel particle of ``where``."""
+        if self.crop is not None:
+            if self.crop < 1 or self.crop > box:
+                raise ShrinkError(f"{where}: cannot crop a {box}-pixel box to {self.crop} "
+                                  f"(the crop box must be between 1 and {box})")
+        inner = self.crop or box
+        if self.fourier_crop is not None:
+            n = self.fourier_crop
+            if n % 2 or n < 2:
+                raise ShrinkError(f"{where}: the Fourier-crop box must be even and at least 2, not {n}")
+            if n >= inner:
+                raise ShrinkError(f"{where}: cannot Fourier-crop a {inner}-pixel box to {n} "
+                                  f"(the Fourier-crop box must be smaller than {inner})")
+
+    def out_box(self, box: int) -> int:
+        """Box of the particles written."""
+        return self.fourier_crop or self.crop or box
+
+    def pixel_factor(self, box: int) -> float:
+        """New pixel size over old: ``box/N`` for a Fourier crop, 1 for a crop."""
+        inner = self.crop or box
+        return inner / self.fourier_crop if self.fourier_crop else 1.0
+
+    def apply(self, batch: np.ndarray, out_dtype: np.dtype, describe: Describe | None = None,
+              workers: int = 1) -> np.ndarray:
+        """Shrink a batch ``(m, box, box)`` and convert it to ``out_dtype``."""
+        x = batch
+        if self.crop is not None:
+            x = crop(x, self.crop)
+        if self.fourier_crop is not None:
+            x = fourier_crop(x, self.fourier_crop, workers)
+        out_dtype = np.dtype(out_dtype)
+        if out_dtype.kind == "f" and out_dtype.itemsize == 2:
+            return to_float16(x, describe).astype(out_dtype, copy=False)
+        return np.ascontiguousarray(x, dtype=out_dtype)
+
+
+def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
+    """The ``.cs`` rows as they describe particles shrunk by ``spec`` from ``box``.
+
+    ``blob/shape`` becomes the written box and ``blob/psize_A`` grows by
+    ``box/N`` for a Fourier crop; alignment shifts (in pixels) shrink by the same
+    factor and ``alignments*/psize_A`` follow. A centred crop changes neither
+    (the centre pixel stays the centre). CTF fields are in Å and stay as they are.
+    """
+    if not spec:
+        return data
+    out = data.copy()
+    names = out.dtype.names or ()
+    factor = spec.pixel_factor(box)
+    if "blob/shape" in names:
+        out["blob/shape"] = spec.out_box(box)
+    for name in names:
+        if name == "blob/psize_A" or (name.startswith("alignments") and name.endswith("/psize_A")):
+            out[name] = out[name] * factor
+        elif name.startswith("alignments") and name.endswith("/shift"):
+            out[name] = out[name] / factor
+    return out
