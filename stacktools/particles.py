@@ -8,6 +8,7 @@ rows by stack and validates them against the stacks' headers.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from stacktools.formats.cs import strip_import_marker
 from stacktools.formats.mrc import StackHeader, read_headers
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
+_JOB_DIR = re.compile(r"job\d+")
 
 
 def default_project_dir(particles: str | os.PathLike) -> Path:
@@ -36,6 +38,19 @@ def default_project_dir(particles: str | os.PathLike) -> Path:
     default is decided.
     """
     return Path(particles).resolve().parent.parent
+
+
+def relion_project_dir(star_path: str | os.PathLike) -> Path:
+    """Where a RELION STAR file's ``rlnImageName`` paths start: its project directory.
+
+    ``P/Refine3D/job012/run_data.star`` gives ``P`` (the directory above a
+    ``Type/jobNNN/`` job directory); any other file gives the current directory,
+    where RELION is run from.
+    """
+    job = Path(star_path).resolve().parent
+    if _JOB_DIR.fullmatch(job.name):
+        return job.parent.parent
+    return Path.cwd()
 
 
 def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:

@@ -98,12 +98,12 @@ class CsDataset:
 
     @classmethod
     def from_star(cls, path: str | os.PathLike, *, uid_column: str | None = None,
-                  seed: int | None = None) -> "CsDataset":
+                  **options) -> "CsDataset":
         """Read RELION particles from a STAR file (see :func:`stacktools.cs.relion.from_star_blocks`)."""
         from stacktools.cs.relion import from_star_blocks
         from stacktools.formats.star import read_star
-        return cls(from_star_blocks(read_star(path), uid_column=uid_column, seed=seed,
-                                    label=str(path)), path)
+        return cls(from_star_blocks(read_star(path), uid_column=uid_column,
+                                    label=str(path), **options), path)
 
     def to_pandas(self, decode: bool = True):
         """A DataFrame with one column per field; see :func:`stacktools.formats.tabular.to_pandas`."""
