@@ -141,3 +141,19 @@ def test_csdat_output_read_by_cryosparc_tools(real_data: Path, tmp_path: Path) -
         assert np.asarray(out[f]).tolist() == np.asarray(ref[f]).tolist(), f
     back = read_cs(tmp_path / "o.cs")
     assert back["blob/path"].tolist() == a["blob/path"].tolist()
+
+
+def test_csdat_input_stays_csdat(real_data: Path, tmp_path: Path) -> None:
+    from cryosparc.dataset import Dataset
+
+    from stacktools.cs.dataset import CsDataset
+    a = read_cs(real_data / "cryosparc" / "cryosparc_J2_particles_exported.cs")
+    write_cs(tmp_path / "in.cs", a, format="csdat")
+    res = run_cli("cs", "filter", tmp_path / "in.cs", "--where", "blob/idx < 10", "-o", tmp_path / "out.cs")
+    assert res.returncode == 0, res.stderr
+    assert detect_format(tmp_path / "out.cs") == "csdat"
+    out, ref = Dataset.load(str(tmp_path / "out.cs")), Dataset.load(str(tmp_path / "in.cs"))
+    assert out.descr() == ref.descr() and len(out) == 10
+    assert np.asarray(out["blob/path"]).tolist() == np.asarray(ref["blob/path"])[:10].tolist()
+    CsDataset.load(tmp_path / "in.cs").save(tmp_path / "np.cs", format="numpy")
+    assert detect_format(tmp_path / "np.cs") == "numpy"

@@ -52,11 +52,14 @@ class CsDataset:
     rows; ``ds[3]`` is one row.
     """
 
-    def __init__(self, data: np.ndarray, source: str | os.PathLike | None = None):
+    def __init__(self, data: np.ndarray, source: str | os.PathLike | None = None,
+                 format: str | None = None):
         if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
             raise FieldError(f"{source or 'dataset'}: a CsDataset needs a 1-D structured array")
         self.data = data
         self.source = str(source) if source is not None else None
+        # The .cs format read (numpy or csdat); save() keeps it unless told otherwise.
+        self.format = format
 
     # ---- construction and output ---------------------------------------------------
 
@@ -78,14 +81,14 @@ class CsDataset:
             Read only these fields (``ctf/`` takes a group), e.g. ``["uid"]`` when
             only uids are needed: the rest of the file is never copied.
         """
-        from stacktools.formats.cs import read_cs
+        from stacktools.formats.cs import detect_format, read_cs
         if fields is not None:
             data = _ds.select_fields(read_cs(path, mmap=True), fields, str(path))
         else:
             data = read_cs(path, mmap=mmap and passthrough is None)
         if passthrough is not None:
             data = _ds.join(data, read_cs(passthrough), label=(str(path), str(passthrough)))
-        return cls(data, path)
+        return cls(data, path, detect_format(path))
 
     @classmethod
     def from_pandas(cls, df, dtype: np.dtype | None = None) -> "CsDataset":
@@ -110,15 +113,18 @@ class CsDataset:
         from stacktools.formats.tabular import to_pandas
         return to_pandas(self.data, decode)
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order).
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False,
+             format: str | None = None) -> Path:
+        """Write a ``.cs`` file atomically (exact dtype and field order), in
+        ``format`` (``"numpy"`` or ``"csdat"``; default: the format read, else NumPy).
 
         Raises:
             SourceOverwriteError: ``path`` is the file this dataset was read from.
             OutputError: ``path`` exists and ``overwrite`` is false.
         """
         from stacktools.formats.cs import write_cs
-        return write_cs(self._output(path, overwrite), self.data, overwrite=overwrite)
+        return write_cs(self._output(path, overwrite), self.data, overwrite=overwrite,
+                        format=format or self.format or "numpy")
 
     def to_star(self, path: str | os.PathLike, *, mrcs: bool = False,
                 overwrite: bool = False) -> Path:
@@ -203,7 +209,7 @@ class CsDataset:
         raise TypeError(f"cannot index a CsDataset with {type(key).__name__}")
 
     def _new(self, data: np.ndarray) -> "CsDataset":
-        return CsDataset(data, self.source)
+        return CsDataset(data, self.source, self.format)
 
     # ---- queries -------------------------------------------------------------------
 
