@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -384,37 +384,89 @@ def to_star(
     output: Path = _OUT,
     passthrough: Optional[Path] = _PASS,
     mrcs: bool = typer.Option(False, "--mrcs", help="Name .mrc stacks as .mrcs (RELION reads stacks only "
-                                                    "under that extension; link or rename the files to match)."),
+                                                    "under that extension; see --link-mrcs)."),
+    link_mrcs: bool = typer.Option(False, "--link-mrcs", help="Also make the .mrcs names exist: symlinks "
+                                   "x.mrcs -> x.mrc beside each stack (or in --link-dir). An existing "
+                                   "correct link is kept; any other file there is an error. Implies --mrcs."),
+    link_dir: Optional[Path] = typer.Option(None, "--link-dir", file_okay=False,
+                                            help="Make the --link-mrcs links in this directory and name "
+                                                 "them there in the STAR file [default: beside each stack]."),
+    replace_prefix: Optional[Tuple[str, str]] = typer.Option(
+        None, "--replace-prefix", metavar="OLD NEW",
+        help="Stack and micrograph paths that start with OLD start with NEW in the STAR file "
+             "(pyem's --stack-path/--micrograph-path do this per kind) [default: paths as in the .cs]."),
+    invert_y: bool = typer.Option(False, "--invert-y", help="Write rlnCoordinateY as height - y, as pyem's "
+                                  "csparc2star does by default: for micrographs motion-corrected by "
+                                  "MotionCor2/RELION rather than CryoSPARC."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", file_okay=False,
+                                               help="CryoSPARC project directory, for --link-mrcs "
+                                                    "[default: the parent of the .cs file's job directory]."),
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """RELION 3.1 STAR (data_optics + data_particles), fields mapped as pyem's csparc2star does."""
     _check_output(output, [cs, passthrough], force)
-    with _steps("to-star", 2, quiet) as step:
-        ds = _load(cs, passthrough)
-        step()
-        from stacktools.cs.relion import to_star_blocks
-        from stacktools.formats.star import write_star
-        blocks = to_star_blocks(ds.data, mrcs=mrcs, label=ds.label)
-        write_star(output, blocks, overwrite=force)
-        step()
-    _written(output, len(blocks["particles"]), as_json,
-             {"optics_groups": len(blocks["optics"]), "columns": len(blocks["particles"].columns)})
+    from stacktools.api import cs_to_star
+    from stacktools.formats.cs import read_cs
+    rows = len(read_cs(cs, mmap=True))
+    with count_progress("to-star", rows, quiet or not sys.stderr.isatty()) as advance:
+        res = cs_to_star(cs, output, passthrough=passthrough, mrcs=mrcs,
+                         link_mrcs=(link_dir or True) if link_mrcs or link_dir else False,
+                         prefix_map=tuple(replace_prefix) if replace_prefix else None,
+                         invert_y=invert_y, project_dir=project_dir, overwrite=force, progress=advance)
+    extra = {"optics_groups": res["optics_groups"], "columns": res["columns"]}
+    if "links" in res:
+        extra["links_made"] = res["links"]["made"]
+        extra["links_existing"] = res["links"]["existing"]
+    _written(output, res["particles"], as_json, extra)
 
 
 @app.command("from-star")
 def from_star(
-    star: Path = typer.Argument(..., help="RELION particle .star file.", dir_okay=False),
+    star: Path = typer.Argument(..., help="RELION particle .star file (3.0 or 3.1).", dir_okay=False),
     output: Path = _OUT,
     uid_column: Optional[str] = typer.Option(None, "--uid-column", help="STAR column of unique integers to use "
-                                                                        "as uid [default: random uids]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random uids."),
+                                             "as uid [default: a 64-bit hash of each rlnImageName, the "
+                                             "same on every import]."),
+    psize: Optional[float] = typer.Option(None, "--psize", min=0.0, help="Pixel size in Å, for a STAR file "
+                                          "that gives none [default: from the file]."),
+    box: Optional[int] = typer.Option(None, "--box", min=1, help="Box in pixels, for a STAR file without "
+                                      "rlnImageSize whose stacks are absent [default: rlnImageSize, else "
+                                      "the stacks' MRC headers]."),
+    micrograph_shape: Optional[Tuple[int, int]] = typer.Option(
+        None, "--micrograph-shape", metavar="HEIGHT WIDTH",
+        help="Micrograph size in pixels, for coordinates whose micrographs are absent "
+             "[default: each micrograph's MRC header]."),
+    project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", file_okay=False,
+                                               help="RELION project directory that rlnImageName and "
+                                                    "rlnMicrographName start from [default: above the STAR "
+                                                    "file's Type/jobNNN/ directory, else the current one]."),
+    allow_premultiplied: bool = typer.Option(False, "--allow-premultiplied",
+                                             help="Convert CTF-premultiplied images (CryoSPARC cannot "
+                                                  "know they are; it would apply the CTF again)."),
+    fmt: Optional[str] = typer.Option("numpy", "--format", help="Format of the .cs written: numpy or csdat."),
     force: bool = _FORCE, as_json: bool = _JSON,
 ) -> None:
-    """RELION particles into a .cs (blob/*, ctf/*, alignments3D/* or alignments2D/*)."""
+    """RELION particles into a .cs (blob/*, ctf/*, location/*, alignments3D/* or alignments2D/*).
+
+    Columns with no .cs field are named in one warning line on stderr.
+    """
+    import warnings
+
+    from stacktools.cli.options import cs_format
     _check_output(output, [star], force)
-    from stacktools.cs.relion import star_to_cs
-    data = star_to_cs(star, output, uid_column=uid_column, seed=seed, overwrite=force)
-    _written(output, len(data), as_json, {"fields": len(data.dtype.names)})
+    from stacktools.api import star_to_cs
+    from stacktools.errors import DroppedColumnsWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DroppedColumnsWarning)
+        data = star_to_cs(star, output, uid_column=uid_column, psize=psize, box=box,
+                          micrograph_shape=tuple(micrograph_shape) if micrograph_shape else None,
+                          project_dir=project_dir, allow_premultiplied=allow_premultiplied,
+                          format=cs_format(fmt) or "numpy", overwrite=force)
+    dropped = [c for w in caught if isinstance(w.message, DroppedColumnsWarning) for c in w.message.columns]
+    for w in caught:
+        sys.stderr.write(f"stacktools: warning: {w.message}\n")
+    _written(output, len(data), as_json, {"fields": len(data.dtype.names)}
+             | ({"dropped_columns": dropped} if as_json else {}))
 
 
 @app.command("to-csv")

@@ -14,6 +14,11 @@ FLAGS = {
     "passthrough": "--passthrough",
     "max_files": "--max-files",
     "into": "--into",
+    "psize": "--psize",
+    "box": "--box",
+    "micrograph_shape": "--micrograph-shape",
+    "allow_premultiplied": "--allow-premultiplied",
+    "link_mrcs": "--link-mrcs",
 }
 
 ALLOW_OUTSIDE_PROJECT = typer.Option(
@@ -34,3 +39,19 @@ def cli_app(**kw) -> typer.Typer:
     kw.setdefault("no_args_is_help", True)
     return typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                        rich_markup_mode=None, **kw)
+
+
+CS_FORMAT = typer.Option(
+    None, "--format", help="Format of the .cs written: numpy or csdat. "
+                           "[default: the input's format]",
+    case_sensitive=False, show_default=False)
+
+
+def cs_format(value: str | None) -> str | None:
+    """The ``--format`` value, checked; ``None`` keeps the input's format."""
+    if value is None:
+        return None
+    value = value.lower()
+    if value not in ("numpy", "csdat"):
+        raise typer.BadParameter(f"{value!r}: choose numpy or csdat", param_hint="--format")
+    return value

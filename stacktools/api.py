@@ -172,38 +172,88 @@ def cs_info(path: PathLike, *, stats: bool = True) -> dict:
 
 
 def cs_to_star(cs_path: PathLike, star_path: PathLike, *, passthrough: PathLike | None = None,
-               mrcs: bool = False, overwrite: bool = False) -> dict:
+               mrcs: bool = False, link_mrcs: bool | PathLike = False,
+               prefix_map: tuple[str, str] | None = None, invert_y: bool = False,
+               project_dir: PathLike | None = None, overwrite: bool = False,
+               progress: Callable[[int], None] | None = None) -> dict:
     """Convert a ``.cs`` (with its passthrough) to a RELION 3.1 particle STAR file.
 
     Args:
         mrcs: Name stacks ``.mrcs`` in ``rlnImageName``, as RELION expects.
+        link_mrcs: Also make the ``.mrcs`` names exist: ``True`` links
+            ``x.mrcs -> x.mrc`` beside each stack, a directory puts the links there
+            (and names them there in the STAR file). Implies ``mrcs``.
+        prefix_map: ``(old, new)``: stack and micrograph paths starting with
+            ``old`` start with ``new`` in the STAR file.
+        invert_y: ``rlnCoordinateY`` = height - y, as pyem's csparc2star does by
+            default (for micrographs from another motion correction).
+        project_dir: Where the stacks are, for ``link_mrcs`` (default: above the
+            ``.cs`` file's job directory).
+        progress: Called with the number of particle rows each time a chunk is written.
 
     Returns:
-        ``{"particles": N, "optics_groups": M}``.
+        ``{"particles": N, "optics_groups": M, "columns": C}``, plus
+        ``"links"`` (made, already there) with ``link_mrcs``.
 
     Raises:
-        FieldError: A field RELION needs is missing; OutputError (exists, no overwrite).
+        FieldError: A field RELION needs is missing, or an optics group mixes values;
+        OutputError (exists, no overwrite, or a link name holds another file).
     """
     from stacktools.cs.relion import cs_to_star as convert
-    return convert(cs_path, star_path, passthrough=passthrough, mrcs=mrcs, overwrite=overwrite)
+    from stacktools.formats.atomic import check_output
+    check_output(star_path, [cs_path, passthrough], overwrite=overwrite)
+    links = None
+    if link_mrcs:
+        from stacktools.mrcs_links import link_mrcs as make_links
+        mrcs = True
+        links = make_links(cs_path, passthrough=passthrough, project_dir=project_dir,
+                           into=None if link_mrcs is True else Path(link_mrcs))
+    result = convert(cs_path, star_path, passthrough=passthrough, mrcs=mrcs, prefix_map=prefix_map,
+                     invert_y=invert_y, stack_names=links.names if links else None,
+                     overwrite=overwrite, progress=progress)
+    if links is not None:
+        result["links"] = {"made": links.made, "existing": links.existing}
+    return result
 
 
 def star_to_cs(star_path: PathLike, cs_path: PathLike, *, uid_column: str | None = None,
-               seed: int | None = None, overwrite: bool = False) -> np.ndarray:
-    """Convert a RELION particle STAR file to a ``.cs``.
+               psize: float | None = None, box: int | None = None,
+               micrograph_shape: tuple[int, int] | None = None, project_dir: PathLike | None = None,
+               allow_premultiplied: bool = False, format: str = "numpy",
+               overwrite: bool = False) -> np.ndarray:
+    """Convert a RELION particle STAR file (3.0 or 3.1) to a ``.cs``.
+
+    Columns that have no ``.cs`` field are named in one
+    :class:`~stacktools.errors.DroppedColumnsWarning` (``warnings`` module).
 
     Args:
-        uid_column: Take uids from this column instead of drawing them.
-        seed: Seed for drawn uids (the same seed gives the same uids).
+        uid_column: Take uids from this column instead of hashing image names.
+        psize: Pixel size (Å) for a file that gives none.
+        box: Box (pixels) for a file without ``rlnImageSize`` whose stacks are absent.
+        micrograph_shape: ``(height, width)`` for coordinates whose micrographs are absent.
+        project_dir: Where ``rlnImageName`` and ``rlnMicrographName`` paths start
+            (default: above the STAR file's ``Type/jobNNN/`` directory, else the
+            current directory).
+        allow_premultiplied: Convert CTF-premultiplied images (CryoSPARC cannot
+            tell they are).
+        format: ``"numpy"`` or ``"csdat"``.
 
     Returns:
         The dataset written.
 
     Raises:
-        StarFormatError: Unreadable STAR or missing columns; OutputError.
+        StarFormatError: Unreadable STAR, missing or unrepresentable columns, a
+        repeated image name; MissingStackError: stacks or micrographs needed for
+        a size are absent; OutputError.
     """
+    from functools import partial
+
     from stacktools.cs.relion import star_to_cs as convert
-    return convert(star_path, cs_path, uid_column=uid_column, seed=seed, overwrite=overwrite)
+    from stacktools.particles import default_project_dir, resolve_blob_path
+    root = Path(project_dir) if project_dir is not None else default_project_dir(star_path)
+    return convert(star_path, cs_path, uid_column=uid_column, psize=psize, box=box,
+                   micrograph_shape=micrograph_shape, resolve=partial(resolve_blob_path, root),
+                   allow_premultiplied=allow_premultiplied, format=format, overwrite=overwrite)
 
 
 # ---- particle sets -----------------------------------------------------------------------

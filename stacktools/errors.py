@@ -158,3 +158,12 @@ def describe_os_error(err: OSError) -> str:
         where = f"{where} -> {err.filename2}"
     reason = err.strerror or str(err)
     return f"{where}: {reason}" if where else reason
+
+
+class DroppedColumnsWarning(UserWarning):
+    """STAR columns that have no ``.cs`` field were not converted; ``columns`` lists them."""
+
+    def __init__(self, label: str, columns: list[str]):
+        self.columns = list(columns)
+        super().__init__(f"{label}: {len(self.columns)} STAR column(s) have no .cs field and were "
+                         f"not converted: {', '.join(self.columns)}")

@@ -121,7 +121,8 @@ def test_split_writes_one_result_group_per_file(demo, tmp_path):
 
 def test_from_star_writes_a_result_group(real_data, tmp_path):
     out = tmp_path / "relion.cs"
-    res = invoke_cli("cs", "from-star", real_data / "relion" / "relion31.star", "-o", out, "--seed", "1")
+    res = invoke_cli("cs", "from-star", real_data / "relion" / "relion31.star", "-o", out,
+                     "--project-dir", real_data / "relion")
     assert res.returncode == 0, res.stderr
     doc = _check(csg_path(out))
     assert {"blob", "ctf"} <= set(doc["results"])

@@ -52,11 +52,14 @@ class CsDataset:
     rows; ``ds[3]`` is one row.
     """
 
-    def __init__(self, data: np.ndarray, source: str | os.PathLike | None = None):
+    def __init__(self, data: np.ndarray, source: str | os.PathLike | None = None,
+                 format: str | None = None):
         if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
             raise FieldError(f"{source or 'dataset'}: a CsDataset needs a 1-D structured array")
         self.data = data
         self.source = str(source) if source is not None else None
+        # The .cs format read (numpy or csdat); save() keeps it unless told otherwise.
+        self.format = format
 
     # ---- construction and output ---------------------------------------------------
 
@@ -78,14 +81,14 @@ class CsDataset:
             Read only these fields (``ctf/`` takes a group), e.g. ``["uid"]`` when
             only uids are needed: the rest of the file is never copied.
         """
-        from stacktools.formats.cs import read_cs
+        from stacktools.formats.cs import detect_format, read_cs
         if fields is not None:
             data = _ds.select_fields(read_cs(path, mmap=True), fields, str(path))
         else:
             data = read_cs(path, mmap=mmap and passthrough is None)
         if passthrough is not None:
             data = _ds.join(data, read_cs(passthrough), label=(str(path), str(passthrough)))
-        return cls(data, path)
+        return cls(data, path, detect_format(path))
 
     @classmethod
     def from_pandas(cls, df, dtype: np.dtype | None = None) -> "CsDataset":
@@ -98,12 +101,12 @@ class CsDataset:
 
     @classmethod
     def from_star(cls, path: str | os.PathLike, *, uid_column: str | None = None,
-                  seed: int | None = None) -> "CsDataset":
+                  **options) -> "CsDataset":
         """Read RELION particles from a STAR file (see :func:`stacktools.cs.relion.from_star_blocks`)."""
         from stacktools.cs.relion import from_star_blocks
         from stacktools.formats.star import read_star
-        return cls(from_star_blocks(read_star(path), uid_column=uid_column, seed=seed,
-                                    label=str(path)), path)
+        return cls(from_star_blocks(read_star(path), uid_column=uid_column,
+                                    label=str(path), **options), path)
 
     def to_pandas(self, decode: bool = True):
         """A DataFrame with one column per field; see :func:`stacktools.formats.tabular.to_pandas`."""
@@ -111,8 +114,9 @@ class CsDataset:
         return to_pandas(self.data, decode)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False,
-             result_group: bool = True) -> Path:
-        """Write a NumPy-format ``.cs`` file atomically (exact dtype and field order).
+             result_group: bool = True, format: str | None = None) -> Path:
+        """Write a ``.cs`` file atomically (exact dtype and field order), in
+        ``format`` (``"numpy"`` or ``"csdat"``; default: the format read, else NumPy).
 
         With ``result_group``, a particle set also gets ``NAME.csg`` beside it, written
         after the ``.cs`` (see :mod:`stacktools.cs.result_group`), for CryoSPARC's
@@ -127,7 +131,7 @@ class CsDataset:
         out = self._output(path, overwrite)
         if result_group:
             clear_result_group(out, overwrite=overwrite)
-        write_cs(out, self.data, overwrite=overwrite)
+        write_cs(out, self.data, overwrite=overwrite, format=format or self.format or "numpy")
         if result_group:
             write_result_group([(out, self.dtype, len(self))], description=self._made_from())
         return out
@@ -218,7 +222,7 @@ class CsDataset:
         raise TypeError(f"cannot index a CsDataset with {type(key).__name__}")
 
     def _new(self, data: np.ndarray) -> "CsDataset":
-        return CsDataset(data, self.source)
+        return CsDataset(data, self.source, self.format)
 
     # ---- queries -------------------------------------------------------------------
 

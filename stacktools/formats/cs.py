@@ -114,12 +114,18 @@ def dataset_to_array(dset) -> np.ndarray:
     return out
 
 
-def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True,
-             fsync: bool = True) -> Path:
-    """Write ``data`` as a NumPy-format ``.cs`` file, atomically.
+FORMATS = ("numpy", "csdat")
 
-    The file is written with :func:`numpy.save` into an open handle, so no ``.npy``
-    suffix is added and both ``np.load`` and cryosparc-tools read it back.
+
+def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True,
+             fsync: bool = True, format: str = "numpy") -> Path:
+    """Write ``data`` as a ``.cs`` file, atomically.
+
+    NumPy format is written with :func:`numpy.save` into an open handle, so no
+    ``.npy`` suffix is added and both ``np.load`` and cryosparc-tools read it back
+    with the exact dtype. CSDAT is written by cryosparc-tools (its reference
+    implementation); strings there have no fixed width, and read back as wide as
+    the longest value, as any CSDAT file does.
 
     Parameters
     ----------
@@ -131,14 +137,34 @@ def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = Tru
         If false, refuse to replace an existing file.
     fsync
         Flush the file to the device before renaming it into place.
+    format
+        ``"numpy"`` or ``"csdat"``; :func:`detect_format` of an input gives the
+        value that keeps its format.
     """
+    if format not in FORMATS:
+        raise OutputError(f"{path}: unknown .cs format {format!r} (choose numpy or csdat)")
     if data.dtype.names is None or data.ndim != 1:
         raise CsFormatError(f"{path}: can only write a 1-D structured array")
     if data.dtype.hasobject:
         raise OutputError(f"{path}: object fields cannot be written to a .cs file")
+    if format == "csdat":
+        dset = _csdat_dataset(path, data)
     with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
-        np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
+        if format == "csdat":
+            from cryosparc.dataset import CSDAT_FORMAT
+            dset.save(fh, format=CSDAT_FORMAT)
+        else:
+            np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
     return Path(path)
+
+
+def _csdat_dataset(path: str | os.PathLike, data: np.ndarray):
+    try:
+        from cryosparc.dataset import Dataset
+    except ImportError as err:
+        raise OutputError(f"{path}: writing CSDAT needs cryosparc-tools: "
+                          "pip install 'stacktools[csdat]'") from err
+    return Dataset(np.ascontiguousarray(data))
 
 
 def strip_import_marker(path: bytes | str) -> str:
