@@ -289,23 +289,8 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
 
 def write_clean(pset: ParticleSet, report: CheckReport, out: str | os.PathLike, *,
                 overwrite: bool = False) -> Path:
-    """Write the set without the particles ``report`` found bad, in the input's format.
-
-    A ``.cs`` input gives a ``.cs`` (and its ``.csg``); a STAR input gives a STAR
-    with every block kept and the bad particles' rows left out.
-
-    Args:
-        pset: The set that was checked.
-        report: What :func:`check_particles` found for it.
-        out: The file to write (atomically).
-        overwrite: Replace ``out`` if it exists.
-
-    Returns:
-        ``out``.
-
-    Raises:
-        OutputError: ``out`` exists (without ``overwrite``) or is an input.
-    """
+    """Write ``pset`` without the rows ``report`` found bad, in the input's format
+    (see :func:`stacktools.api.write_clean`)."""
     from stacktools.formats.atomic import check_output
 
     check_output(out, [pset.source] if pset.source else [], overwrite=overwrite)
