@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_DEFAULT, PROJECT_DIR_HELP
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, CS_FORMAT, PROJECT_DIR_DEFAULT, PROJECT_DIR_HELP, cs_format
 from stacktools.cli.output import (
     byte_progress,
     console,
@@ -59,6 +59,7 @@ def consolidate(
                                                     "shifts rescaled, mean kept [default: no Fourier crop]."),
     mrcs: bool = typer.Option(False, "--mrcs", help="Name the stacks .mrcs (RELION reads them) "
                                                     "[default: off for a .cs, always for a STAR]."),
+    fmt: Optional[str] = CS_FORMAT,
     verify: bool = typer.Option(False, "--verify", help="Compare every written particle with its source."),
     fsync: bool = typer.Option(False, "--fsync", help="Flush each stack to the device before renaming it."),
     force: bool = typer.Option(False, "--force", help="Replace another consolidation's outputs in OUT."),
@@ -81,7 +82,7 @@ def consolidate(
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout.value, particles_per_stack=particles_per_stack,
                               dtype=dtype.value, mrcs=mrcs, allow_outside_project=allow_outside_project,
-                              crop=crop, fourier_crop=fourier_crop)
+                              crop=crop, fourier_crop=fourier_crop, cs_format=cs_format(fmt))
     for warning in plan.warnings:
         sys.stderr.write(f"stacktools: warning: {warning}\n")
     total = plan.nbytes

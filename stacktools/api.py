@@ -319,7 +319,7 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
                        passthrough: PathLike | None = None, layout: str = "per-stack",
                        particles_per_stack: int | None = None, dtype: str = "auto",
                        mrcs: bool = False, allow_outside_project: bool = False, crop: int | None = None,
-                       fourier_crop: int | None = None) -> ConsolidationPlan:
+                       fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidationPlan:
     """Decide what a consolidation would write, and write nothing.
 
     Args:
@@ -335,6 +335,8 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
         mrcs: Name the stacks ``.mrcs`` (RELION's extension).
         allow_outside_project: See :func:`open_particles`.
         crop, fourier_crop: See :func:`consolidate_particles`.
+        cs_format: ``"numpy"`` or ``"csdat"`` for the new ``.cs`` files (default: each
+            input's own format, so a CSDAT input gives CSDAT).
 
     Returns:
         :class:`~stacktools.consolidate.ConsolidationPlan`: run it with
@@ -347,7 +349,8 @@ def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathL
     from stacktools.consolidate import plan_consolidation as plan
     return plan(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
                 particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
-                allow_outside_project=allow_outside_project, crop=crop, fourier_crop=fourier_crop)
+                allow_outside_project=allow_outside_project, crop=crop, fourier_crop=fourier_crop,
+                cs_format=cs_format)
 
 
 def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
@@ -357,7 +360,7 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
                           dry_run: bool = False, fsync: bool = False, force: bool = False,
                           progress: Callable[[int], None] | None = None,
                           allow_outside_project: bool = False, crop: int | None = None,
-                          fourier_crop: int | None = None) -> ConsolidateResult:
+                          fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidateResult:
     """Rewrite a subset's stacks so that only its particles remain, with a new ``.cs``.
 
     Bit-exact (or converted as ``dtype`` asks), bounded memory, atomic and resumable:
@@ -365,7 +368,7 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
 
     Args:
         particles, out, project_dir, passthrough, layout, particles_per_stack, dtype,
-        mrcs, allow_outside_project: See :func:`plan_consolidation`.
+        mrcs, allow_outside_project, cs_format: See :func:`plan_consolidation`.
         crop: Crop each particle about its centre to this box (pixel size kept).
         fourier_crop: Then Fourier-crop to this even box (pixel size × box/N, shifts
             rescaled, mean kept); see :mod:`stacktools.shrink`.
@@ -390,7 +393,7 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
                        particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
                        mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
                        progress=progress, allow_outside_project=allow_outside_project,
-                       crop=crop, fourier_crop=fourier_crop)
+                       crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
 
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,

@@ -26,13 +26,14 @@ def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path
     from stacktools.cs.result_group import clear_result_group, write_result_group
     from stacktools.cs.rows import with_blob_paths
     from stacktools.formats.atomic import check_output
-    from stacktools.formats.cs import write_cs
+    from stacktools.formats.cs import detect_format, write_cs
 
     check_output(out, [pset.source], overwrite=True)
     targets = [paths[named_path(p)] for p in pset.stack_paths]
     data = with_blob_paths(pset.data, targets, pset.stack_codes)
     clear_result_group(out, overwrite=True)
-    write_cs(out, data)
+    # A CSDAT input stays CSDAT (the format CryoSPARC wrote it in).
+    write_cs(out, data, format=detect_format(pset.source) if pset.source else "numpy")
     origin = f"{Path(pset.source).name} " if pset.source else ""
     write_result_group([(out, data.dtype, len(data))],
                        description=f"{origin}reading the node-local cache copies")

@@ -118,6 +118,8 @@ class ConsolidationPlan:
     new_star: dict | None = None  # for a STAR input: the new STAR's blocks (out_cs is the .star)
     warnings: list[str] = dataclasses.field(default_factory=list)
     shrink: ShrinkSpec = field(default_factory=ShrinkSpec)  # crop / Fourier crop of every particle
+    cs_format: str = "numpy"  # of the new .cs ("numpy" or "csdat")
+    pt_format: str = "numpy"  # of the new passthrough
 
     @property
     def nbytes(self) -> int:
@@ -258,6 +260,27 @@ def _shrink_spec(crop: int | None, fourier_crop: int | None, star: bool, headers
     return shrink
 
 
+def _output_formats(cs_path: Path | None, pt_path: Path | None, asked: str | None,
+                    options: dict) -> tuple[str, str]:
+    """The formats of the new ``.cs`` and passthrough (a STAR input's run has no
+    ``.cs``: ``cs_path`` is None); recorded in the plan's ``options`` unless both
+    are NumPy, so that earlier runs' keys stay valid."""
+    out = _format_of(cs_path, asked) if cs_path is not None else "numpy"
+    pt = _format_of(pt_path, asked) if pt_path is not None else "numpy"
+    if (out, pt) != ("numpy", "numpy"):
+        options["formats"] = [out, pt]
+    return out, pt
+
+
+def _format_of(path: Path, asked: str | None) -> str:
+    """The format to write a ``.cs`` made from ``path`` in: as asked, else the input's own."""
+    if asked is not None:
+        if asked not in csfile.FORMATS:
+            raise ValueError(f"cs_format must be one of {', '.join(csfile.FORMATS)}, not {asked!r}")
+        return asked
+    return csfile.detect_format(path)
+
+
 def _particles_per_stack(layout: str, dtype: str, particles_per_stack: int | None) -> int:
     """Check the option values before any input is read; the packed stacks' size."""
     if layout not in LAYOUTS:
@@ -278,7 +301,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                        layout: str = "per-stack", particles_per_stack: int | None = None,
                        dtype: str = "auto", mrcs: bool = False,
                        allow_outside_project: bool = False, crop: int | None = None,
-                       fourier_crop: int | None = None) -> ConsolidationPlan:
+                       fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidationPlan:
     """Validate the inputs and decide every output, without writing anything.
 
     Args:
@@ -381,9 +404,11 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                "project": str(proj), "outdir": str(out_real), "version": 1}
     if shrink:  # only then, so that earlier runs' keys stay valid
         options["shrink"] = [crop, fourier_crop]
+    out_format, pt_format = _output_formats(None if star else cs_path, pt_path, cs_format, options)
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
     plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
-                             relative, key, layout, dtype, warnings=warnings, shrink=shrink)
+                             relative, key, layout, dtype, warnings=warnings, shrink=shrink,
+                             cs_format=out_format, pt_format=pt_format)
     if star:
         plan.new_star = pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
                                                    keep_original=True)

@@ -169,7 +169,7 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
                 force: bool = False, chunk_bytes: int = CHUNK_BYTES,
                 progress: Progress | None = None,
                 allow_outside_project: bool = False, crop: int | None = None,
-                fourier_crop: int | None = None) -> ConsolidateResult:
+                fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidateResult:
     """Write stacks holding only the selected particles, and a ``.cs`` pointing at them.
 
     Sources are never modified and outputs may not be written onto a source or into
@@ -265,7 +265,7 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
     plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough,
                               layout=layout, particles_per_stack=particles_per_stack,
                               dtype=dtype, mrcs=mrcs, allow_outside_project=allow_outside_project,
-                              crop=crop, fourier_crop=fourier_crop)
+                              crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
     return run_plan(plan, threads=threads, verify=verify, dry_run=dry_run, fsync=fsync,
                     force=force, chunk_bytes=chunk_bytes, progress=progress)
 
@@ -355,12 +355,12 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
         _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
                    progress=progress, chunk_bytes=chunk_bytes)
         if plan.pt_rows is not None:
-            csfile.write_cs(plan.out_passthrough, plan.pt_rows, fsync=fsync)
+            csfile.write_cs(plan.out_passthrough, plan.pt_rows, fsync=fsync, format=plan.pt_format)
             written.append(plan.out_passthrough)
         if plan.new_star is not None:
             write_star(plan.out_cs, plan.new_star, float_format=None, fsync=fsync)
         else:
-            csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync)
+            csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync, format=plan.cs_format)
         written.append(plan.out_cs)
         # Last, once every file it names is complete under its final name.
         if plan.out_csg is not None and write_result_group(

@@ -1,0 +1,69 @@
+"""A CSDAT input comes back out as CSDAT from consolidate and cache sync; --format chooses.
+
+cryosparc-tools (CryoSPARC's reference reader) must read every output with the same
+rows, fields and values as the NumPy-format run of the same command.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stacktools.formats.cs import detect_format, read_cs, write_cs
+from tests.helpers import cli_json, run_cli
+
+pytest.importorskip("cryosparc.dataset")
+
+
+def _to_csdat(*paths) -> None:
+    for p in paths:
+        write_cs(p, read_cs(p), format="csdat")
+        assert detect_format(p) == "csdat"
+
+
+def _same_rows(a_path, b_path) -> None:
+    from cryosparc.dataset import Dataset
+
+    a, b = Dataset.load(str(a_path)), Dataset.load(str(b_path))
+    assert len(a) == len(b) and [f[0] for f in a.descr()] == [f[0] for f in b.descr()]
+    for name, *_ in a.descr():
+        assert np.asarray(a[name]).tolist() == np.asarray(b[name]).tolist(), name
+
+
+def test_consolidate_keeps_a_csdat_input_csdat(demo, tmp_path):
+    ref = cli_json("consolidate", demo.selected_cs, "--passthrough", demo.passthrough_cs,
+                   "--out", tmp_path / "np", "--quiet")
+    _to_csdat(demo.selected_cs, demo.passthrough_cs)
+    got = cli_json("consolidate", demo.selected_cs, "--passthrough", demo.passthrough_cs,
+                   "--out", tmp_path / "csdat", "--quiet")
+    assert detect_format(got["cs"]) == "csdat" and detect_format(got["passthrough"]) == "csdat"
+    # The same rows as the NumPy run, apart from the stacks' new directory.
+    a, b = read_cs(ref["cs"]), read_cs(got["cs"])
+    assert a.dtype.names == b.dtype.names and len(a) == len(b)
+    for name in a.dtype.names:
+        if name != "blob/path":
+            assert a[name].tolist() == b[name].tolist(), name
+    _same_rows(ref["passthrough"], got["passthrough"])
+
+
+def test_format_numpy_writes_numpy_from_a_csdat_input(demo, tmp_path):
+    _to_csdat(demo.selected_cs)
+    got = cli_json("consolidate", demo.selected_cs, "--out", tmp_path / "o", "--format", "numpy", "--quiet")
+    assert detect_format(got["cs"]) == "numpy"
+
+
+def test_a_bad_format_is_refused_and_nothing_is_written(demo, tmp_path):
+    res = run_cli("consolidate", demo.selected_cs, "--out", tmp_path / "o", "--format", "parquet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--format" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cache_write_cs_keeps_a_csdat_input_csdat(demo, tmp_path):
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    _to_csdat(demo.selected_cs)
+    out = tmp_path / "cached.cs"
+    cli_json("cache", "sync", demo.selected_cs, "--project-dir", demo.project_dir, "--ssd-path", ssd,
+             "--reserve-mb", "0", "--quiet", "--write-cs", out)
+    assert detect_format(out) == "csdat"
+    assert len(read_cs(out)) == demo.selected
