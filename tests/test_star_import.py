@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import starfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stacktools.api import cs_to_star, star_to_cs
 from stacktools.cs.rows import intersect
@@ -157,3 +159,68 @@ def test_csdat_input_stays_csdat(real_data: Path, tmp_path: Path) -> None:
     assert np.asarray(out["blob/path"]).tolist() == np.asarray(ref["blob/path"])[:10].tolist()
     CsDataset.load(tmp_path / "in.cs").save(tmp_path / "np.cs", format="numpy")
     assert detect_format(tmp_path / "np.cs") == "numpy"
+
+
+def _euler_matrices(df) -> np.ndarray:
+    """RELION's ZYZ rotation matrices, written out independently of stacktools."""
+    a, b, g = (np.deg2rad(df[c].to_numpy(np.float64)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+    m = np.empty((len(a), 3, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = -sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb
+    m[:, 2, 0], m[:, 2, 1], m[:, 2, 2] = sb * ca, sb * sa, cb
+    return m
+
+
+@st.composite
+def _relion31_blocks(draw):
+    import pandas as pd
+
+    n = draw(st.integers(2, 40))  # both half-sets present (one alone is not written, as pyem does)
+    groups = draw(st.integers(1, 2))
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": np.arange(1, groups + 1),
+        "rlnOpticsGroupName": [f"opticsGroup{g}" for g in range(1, groups + 1)],
+        "rlnImagePixelSize": [draw(st.sampled_from([0.83, 1.07, 1.35])) for _ in range(groups)],
+        "rlnImageSize": [draw(st.sampled_from([64, 128, 256]))] * groups,
+        "rlnVoltage": [300.0] * groups, "rlnSphericalAberration": [2.7] * groups,
+        "rlnAmplitudeContrast": [0.1] * groups, "rlnImageDimensionality": [2] * groups})
+    stacks = draw(st.integers(1, 4))
+    idx = draw(st.lists(st.integers(1, 500), min_size=n, max_size=n, unique=True))
+    col = lambda lo, hi: draw(st.lists(st.floats(lo, hi, width=32), min_size=n, max_size=n))  # noqa: E731
+    particles = pd.DataFrame({
+        "rlnImageName": [f"{i:06d}@Extract/job001/s{k % stacks}.mrcs" for k, i in enumerate(idx)],
+        "rlnOpticsGroup": draw(st.lists(st.integers(1, groups), min_size=n, max_size=n)),
+        "rlnDefocusU": col(5000, 40000), "rlnDefocusV": col(5000, 40000), "rlnDefocusAngle": col(-180, 180),
+        "rlnAngleRot": col(-180, 180), "rlnAngleTilt": col(0, 180), "rlnAnglePsi": col(-180, 180),
+        "rlnOriginXAngst": col(-20, 20), "rlnOriginYAngst": col(-20, 20),
+        "rlnClassNumber": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n)),
+        "rlnRandomSubset": [1 + k % 2 for k in range(n)]})
+    return {"optics": optics, "particles": particles}
+
+
+@settings(max_examples=40, deadline=None)
+@given(_relion31_blocks())
+def test_every_mapped_value_survives_from_star_and_back(blocks) -> None:
+    from stacktools.cs.relion import from_star_blocks, to_star_blocks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DroppedColumnsWarning)
+        data = from_star_blocks(blocks, label="generated")
+    back = to_star_blocks(data)
+    ref, got = blocks["particles"], back["particles"]
+    assert got["rlnImageName"].tolist() == ref["rlnImageName"].tolist()
+    for c in ("rlnDefocusU", "rlnDefocusV", "rlnOriginXAngst", "rlnOriginYAngst"):
+        np.testing.assert_allclose(got[c], ref[c], rtol=1e-5, atol=1e-4, err_msg=c)
+    # Angles: the same rotation (Euler triples are not unique), and the same defocus axis.
+    np.testing.assert_allclose(_euler_matrices(got), _euler_matrices(ref), atol=1e-4)
+    d = np.deg2rad(got["rlnDefocusAngle"].to_numpy() - ref["rlnDefocusAngle"].to_numpy())
+    np.testing.assert_allclose(np.cos(2 * d), 1, atol=1e-6)
+    for c in ("rlnClassNumber", "rlnRandomSubset", "rlnOpticsGroup"):
+        assert got[c].tolist() == ref[c].tolist(), c
+    by_group = back["optics"].set_index("rlnOpticsGroup")
+    want = blocks["optics"].set_index("rlnOpticsGroup")
+    for g in got["rlnOpticsGroup"].unique():
+        for c in ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
+                  "rlnAmplitudeContrast"):
+            assert abs(float(by_group.loc[g, c]) - float(want.loc[g, c])) < 1e-5, (g, c)
