@@ -99,11 +99,12 @@ class CheckReport:
     def to_dict(self, pset: ParticleSet | None = None, limit: int | None = None) -> dict:
         rows = sorted(self.bad)
         listed = rows if limit is None else rows[:limit]
+        stacks = [str(p) for p in pset.stack_paths] if pset is not None else None
         detail = []
         for r in listed:
             item = {"row": r, "reasons": self.bad[r]}
             if pset is not None:
-                item.update(_describe(pset, r))
+                item.update(_describe(pset, stacks, r))
             detail.append(item)
         return {"source": self.source, "particles": self.particles, "stacks": self.stacks,
                 "bytes_read": self.bytes_read, "clean": self.clean, "bad_particles": len(self.bad),
@@ -112,9 +113,9 @@ class CheckReport:
                 "bad": detail, "bad_listed": len(detail)}
 
 
-def _describe(pset: ParticleSet, row: int) -> dict:
+def _describe(pset: ParticleSet, stacks: list[str], row: int) -> dict:
     code = int(pset.stack_codes[row])
-    out = {"stack": str(pset.stack_paths[code]), "index": int(pset.data["blob/idx"][row])}
+    out = {"stack": stacks[code], "index": int(pset.data["blob/idx"][row])}
     if "uid" in (pset.data.dtype.names or ()):
         out["uid"] = int(pset.data["uid"][row])
     return out
