@@ -67,3 +67,14 @@ def test_cache_write_cs_keeps_a_csdat_input_csdat(demo, tmp_path):
              "--reserve-mb", "0", "--quiet", "--write-cs", out)
     assert detect_format(out) == "csdat"
     assert len(read_cs(out)) == demo.selected
+
+
+def test_cache_write_cs_of_a_star_input_is_numpy(demo, tmp_path):
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    star = tmp_path / "particles.star"
+    assert run_cli("cs", "to-star", demo.selected_cs, "-o", star).returncode == 0
+    out = tmp_path / "cached.cs"
+    cli_json("cache", "sync", star, "--project-dir", demo.project_dir, "--ssd-path", ssd,
+             "--reserve-mb", "0", "--quiet", "--write-cs", out)
+    assert detect_format(out) == "numpy" and len(read_cs(out)) == demo.selected

@@ -32,8 +32,9 @@ def write_cached_cs(pset, paths: dict[str, str], out: str | os.PathLike) -> Path
     targets = [paths[named_path(p)] for p in pset.stack_paths]
     data = with_blob_paths(pset.data, targets, pset.stack_codes)
     clear_result_group(out, overwrite=True)
-    # A CSDAT input stays CSDAT (the format CryoSPARC wrote it in).
-    write_cs(out, data, format=detect_format(pset.source) if pset.source else "numpy")
+    # A CSDAT input stays CSDAT (the format CryoSPARC wrote it in); a STAR's rows are NumPy.
+    from_cs = pset.source is not None and pset.star is None
+    write_cs(out, data, format=detect_format(pset.source) if from_cs else "numpy")
     origin = f"{Path(pset.source).name} " if pset.source else ""
     write_result_group([(out, data.dtype, len(data))],
                        description=f"{origin}reading the node-local cache copies")
