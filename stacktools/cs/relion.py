@@ -104,14 +104,6 @@ _PROJECT_HINT = Hint("project_dir", " or {} to say where the stacks are", None)
 _MIC_HINT = Hint("micrograph_shape", "; pass {} (height and width in pixels)", None)
 
 
-def _decode(values: np.ndarray) -> np.ndarray:
-    """Byte strings as a NumPy unicode array, decoding each distinct value once."""
-    uniq, codes = np.unique(values, return_inverse=True)
-    text = np.array([u.decode("utf-8", errors="replace") for u in uniq.tolist()] or [""],
-                    dtype=str)
-    return text[codes.ravel()] if len(values) else np.zeros(0, dtype=str)
-
-
 # ---- rlnImageName --------------------------------------------------------------------
 
 class ImageNames(NamedTuple):
@@ -121,13 +113,6 @@ class ImageNames(NamedTuple):
     paths: list[str]
     codes: np.ndarray
     idx: np.ndarray
-
-    def path_bytes(self) -> np.ndarray:
-        """Each row's stack path as UTF-8 bytes (one encoding per distinct path)."""
-        if not len(self.codes):
-            return np.zeros(0, "S1")
-        encoded = np.array([p.encode("utf-8", "surrogateescape") for p in self.paths])
-        return encoded[self.codes]
 
 
 def split_image_names(names, label: str = "STAR file") -> ImageNames:
@@ -189,16 +174,6 @@ def _replace_prefix(paths: list[str], prefix: tuple[str, str] | None, label: str
         raise FieldError(f"{label}: no path starts with {old!r}, the prefix to replace "
                          f"(the first is {paths[0]!r})")
     return [new + p[len(old):] if p.startswith(old) else p for p in paths]
-
-
-def image_names(data: np.ndarray, mrcs: bool = False) -> np.ndarray:
-    """``rlnImageName`` values: ``{idx+1:06d}@path``, CryoSPARC's ``>`` stripped.
-
-    With ``mrcs``, a path ending in ``.mrc`` is given as ``.mrcs`` (RELION reads
-    stacks only under that extension; see :func:`link_mrcs`).
-    """
-    codes, names = _stack_names(data, mrcs, None, "dataset")
-    return _text(IndexedNames(data["blob/idx"].astype(np.int64) + 1, codes, names))
 
 
 def _text(values) -> np.ndarray:
