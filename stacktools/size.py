@@ -153,14 +153,17 @@ def shrink_options(box: int, counts, itemsize) -> list[dict]:
 
     counts = np.asarray(counts, np.int64)
     headers = HEADER_BYTES * int((counts > 0).sum())
+    # Bytes of one pixel position summed over the selected particles.
+    kept = int(counts @ np.asarray(itemsize, np.int64))
+    half = 2 * int(counts.sum())
 
-    def total(b: int, per_pixel) -> int:
-        return headers + int((counts * np.broadcast_to(np.asarray(per_pixel, np.int64), counts.shape)).sum()) * b * b
+    def total(b: int, per_position: int) -> int:
+        return headers + per_position * b * b
 
-    rows = [{"option": "selected only, float16", "box": box, "dtype": "float16", "bytes": total(box, 2)}]
+    rows = [{"option": "selected only, float16", "box": box, "dtype": "float16", "bytes": total(box, half)}]
     for b in shrink_boxes(box):
         rows.append({"option": f"selected only, Fourier-cropped to {b}", "box": b, "dtype": "keep",
-                     "bytes": total(b, itemsize)})
+                     "bytes": total(b, kept)})
         rows.append({"option": f"selected only, Fourier-cropped to {b}, float16", "box": b,
-                     "dtype": "float16", "bytes": total(b, 2)})
+                     "dtype": "float16", "bytes": total(b, half)})
     return rows
