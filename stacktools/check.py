@@ -153,15 +153,15 @@ class _Checker:
         self.mean = np.full(n, np.nan)
         self.std = np.full(n, np.nan)
         self.flags = {r: np.zeros(n, bool) for r in REASONS}
-        self.problems: list[StackProblem] = []
+        self.problems: list[tuple[int, StackProblem]] = []  # (stack code, problem)
         self.bytes_read = 0
         self._lock = threading.Lock()
         self.shape = (np.asarray(pset.data["blob/shape"]).reshape(n, -1)
                       if "blob/shape" in (pset.data.dtype.names or ()) and n else None)
 
-    def problem(self, h: StackHeader, text: str, rows: int) -> None:
+    def problem(self, code: int, text: str, rows: int) -> None:
         with self._lock:
-            self.problems.append(StackProblem(h.path, text, rows))
+            self.problems.append((code, StackProblem(self.headers[code].path, text, rows)))
 
     def stack(self, code: int, rows: np.ndarray, idx: np.ndarray) -> None:
         h = self.headers[code]
@@ -169,7 +169,7 @@ class _Checker:
             wrong = (self.shape[rows, 0] != h.ny) | (self.shape[rows, -1] != h.nx)
             if wrong.any():
                 self.flags["shape"][rows[wrong]] = True
-                self.problem(h, f"box {h.ny}x{h.nx} in the header, blob/shape "
+                self.problem(code, f"box {h.ny}x{h.nx} in the header, blob/shape "
                                 f"{self.shape[rows[wrong][0]].tolist()} in the metadata", int(wrong.sum()))
                 keep = ~wrong
                 rows, idx = rows[keep], idx[keep]
@@ -180,12 +180,12 @@ class _Checker:
             # Particles wholly inside the file are still checked.
             whole = (h.file_size - h.data_offset) // h.particle_bytes if h.file_size > h.data_offset else 0
             cut = idx >= whole
-            self.problem(h, f"truncated: {h.file_size:,} bytes on disk, the header declares "
+            self.problem(code, f"truncated: {h.file_size:,} bytes on disk, the header declares "
                             f"{h.expected_size:,} ({h.nz} particles; {max(whole, 0)} complete)", int(cut.sum()))
             self.flags["truncated"][rows[cut]] = True
             rows, idx = rows[~cut], idx[~cut]
         elif h.file_size > h.expected_size:
-            self.problem(h, f"{h.file_size - h.expected_size:,} bytes beyond what the header declares",
+            self.problem(code, f"{h.file_size - h.expected_size:,} bytes beyond what the header declares",
                          len(rows))
         self._pixels(h, rows, idx)
 
@@ -277,14 +277,13 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
             list(pool.map(lambda w: chk.stack(*w), work))
     if outliers is not None:
         _flag_outliers(chk, outliers)
-    stack_of = {os.fspath(p): k for k, p in enumerate(pset.stack_paths)}
-    chk.problems.sort(key=lambda p: stack_of.get(p.path, 0))
     any_bad = np.zeros(len(pset), bool)
     for r in REASONS:
         any_bad |= chk.flags[r]
     bad = {int(row): [r for r in REASONS if chk.flags[r][row]] for row in np.flatnonzero(any_bad)}
+    problems = [p for _, p in sorted(chk.problems, key=lambda cp: cp[0])]  # in stack order
     return CheckReport(source=pset.source or "dataset", particles=len(pset), stacks=len(headers),
-                       bytes_read=chk.bytes_read, stack_problems=chk.problems, bad=bad,
+                       bytes_read=chk.bytes_read, stack_problems=problems, bad=bad,
                        mean=chk.mean, std=chk.std, outliers=outliers)
 
 
