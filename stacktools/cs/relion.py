@@ -114,6 +114,13 @@ class ImageNames(NamedTuple):
     codes: np.ndarray
     idx: np.ndarray
 
+    def path_bytes(self) -> np.ndarray:
+        """Each row's stack path as UTF-8 bytes (one encoding per distinct path)."""
+        if not len(self.codes):
+            return np.zeros(0, "S1")
+        encoded = np.array([p.encode("utf-8", "surrogateescape") for p in self.paths])
+        return encoded[self.codes]
+
 
 def split_image_names(names, label: str = "STAR file") -> ImageNames:
     """Split ``rlnImageName`` values (``N@path``, ``N`` 1-based) into stacks and indices.
