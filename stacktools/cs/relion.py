@@ -162,7 +162,7 @@ def split_image_names(names, label: str = "STAR file") -> ImageNames:
 def _stack_names(data: np.ndarray, mrcs: bool, prefix: tuple[str, str] | None, label: str,
                  rename: dict[str, str] | None = None) -> tuple[np.ndarray, list[bytes]]:
     """Codes into the distinct stack names as written in ``rlnImageName``."""
-    uniq, codes = factorize(np.asarray(data["blob/path"]))
+    uniq, codes = _factorized(data, "blob/path")
     # String work is done once per distinct stack, not once per particle.
     paths = [strip_import_marker(u) for u in uniq.tolist()]
     if rename:
@@ -231,7 +231,7 @@ def _plan(data: np.ndarray, mrcs: bool, prefix_map: tuple[str, str] | None, inve
     cols = ["rlnImageName"]
     mic_codes, mics = None, []
     if "location/micrograph_path" in names:
-        uniq, mic_codes = factorize(np.asarray(data["location/micrograph_path"]))
+        uniq, mic_codes = _factorized(data, "location/micrograph_path")
         mics = [os.fsencode(p) for p in _replace_prefix([os.fsdecode(u) for u in uniq.tolist()],
                                                          prefix_map, label)]
         cols.append("rlnMicrographName")
@@ -312,11 +312,15 @@ def star_loops(data: np.ndarray, *, mrcs: bool = False, prefix_map: tuple[str, s
     as they are written, ``chunk_rows`` at a time.
     """
     plan = _plan(data, mrcs, prefix_map, invert_y, label, stack_names)
-    optics = _optics_block(data, plan.group, label)
+    optics_columns = _optics_columns(data, plan.group, label)
+    optics = StarLoop(list(optics_columns), lambda: [optics_columns], len(optics_columns["rlnOpticsGroup"]))
 
     def chunks() -> Iterator[dict]:
         for lo in range(0, len(data), chunk_rows):
             yield _particle_columns(data, plan, lo, min(len(data), lo + chunk_rows))
+            # Rows already written need not stay resident (a mapped file's pages
+            # would otherwise count against memory until the end).
+            drop_pages(data)
 
     return {"optics": optics, "particles": StarLoop(plan.columns, chunks, len(data))}
 
@@ -381,6 +385,10 @@ def _optics_values(data: np.ndarray) -> dict[str, np.ndarray]:
 def _optics_block(data: np.ndarray, group: np.ndarray, label: str):
     import pandas as pd
 
+    return pd.DataFrame(_optics_columns(data, group, label))
+
+
+def _optics_columns(data: np.ndarray, group: np.ndarray, label: str) -> dict:
     groups, first, inverse = np.unique(group, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     cols: dict[str, object] = {
@@ -396,7 +404,7 @@ def _optics_block(data: np.ndarray, group: np.ndarray, label: str):
                              f"({ref[r]} and {v[r]} at row {r}); split it by ctf/exp_group_id first")
         cols[col] = v[first]
     cols["rlnImageDimensionality"] = np.full(len(groups), 2, dtype=np.int64)
-    return pd.DataFrame(cols)
+    return cols
 
 
 # ---- STAR → .cs ------------------------------------------------------------------------
@@ -815,6 +823,137 @@ def _alignments(cols: _Columns, psize: np.ndarray) -> dict[str, tuple[str, np.nd
     }
 
 
+_FACTORIZE_ROWS = 1 << 18
+
+
+def drop_pages(data) -> None:
+    """Let go of the resident pages of a memory-mapped ``data`` (they stay in the
+    page cache; reading them again costs a minor fault). No-op for other arrays."""
+    import mmap
+
+    if isinstance(data, _MappedRows):
+        drop_pages(data.main)
+        drop_pages(data.other)
+        return
+    base = data
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = getattr(base, "base", None)
+    mapping = getattr(base, "_mmap", None) if base is not None else None
+    if mapping is not None and hasattr(mapping, "madvise") and not mapping.closed:
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _factorized(data, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``factorize`` of a string column, a bounded chunk of rows at a time (the
+    column is never copied whole); through a :class:`_MappedRows`, on the file
+    that holds the field."""
+    if isinstance(data, _MappedRows):
+        source, rows = data.source(name)
+        uniq, codes = _factorized(source, name)
+        return uniq, codes if rows is None else codes[rows]
+    column = data[name]
+    if len(column) <= _FACTORIZE_ROWS:
+        return factorize(np.asarray(column))
+    parts = []
+    for lo in range(0, len(column), _FACTORIZE_ROWS):
+        parts.append(factorize(np.asarray(column[lo:lo + _FACTORIZE_ROWS])))
+        drop_pages(column)
+    uniq, remap = factorize(np.concatenate([u for u, _ in parts]))
+    codes = np.empty(len(column), np.int64)
+    at, lo = 0, 0
+    for u, c in parts:
+        codes[lo:lo + len(c)] = remap[at:at + len(u)][c]
+        at, lo = at + len(u), lo + len(c)
+    return uniq, codes
+
+
+class _MappedRows:
+    """The rows to-star reads from a memory-mapped ``.cs``, inner-joined with its
+    passthrough on ``uid`` if there is one, never copied whole.
+
+    A whole field (``rows["ctf/df1_A"]``) is copied a bounded run of rows at a time,
+    letting go of the mapped pages behind it, and a slice (``rows[lo:hi]``) builds
+    those rows only; string fields come through :func:`_factorized`. Only the
+    fields a STAR holds are kept. So memory stays at a chunk of rows and a few
+    columns, not the size of the files, however many rows they hold.
+    """
+
+    def __init__(self, main: np.ndarray, other: np.ndarray | None = None,
+                 label: tuple[str, str] = ("main dataset", "passthrough dataset")):
+        from stacktools.cs.rows import uid_lookup
+
+        wanted = _star_field_names()
+        self.main, self.other = main, other
+        self.main_rows: np.ndarray | None = None
+        self.other_rows: np.ndarray | None = None
+        names = [(n, main.dtype.fields[n][0]) for n in main.dtype.names if n in wanted]
+        self._extra: set[str] = set()
+        self._gathered: dict[str, np.ndarray] = {}
+        if other is not None:
+            require_fields(main, ["uid"], label[0])
+            require_fields(other, ["uid"], label[1])
+            rows = uid_lookup(_copy_column(main, "uid"), _copy_column(other, "uid"))
+            keep = rows >= 0
+            self.main_rows = None if keep.all() else np.flatnonzero(keep)
+            self.other_rows = rows if self.main_rows is None else rows[self.main_rows]
+            extra = [n for n in other.dtype.names if n in wanted and n not in main.dtype.names]
+            names += [(n, other.dtype.fields[n][0]) for n in extra]
+            self._extra = set(extra)
+            # The passthrough is read in no useful order: its few numeric fields are
+            # gathered once, compactly, and its mapped pages let go.
+            self._gathered = {n: np.asarray(other[n][self.other_rows]) for n in extra
+                              if other.dtype.fields[n][0].base.kind != "S"}
+            drop_pages(other)
+        self.dtype = np.dtype(names)
+
+    def __len__(self) -> int:
+        return len(self.main) if self.other_rows is None else len(self.other_rows)
+
+    def source(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The file holding ``name`` and the rows of it to take (None: all, in order)."""
+        if name in self._extra:
+            return self.other, self.other_rows
+        return self.main, self.main_rows
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key in self._gathered:
+                return self._gathered[key]
+            source, rows = self.source(key)
+            return _copy_column(source, key) if rows is None else np.asarray(source[key][rows])
+        lo, hi, _ = key.indices(len(self))
+        out = np.zeros(hi - lo, dtype=self.dtype)
+        for name in self.dtype.names:
+            if name in self._gathered:
+                out[name] = self._gathered[name][lo:hi]
+            elif name not in self._extra:  # the passthrough's strings: by _factorized only
+                rows = self.main_rows
+                out[name] = self.main[name][lo:hi] if rows is None else self.main[name][rows[lo:hi]]
+        return out
+
+
+def _copy_column(data: np.ndarray, name: str) -> np.ndarray:
+    """``data[name]`` copied, a run of rows at a time, letting go of mapped pages."""
+    column = data[name]
+    if len(column) <= _FACTORIZE_ROWS:
+        return np.array(column)
+    out = np.empty(column.shape, dtype=column.dtype)
+    for lo in range(0, len(column), _FACTORIZE_ROWS):
+        out[lo:lo + _FACTORIZE_ROWS] = column[lo:lo + _FACTORIZE_ROWS]
+        drop_pages(data)
+    return out
+
+
+def _star_field_names() -> set[str]:
+    """``uid`` and the fields :func:`star_loops` reads."""
+    wanted = {"uid", "blob/path", "blob/idx", "blob/shape", "ctf/exp_group_id", "ctf/tilt_A",
+              "ctf/anisomag", "location/micrograph_path", "location/center_x_frac",
+              "location/center_y_frac", "location/micrograph_shape", *OPTICS_COLUMNS,
+              *(field for field, _, _ in CTF_COLUMNS)}
+    return wanted | {f"{prefix}/{f}" for prefix in ("alignments3D", "alignments2D")
+                     for f in ("pose", "shift", "psize_A", "class", "split")}
+
+
 # ---- files -------------------------------------------------------------------------------
 
 def cs_to_star(cs_path: str | os.PathLike, star_path: str | os.PathLike, *,
@@ -826,16 +965,15 @@ def cs_to_star(cs_path: str | os.PathLike, star_path: str | os.PathLike, *,
 
     Returns the counts written: ``{"particles": n, "optics_groups": k, "columns": c}``.
     """
-    from stacktools.cs.rows import join
     from stacktools.formats.cs import read_cs
 
-    data = read_cs(cs_path, mmap=True)
-    if passthrough is not None:
-        data = join(data, read_cs(passthrough, mmap=True), label=(str(cs_path), str(passthrough)))
+    data = _MappedRows(read_cs(cs_path, mmap=True),
+                       read_cs(passthrough, mmap=True) if passthrough is not None else None,
+                       (str(cs_path), str(passthrough)))
     blocks = star_loops(data, mrcs=mrcs, prefix_map=prefix_map, invert_y=invert_y,
                         stack_names=stack_names, label=str(cs_path))
     write_star(star_path, blocks, overwrite=overwrite, progress=progress)
-    return {"particles": len(data), "optics_groups": len(blocks["optics"]),
+    return {"particles": len(data), "optics_groups": blocks["optics"].rows,
             "columns": len(blocks["particles"].columns)}
 
 

@@ -73,6 +73,12 @@ class StarLoop:
     rows: int
 
 
+# The text of every 4-digit group, "0000" to "9999": one gather per group of digits
+# instead of a division per digit.
+_GROUPS = np.array([list(f"{k:04d}".encode()) for k in range(10_000)], dtype=np.uint8)
+_POWERS = 10 ** np.arange(1, 19, dtype=np.int64)
+
+
 def _positional(a: np.ndarray, neg: np.ndarray | None, min_digits: int, point: int,
                 zero_pad: bool = False) -> np.ndarray:
     """Right-aligned ASCII of non-negative integers ``a`` as an ``(n, width)`` matrix.
@@ -82,32 +88,38 @@ def _positional(a: np.ndarray, neg: np.ndarray | None, min_digits: int, point: i
     n = len(a)
     top = int(a.max()) if n else 0
     width = max(min_digits, len(str(top)))
-    digits = np.empty((n, width), dtype=np.uint8)
-    rest = a.copy()
-    for k in range(width):  # digits from the right
-        digits[:, width - 1 - k] = rest % 10
-        rest //= 10
-    digits += _ZERO
-    if not zero_pad:
-        # Leading zeros become spaces, keeping min_digits (e.g. "0.500000").
-        count = np.full(n, min_digits, dtype=np.int64)
-        for k in range(min_digits, width):
-            count += a >= 10 ** k
-        blank = np.arange(width)[None, :] < (width - count)[:, None]
-        digits[blank] = _SPACE
-    else:
-        count = np.full(n, width, dtype=np.int64)
+    signed = neg is not None and bool(neg.any())
+    lead = 1 if signed else 0
+    total = lead + width + (1 if point else 0)
+    out = np.empty((n, total), dtype=np.uint8)
+    digits = np.empty((n, -(-width // 4) * 4), dtype=np.uint8)
+    rest = a.astype(np.int64, copy=True)
+    for g in range(digits.shape[1] // 4):  # 4-digit groups from the right
+        lo = digits.shape[1] - 4 * (g + 1)
+        digits[:, lo:lo + 4] = _GROUPS[rest % 10_000]
+        rest //= 10_000
+    digits = digits[:, digits.shape[1] - width:]
     if point:
-        digits = np.concatenate([digits[:, :width - point], np.full((n, 1), _POINT, np.uint8),
-                                 digits[:, width - point:]], axis=1)
-    sign = np.full((n, 1), _SPACE, dtype=np.uint8)
-    if neg is not None and neg.any():
-        digits = np.concatenate([sign, digits], axis=1)
-        # The minus sits just left of the first digit.
-        at = digits.shape[1] - (count + (1 if point else 0)) - 1
+        out[:, lead:lead + width - point] = digits[:, :width - point]
+        out[:, lead + width - point] = _POINT
+        out[:, lead + width - point + 1:] = digits[:, width - point:]
+    else:
+        out[:, lead:] = digits
+    if signed:
+        out[:, 0] = _SPACE
+    if zero_pad:
+        return out
+    # Leading zeros become spaces, keeping min_digits (e.g. "0.500000").
+    count = np.maximum(np.searchsorted(_POWERS, a, side="right") + 1, min_digits)
+    blank_to = lead + width - count  # columns before this one are blank
+    cols = np.arange(total)
+    blank = cols[None, :] < blank_to[:, None]
+    out[blank] = _SPACE
+    if signed:
         rows = np.flatnonzero(neg)
-        digits[rows, at[rows]] = _MINUS
-    return digits
+        # The minus sits just left of the first digit.
+        out[rows, blank_to[rows] - 1] = _MINUS
+    return out
 
 
 def _float_decimals(v: np.ndarray) -> int:
@@ -151,23 +163,32 @@ def _text_matrix(name: str, values: np.ndarray) -> np.ndarray:
     return _coded_text(name, codes.ravel(), [bytes(u) for u in uniq.tolist()])
 
 
-def _coded_text(name: str, codes: np.ndarray, values: list[bytes]) -> np.ndarray:
-    _check_words(name, values)
-    width = max((len(v) for v in values), default=1)
-    table = np.full((max(1, len(values)), width), _SPACE, dtype=np.uint8)
-    for i, v in enumerate(values):
-        table[i, :len(v)] = np.frombuffer(v, dtype=np.uint8)
+def _coded_text(name: str, codes: np.ndarray, values: list[bytes], tables: dict | None = None) -> np.ndarray:
+    key = (name, id(values))
+    table = tables.get(key) if tables is not None else None
+    if table is None:
+        _check_words(name, values)
+        width = max((len(v) for v in values), default=1)
+        table = np.full((max(1, len(values)), width), _SPACE, dtype=np.uint8)
+        for i, v in enumerate(values):
+            table[i, :len(v)] = np.frombuffer(v, dtype=np.uint8)
+        if tables is not None:
+            tables[key] = table
     return table[codes]
 
 
-def _column_text(name: str, values) -> np.ndarray:
+def _column_text(name: str, values, tables: dict | None = None) -> np.ndarray:
     if isinstance(values, IndexedNames):
         index = np.asarray(values.index, dtype=np.int64)
+        names = _coded_text(name, values.codes, values.names, tables)
         digits = _positional(index, None, 6, 0, zero_pad=True)
-        at = np.full((len(index), 1), _AT, dtype=np.uint8)
-        return np.concatenate([digits, at, _coded_text(name, values.codes, values.names)], axis=1)
+        out = np.empty((len(index), digits.shape[1] + 1 + names.shape[1]), dtype=np.uint8)
+        out[:, :digits.shape[1]] = digits
+        out[:, digits.shape[1]] = _AT
+        out[:, digits.shape[1] + 1:] = names
+        return out
     if isinstance(values, Coded):
-        return _coded_text(name, np.asarray(values.codes), values.values)
+        return _coded_text(name, np.asarray(values.codes), values.values, tables)
     values = np.asarray(values)
     if values.dtype.kind in "SU":
         return _text_matrix(name, values)
@@ -176,16 +197,22 @@ def _column_text(name: str, values) -> np.ndarray:
     return _number_text(name, values)
 
 
-def format_rows(columns: list[str], chunk: Mapping[str, object]) -> bytes:
-    """The text of consecutive rows: one line per row, columns separated by a space."""
-    parts = []
-    for name in columns:
-        text = _column_text(name, chunk[name])
-        parts += [text, np.full((len(text), 1), _SPACE, dtype=np.uint8)]
-    if not parts:
-        return b""
-    parts[-1] = np.full((len(parts[0]), 1), _NEWLINE, dtype=np.uint8)
-    return np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes()
+def format_rows(columns: list[str], chunk: Mapping[str, object],
+                tables: dict | None = None) -> tuple[bytes, int]:
+    """The text of consecutive rows (one line each, columns separated by a space) and
+    how many rows that is. ``tables`` keeps coded columns' text between chunks."""
+    texts = [_column_text(name, chunk[name], tables) for name in columns]
+    if not texts:
+        return b"", 0
+    n = len(texts[0])
+    line = np.empty((n, sum(t.shape[1] + 1 for t in texts)), dtype=np.uint8)
+    at = 0
+    for t in texts:
+        line[:, at:at + t.shape[1]] = t
+        line[:, at + t.shape[1]] = _SPACE
+        at += t.shape[1] + 1
+    line[:, -1] = _NEWLINE
+    return line.tobytes(), n
 
 
 def _frame_loop(frame) -> StarLoop:
@@ -398,13 +425,14 @@ def write_star(path: str | os.PathLike, blocks: dict, *, overwrite: bool = True,
 def _write_loops(path: str | os.PathLike, blocks: dict, *, overwrite: bool, fsync: bool,
                  progress: Callable[[int], None] | None) -> Path:
     loops = {name: b if isinstance(b, StarLoop) else _frame_loop(b) for name, b in blocks.items()}
+    tables: dict = {}  # each coded column's text table, made once for all its chunks
     with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
         for name, loop in loops.items():
             fh.write(_header(name, loop.columns))
             for chunk in loop.chunks():
-                text = format_rows(loop.columns, chunk)
+                text, rows = format_rows(loop.columns, chunk, tables)
                 fh.write(text)
                 if progress is not None:
-                    progress(text.count(b"\n"))
+                    progress(rows)
             fh.write(b"\n")
     return Path(path)
