@@ -224,3 +224,47 @@ def test_every_mapped_value_survives_from_star_and_back(blocks) -> None:
         for c in ("rlnImagePixelSize", "rlnImageSize", "rlnVoltage", "rlnSphericalAberration",
                   "rlnAmplitudeContrast"):
             assert abs(float(by_group.loc[g, c]) - float(want.loc[g, c])) < 1e-5, (g, c)
+
+
+# ---- from-star --json and its warning line -------------------------------------------------
+
+# Columns of tests/data/relion/relion31.star with no .cs field, in file order (the
+# coordinates too: its micrographs are absent and no --micrograph-shape is given).
+RELION31_DROPPED = ["rlnCoordinateX", "rlnCoordinateY", "rlnImageOriginalName", "rlnNormCorrection",
+                    "rlnLogLikeliContribution", "rlnMaxValueProbDistribution",
+                    "rlnNrOfSignificantSamples", "rlnGroupNumber", "rlnMicrographOriginalPixelSize"]
+
+
+def test_from_star_json_names_every_dropped_column(real_data: Path, tmp_path: Path) -> None:
+    import json
+
+    star = tmp_path / "relion31.star"
+    shutil.copy(real_data / "relion" / "relion31.star", star)
+    out = tmp_path / "out.cs"
+    res = run_cli("cs", "from-star", star, "-o", out, "--box", "256", "--json", check=True)
+    payload = json.loads(res.stdout)  # stdout is one JSON object and nothing else
+    cs = read_cs(out)
+    assert payload["output"] == str(out) and payload["rows"] == len(cs) == 5
+    assert payload["bytes"] == out.stat().st_size and payload["fields"] == len(cs.dtype.names)
+    assert payload["dropped_columns"] == RELION31_DROPPED
+    # Every dropped column really is in the file, and every column of the file is
+    # either converted or named.
+    file_columns = {c for block in starfile.read(star, always_dict=True).values() for c in block.columns}
+    assert set(RELION31_DROPPED) <= file_columns
+    # One warning line on stderr, naming them all.
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stacktools: warning: ")
+    assert lines[0].endswith(", ".join(RELION31_DROPPED)) and f"{len(RELION31_DROPPED)} STAR column" in lines[0]
+
+
+def test_from_star_without_dropped_columns_warns_nothing(tmp_path: Path) -> None:
+    import json
+
+    star = tmp_path / "p.star"
+    star.write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnImagePixelSize #2\n_rlnImageSize #3\n"
+                    "1@a.mrcs 1.0 64\n2@a.mrcs 1.0 64\n")
+    res = run_cli("cs", "from-star", star, "-o", tmp_path / "out.cs", "--json", check=True)
+    assert json.loads(res.stdout)["dropped_columns"] == [] and res.stderr == ""
+    # Without --json the same line goes to stdout and the list is not printed.
+    res = run_cli("cs", "from-star", star, "-o", tmp_path / "out2.cs", check=True)
+    assert res.stdout.startswith("wrote 2 particles") and res.stderr == ""
