@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import typer
 
-from stacktools.cli.options import cli_app
+from stacktools.cli.options import CS_FORMAT, cli_app, cs_format
 from stacktools.cli.output import (
     console,
     count_progress,
@@ -203,6 +203,7 @@ def filter_(
                                                help="Passthrough .cs whose fields the condition may use; "
                                                     "the output keeps only CS's fields (rows the passthrough "
                                                     "lacks are dropped).", dir_okay=False),
+    fmt: Optional[str] = CS_FORMAT,
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """Keep the rows matching a condition (a small safe expression language, never eval).
@@ -213,18 +214,21 @@ def filter_(
     """
     from stacktools.cs.query import parse
     parse(where)  # a malformed condition fails before anything is read
+    fmt = cs_format(fmt)
     _check_output(output, [cs, passthrough], force)
     with _steps("filter", 3, quiet) as step:
         ds = _load(cs)
         step()
         kept = ds.query(where, _load(passthrough) if passthrough is not None else None)
         step()
-        kept.save(output, overwrite=force)
+        kept.save(output, overwrite=force, format=fmt)
         step()
     _written(output, len(kept), as_json, {"input_rows": len(ds)})
 
 
-def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, as_json: bool) -> None:
+def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, as_json: bool,
+            fmt: str | None) -> None:
+    fmt = cs_format(fmt)
     _check_output(output, [a, b], force)
     from stacktools.cs.dataset import CsDataset
     with _steps(op, 3, quiet) as step:
@@ -234,7 +238,7 @@ def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, a
         step()
         res = getattr(da, op)(db)
         step()
-        res.save(output, overwrite=force)
+        res.save(output, overwrite=force, format=fmt)
         step()
     _written(output, len(res), as_json, {"a_rows": len(da), "b_rows": len(db)})
 
@@ -242,41 +246,46 @@ def _set_op(op: str, a: Path, b: Path, output: Path, force: bool, quiet: bool, a
 @app.command("union")
 def union(a: Path = typer.Argument(..., help="A.cs", dir_okay=False),
           b: Path = typer.Argument(..., help="B.cs", dir_okay=False),
-          output: Path = _OUT, force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
+          output: Path = _OUT, fmt: Optional[str] = CS_FORMAT, force: bool = _FORCE, quiet: bool = _QUIET,
+          as_json: bool = _JSON) -> None:
     """A ∪ B by uid: A's rows, then B's rows whose uid is new. Fields must match
     (string widths may differ: the wider is kept)."""
-    _set_op("union", a, b, output, force, quiet, as_json)
+    _set_op("union", a, b, output, force, quiet, as_json, fmt)
 
 
 @app.command("intersect")
 def intersect(a: Path = typer.Argument(..., help="A.cs", dir_okay=False),
               b: Path = typer.Argument(..., help="B.cs", dir_okay=False),
-              output: Path = _OUT, force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
+              output: Path = _OUT, fmt: Optional[str] = CS_FORMAT, force: bool = _FORCE,
+              quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
     """A ∩ B by uid: A's rows (A's fields, A's order) whose uid is in B."""
-    _set_op("intersect", a, b, output, force, quiet, as_json)
+    _set_op("intersect", a, b, output, force, quiet, as_json, fmt)
 
 
 @app.command("subtract")
 def subtract(a: Path = typer.Argument(..., help="A.cs", dir_okay=False),
              b: Path = typer.Argument(..., help="B.cs", dir_okay=False),
-             output: Path = _OUT, force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
+             output: Path = _OUT, fmt: Optional[str] = CS_FORMAT, force: bool = _FORCE,
+             quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
     """A − B by uid: A's rows whose uid is not in B."""
-    _set_op("subtract", a, b, output, force, quiet, as_json)
+    _set_op("subtract", a, b, output, force, quiet, as_json, fmt)
 
 
 @app.command("join")
 def join(main: Path = typer.Argument(..., help="Main .cs (e.g. J7_particles_selected.cs).", dir_okay=False),
          passthrough: Path = typer.Argument(..., help="Passthrough .cs.", dir_okay=False),
-         output: Path = _OUT, force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
+         output: Path = _OUT, fmt: Optional[str] = CS_FORMAT, force: bool = _FORCE,
+         quiet: bool = _QUIET, as_json: bool = _JSON) -> None:
     """Inner join on uid: the job's full particle view. MAIN's row order is kept and
     clashing fields are taken from MAIN."""
+    fmt = cs_format(fmt)
     _check_output(output, [main, passthrough], force)
     with _steps("join", 3, quiet) as step:
         dm, dp = _load(main), _load(passthrough)
         step()
         res = dm.join(dp)
         step()
-        res.save(output, overwrite=force)
+        res.save(output, overwrite=force, format=fmt)
         step()
     _written(output, len(res), as_json, {"main_rows": len(dm), "passthrough_rows": len(dp),
                                          "fields": len(res.fields)})
@@ -295,12 +304,14 @@ def dedupe(
     passthrough: Optional[Path] = typer.Option(None, "--passthrough",
                                                help="Passthrough .cs holding location/* (and --by); "
                                                     "the output keeps only CS's fields.", dir_okay=False),
+    fmt: Optional[str] = CS_FORMAT,
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """Remove repeated uids (the first row is kept) and, with --distance, picks closer
     than D Å to a better one on the same micrograph (like Remove Duplicate Particles)."""
     if distance is not None and distance <= 0:
         raise typer.BadParameter("--distance must be more than 0 Å")
+    fmt = cs_format(fmt)
     _check_output(output, [cs, passthrough], force)
     with _steps("dedupe", 3, quiet) as step:
         ds = _load(cs)
@@ -309,7 +320,7 @@ def dedupe(
                                     passthrough=_load(passthrough) if passthrough is not None else None)
         res = done.result
         step()
-        res.save(output, overwrite=force)
+        res.save(output, overwrite=force, format=fmt)
         step()
     extra = {"input_rows": len(ds), "removed_repeated_uid": done.removed_repeated_uid}
     if distance is not None:
@@ -329,6 +340,7 @@ def split(
     max_files: int = typer.Option(1000, "--max-files", min=1,
                                   help="Refuse to write more files than this (a float field has as many "
                                        "values as rows)."),
+    fmt: Optional[str] = CS_FORMAT,
     force: bool = _FORCE, quiet: bool = _QUIET, as_json: bool = _JSON,
 ) -> None:
     """Split by a field's value (one file per value) or into N random subsets of near-equal size.
@@ -337,6 +349,7 @@ def split(
     """
     if (by is None) == (into is None):
         raise typer.BadParameter("give exactly one of --by FIELD and --into N")
+    fmt = cs_format(fmt)
     ds = _load(cs)
     named = ds.split_files(cs.stem, by=by, into=into, seed=seed, max_files=max_files)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -345,7 +358,7 @@ def split(
         _check_output(o, [cs], force)
     with _steps("split", len(named), quiet) as step:
         for o, (_, _, part) in zip(outs, named):
-            part.save(o, overwrite=force)
+            part.save(o, overwrite=force, format=fmt)
             step()
     files = [{"output": str(o), "value": k, "rows": len(v)} for o, (_, k, v) in zip(outs, named)]
     if as_json:
@@ -364,15 +377,17 @@ def sample(
     count: Optional[int] = typer.Option(None, "--count", "-n", min=0, help="Number of rows to draw."),
     fraction: Optional[float] = typer.Option(None, "--fraction", min=0.0, max=1.0, help="Share of rows to draw."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    fmt: Optional[str] = CS_FORMAT,
     force: bool = _FORCE, as_json: bool = _JSON,
 ) -> None:
     """A random subset of N rows or a fraction of them (seeded), in the original order."""
     if (count is None) == (fraction is None):
         raise typer.BadParameter("give exactly one of --count N and --fraction F")
+    fmt = cs_format(fmt)
     _check_output(output, [cs], force)
     ds = _load(cs)
     res = ds.sample(count, fraction, seed)
-    res.save(output, overwrite=force)
+    res.save(output, overwrite=force, format=fmt)
     _written(output, len(res), as_json, {"input_rows": len(ds), "seed": seed})
 
 
@@ -443,7 +458,8 @@ def from_star(
     allow_premultiplied: bool = typer.Option(False, "--allow-premultiplied",
                                              help="Convert CTF-premultiplied images (CryoSPARC cannot "
                                                   "know they are; it would apply the CTF again)."),
-    fmt: Optional[str] = typer.Option("numpy", "--format", help="Format of the .cs written: numpy or csdat."),
+    fmt: Optional[str] = typer.Option("numpy", "--format", help="Format of the .cs written: numpy or csdat.",
+                                      case_sensitive=False),
     force: bool = _FORCE, as_json: bool = _JSON,
 ) -> None:
     """RELION particles into a .cs (blob/*, ctf/*, location/*, alignments3D/* or alignments2D/*).
@@ -452,7 +468,7 @@ def from_star(
     """
     import warnings
 
-    from stacktools.cli.options import cs_format
+    fmt = cs_format(fmt)
     _check_output(output, [star], force)
     from stacktools.api import star_to_cs
     from stacktools.errors import DroppedColumnsWarning
@@ -461,7 +477,7 @@ def from_star(
         data = star_to_cs(star, output, uid_column=uid_column, psize=psize, box=box,
                           micrograph_shape=tuple(micrograph_shape) if micrograph_shape else None,
                           project_dir=project_dir, allow_premultiplied=allow_premultiplied,
-                          format=cs_format(fmt) or "numpy", overwrite=force)
+                          format=fmt or "numpy", overwrite=force)
     dropped = [c for w in caught if isinstance(w.message, DroppedColumnsWarning) for c in w.message.columns]
     for w in caught:
         sys.stderr.write(f"stacktools: warning: {w.message}\n")

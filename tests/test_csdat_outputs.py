@@ -78,3 +78,61 @@ def test_cache_write_cs_of_a_star_input_is_numpy(demo, tmp_path):
     cli_json("cache", "sync", star, "--project-dir", demo.project_dir, "--ssd-path", ssd,
              "--reserve-mb", "0", "--quiet", "--write-cs", out)
     assert detect_format(out) == "numpy" and len(read_cs(out)) == demo.selected
+
+
+# ---- --format on every cs command that writes a particle .cs --------------------------------
+
+def _cs_commands(demo, out):
+    """(name, arguments writing ``out``) for each cs command that writes one particle .cs."""
+    sel, ext, pt = demo.selected_cs, demo.extracted_cs, demo.passthrough_cs
+    return [
+        ("filter", ["filter", ext, "--where", "blob/idx < 100", "-o", out]),
+        ("union", ["union", ext, ext, "-o", out]),
+        ("intersect", ["intersect", ext, sel, "-o", out]),
+        ("subtract", ["subtract", ext, sel, "-o", out]),
+        ("join", ["join", sel, pt, "-o", out]),
+        ("dedupe", ["dedupe", ext, "-o", out]),
+        ("sample", ["sample", ext, "--count", "50", "-o", out]),
+    ]
+
+
+@pytest.mark.parametrize("which", ["filter", "union", "intersect", "subtract", "join", "dedupe", "sample"])
+def test_format_csdat_on_each_cs_command(demo, tmp_path, which):
+    np_out, cd_out = tmp_path / "np.cs", tmp_path / "csdat.cs"
+    args = dict(_cs_commands(demo, np_out))[which]
+    run_cli("cs", *args, "--quiet" if which != "sample" else "--json", check=True)
+    assert detect_format(np_out) == "numpy"  # the input's format by default
+    args = dict(_cs_commands(demo, cd_out))[which]
+    run_cli("cs", *args, "--format", "CSDAT", check=True)
+    assert detect_format(cd_out) == "csdat"
+    _same_rows(np_out, cd_out)
+    from cryosparc.dataset import Dataset
+    assert [tuple(d) for d in Dataset.load(str(cd_out)).descr()] == \
+        [tuple(d) for d in Dataset.load(str(np_out)).descr()]
+    # and back: --format numpy from a CSDAT input
+    back = tmp_path / "back.cs"
+    run_cli("cs", "filter", cd_out, "--where", "blob/idx >= 0", "-o", back, "--format", "numpy", check=True)
+    assert detect_format(back) == "numpy"
+    _same_rows(back, np_out)
+
+
+def test_format_csdat_on_split_and_from_star(demo, real_data, tmp_path):
+    got = cli_json("cs", "split", demo.extracted_cs, "--into", "2", "-o", tmp_path / "parts",
+                   "--format", "csdat")
+    assert len(got["files"]) == 2
+    assert all(detect_format(f["output"]) == "csdat" for f in got["files"])
+    assert sum(len(read_cs(f["output"])) for f in got["files"]) == len(read_cs(demo.extracted_cs))
+    out = tmp_path / "fs.cs"
+    run_cli("cs", "from-star", real_data / "relion" / "relion31.star", "-o", out, "--box", "256",
+            "--format", "csdat", check=True)
+    assert detect_format(out) == "csdat"
+    from cryosparc.dataset import Dataset
+    assert len(Dataset.load(str(out))) == 5
+
+
+@pytest.mark.parametrize("which", ["filter", "union", "join", "dedupe", "sample"])
+def test_a_bad_cs_format_exits_2_and_writes_nothing(demo, tmp_path, which):
+    out = tmp_path / "o.cs"
+    res = run_cli("cs", *dict(_cs_commands(demo, out))[which], "--format", "parquet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--format" in res.stderr
+    assert not out.exists() and not (tmp_path / "o.csg").exists()
