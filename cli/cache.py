@@ -217,6 +217,8 @@ def sync_cmd(
                 byte_progress("caching", total, quiet or not sys.stderr.isatty())),
             on_wait=_wait_printer(quiet), write_cs=write_cs, write_star=write_star)
     elapsed = time.monotonic() - started
+    for warning in result.warnings:
+        sys.stderr.write(f"stacktools: warning: {warning}\n")
     if as_json:
         d = result.to_dict()
         if write_cs is not None:

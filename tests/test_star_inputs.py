@@ -391,3 +391,24 @@ def test_a_star_without_the_extension_is_recognised(demo, tmp_path):
     shutil.copy(star, other)
     assert ParticleSet.open(other).star is not None
     assert cli_json("size", other)["particles"] == demo.selected
+
+
+def test_write_star_of_a_float16_set_warns_in_one_line(demo, tmp_path):
+    from stacktools.formats.mrc import RELION_FLOAT16_WARNING
+
+    star, ssd = _star(demo), tmp_path / "ssd"
+    ssd.mkdir()
+    assert any(header(demo.project_dir / p)["dtype"].itemsize == 2 for p, _ in _names(star))
+    res = _sync(star, ssd, "--write-star", tmp_path / "cached.star")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip().splitlines() == [f"stacktools: warning: {RELION_FLOAT16_WARNING}"]
+    # consolidate --dtype keep says the same words
+    res = run_cli("consolidate", star, "--out", tmp_path / "cons", "--dtype", "keep", "--quiet")
+    assert res.returncode == 0 and f"stacktools: warning: {RELION_FLOAT16_WARNING}" in res.stderr
+    assert _sync(star, ssd).stderr == ""  # no STAR written: no warning
+
+
+def test_write_star_of_a_float32_set_warns_nothing(demo, tmp_path):
+    star, ssd = _star(demo, float32_only=True), tmp_path / "ssd"
+    ssd.mkdir()
+    assert _sync(star, ssd, "--write-star", tmp_path / "c32.star").stderr == ""

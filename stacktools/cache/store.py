@@ -64,6 +64,7 @@ from stacktools.errors import (
     PathEscapeError,
 )
 from stacktools.formats.atomic import fsync_dir
+from stacktools.formats.mrc import FLOAT16_MODE, RELION_FLOAT16_WARNING
 
 Progress = Callable[[int], None]
 
@@ -99,6 +100,7 @@ class SyncResult:
     versions: dict[str, str] = field(default_factory=dict)
     retired: int = 0
     waited: int = 0
+    warnings: list[str] = field(default_factory=list)
     replanned: bool = False
     use_cache: bool = True
     plan: CachePlan | None = None
@@ -130,7 +132,7 @@ class SyncResult:
         d = {k: getattr(self, k) for k in (
             "copied", "reused", "bytes_copied", "bytes_reused", "evicted", "bytes_evicted",
             "expired", "bytes_expired", "waited", "replanned", "use_cache", "from_source",
-            "copies", "versions", "retired", "paths")}
+            "copies", "versions", "retired", "paths", "warnings")}
         if self.plan is not None:
             d["plan"] = self.plan.to_dict(files=False)
         return d
@@ -836,6 +838,8 @@ def sync_particles(pset, open_cache: Callable[[], Cache], *, use_cache: bool | N
             write_cached_cs(pset, result.paths, write_cs)
         if write_star is not None:
             write_cached_star(pset, result.paths, write_star)
+            if any(h.mode == FLOAT16_MODE for h in pset.stack_headers()):
+                result.warnings.append(RELION_FLOAT16_WARNING)
     except BaseException:
         result.release()
         raise

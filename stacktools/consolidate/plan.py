@@ -34,7 +34,9 @@ from stacktools.errors import (
 from stacktools.formats import cs as csfile
 from stacktools.formats.atomic import NAME_MAX, fit_name
 from stacktools.formats.mrc import (
+    FLOAT16_MODE,
     HEADER_BYTES,
+    RELION_FLOAT16_WARNING,
     StackHeader,
     make_header,
     mode_dtype,
@@ -48,9 +50,6 @@ LAYOUTS = ("per-stack", "packed")
 # dtype option -> MRC mode written (None: each source's own). "auto" is "keep" for a
 # .cs; for a STAR it turns float16 sources into float32, which RELION 3.1 reads.
 DTYPES = {"auto": None, "keep": None, **{name: mode_of_dtype(name) for name in ("float32", "float16")}}
-FLOAT16_MODE = 12
-RELION_FLOAT16_WARNING = ("float16 (MRC mode 12) stacks kept as float16: RELION before 5.0 "
-                          "cannot read them")
 DEFAULT_PARTICLES_PER_STACK = 1000
 
 

@@ -37,6 +37,12 @@ _PROBE = 64  # headers read before deciding whether threads would help
 _SLOW_READ_S = 50e-6
 
 
+# MRC mode 12 (IEEE half floats); RELION reads it from 5.0 on only.
+FLOAT16_MODE = 12
+RELION_FLOAT16_WARNING = ("float16 (MRC mode 12) stacks kept as float16: RELION before 5.0 "
+                          "cannot read them")
+
+
 @functools.lru_cache(maxsize=None)  # a handful of modes; called once per stack on hot paths
 def mode_dtype(mode: int, byte_order: str = "<") -> np.dtype:
     """The pixel dtype of an MRC mode, from mrcfile's mode table.
