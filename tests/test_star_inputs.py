@@ -412,3 +412,39 @@ def test_write_star_of_a_float32_set_warns_nothing(demo, tmp_path):
     star, ssd = _star(demo, float32_only=True), tmp_path / "ssd"
     ssd.mkdir()
     assert _sync(star, ssd, "--write-star", tmp_path / "c32.star").stderr == ""
+
+
+def _tampered(new: Path, change) -> None:
+    blocks = starfile.read(new, always_dict=True)
+    change(blocks["particles"])
+    new.unlink()
+    starfile.write(blocks, new)
+
+
+def test_verify_star_catches_swapped_rows(demo, tmp_path):
+    star = _star(demo)
+    new = Path(cli_json("consolidate", star, "--out", tmp_path / "out")["star"])
+    assert run_cli("verify", new, "--against", star).returncode == 0
+
+    def swap(p):  # rows 2 and 5 trade places, whole rows: names, CTF, angles and all
+        p.iloc[[2, 5]] = p.iloc[[5, 2]].to_numpy()
+    _tampered(new, swap)
+    res = run_cli("verify", new, "--against", star)
+    assert res.returncode == 1 and "particle row 3" in res.stderr, res.stderr
+
+
+def test_verify_star_catches_a_name_pointing_at_the_wrong_particle(demo, tmp_path):
+    star = _star(demo)
+    new = Path(cli_json("consolidate", star, "--out", tmp_path / "out")["star"])
+    names = _names(new)
+    path, idx = names[4]
+    other = next(i for p, i in names if p == path and i != idx)
+
+    def repoint(p):  # row 5 now names another particle of the same output stack
+        p.loc[4, "rlnImageName"] = f"{other + 1:06d}@{path}"
+    _tampered(new, repoint)
+    res = run_cli("verify", new, "--against", star, "--json")
+    assert res.returncode == 1
+    import json
+    report = json.loads(res.stdout)
+    assert report["particle_mismatches"] >= 1 and any("(row 4)" in p for p in report["problems"]), report
