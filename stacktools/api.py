@@ -249,11 +249,12 @@ def star_to_cs(star_path: PathLike, cs_path: PathLike, *, uid_column: str | None
     from functools import partial
 
     from stacktools.cs.relion import star_to_cs as convert
-    from stacktools.particles import default_project_dir, resolve_blob_path
+    from stacktools.particles import default_project_dir, resolve_blob_path, stack_key
     root = Path(project_dir) if project_dir is not None else default_project_dir(star_path)
     return convert(star_path, cs_path, uid_column=uid_column, psize=psize, box=box,
                    micrograph_shape=micrograph_shape, resolve=partial(resolve_blob_path, root),
-                   allow_premultiplied=allow_premultiplied, format=format, overwrite=overwrite)
+                   allow_premultiplied=allow_premultiplied, format=format, overwrite=overwrite,
+                   stack_key=stack_key)
 
 
 # ---- particle sets -----------------------------------------------------------------------

@@ -149,6 +149,21 @@ def default_project_dir(particles: str | os.PathLike) -> Path:
     return Path.cwd()
 
 
+def stack_key(blob_path: bytes | str) -> str:
+    """The one spelling of a stack path that every command groups rows by.
+
+    CryoSPARC's leading ``>`` is stripped, and ``.`` components and repeated
+    slashes are dropped, so ``>J1/x.mrc``, ``./Extract/job1/x.mrcs`` and
+    ``Extract//job1/x.mrcs`` each name one stack. ``..`` is kept: through a
+    symlinked directory ``a/../b`` need not be ``b``.
+    """
+    path = strip_import_marker(blob_path)
+    if "/." not in path and "//" not in path and not path.startswith("./"):
+        return path  # the usual case, at no cost
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return ("/" if path.startswith("/") else "") + "/".join(parts)
+
+
 def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
     """Resolve one ``blob/path`` value against the project directory."""
     rel = strip_import_marker(blob_path)
@@ -286,8 +301,8 @@ class ParticleSet:
     def _factorise(self) -> None:
         if self._codes is None:
             uniq, codes = factorize(np.asarray(self.data["blob/path"]))
-            # ">J1/x.mrc" and "J1/x.mrc" name the same stack: merge them.
-            stripped = [strip_import_marker(u) for u in uniq.tolist()]
+            # ">J1/x.mrc", "./J1/x.mrc" and "J1//x.mrc" name the same stack: merge them.
+            stripped = [stack_key(u) for u in uniq.tolist()]
             names = sorted(set(stripped))
             if len(names) != len(stripped):
                 pos = {n: i for i, n in enumerate(names)}
@@ -297,7 +312,7 @@ class ParticleSet:
 
     @property
     def blob_paths(self) -> list[str]:
-        """Distinct ``blob/path`` values (marker stripped), sorted."""
+        """Distinct stack paths as :func:`stack_key` spells them, sorted."""
         self._factorise()
         return list(self._blob_paths)
 

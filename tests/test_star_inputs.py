@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from stacktools.cache import Cache
 from stacktools.cs.relion import cs_to_star, split_image_names
 from stacktools.errors import StarFormatError
+from stacktools.formats.cs import read_cs
 from stacktools.formats.star import read_star
 from stacktools.particles import ParticleSet, default_project_dir
 from tests.helpers import assert_one_line_error, cli_json, run_cli, start_cli
@@ -448,3 +449,28 @@ def test_verify_star_catches_a_name_pointing_at_the_wrong_particle(demo, tmp_pat
     import json
     report = json.loads(res.stdout)
     assert report["particle_mismatches"] >= 1 and any("(row 4)" in p for p in report["problems"]), report
+
+
+def test_spellings_of_one_stack_path_are_one_stack(demo, tmp_path):
+    """./Extract/x.mrcs, Extract//x.mrcs and Extract/x.mrcs: size counts the stack once,
+    consolidate writes it once, from-star gives every row the same blob/path."""
+    star = _star(demo)
+    blocks = starfile.read(star, always_dict=True)
+    p = blocks["particles"]
+    path = p["rlnImageName"].iloc[0].partition("@")[2]
+    rows = p[p["rlnImageName"].str.endswith("@" + path)].head(3).reset_index(drop=True)
+    assert len(rows) == 3
+    head, _, tail = path.rpartition("/")
+    spellings = ["./" + path, head + "//" + tail, path]
+    for k, spelled in enumerate(spellings):
+        rows.loc[k, "rlnImageName"] = rows.loc[k, "rlnImageName"].partition("@")[0] + "@" + spelled
+    blocks["particles"] = rows
+    odd = star.with_name("spellings.star")
+    starfile.write(blocks, odd)
+    size = cli_json("size", odd)
+    assert size["stacks"] == 1, size
+    cons = cli_json("consolidate", odd, "--out", tmp_path / "out", "--quiet")
+    assert cons["stacks"] == 1 and len(cons["outputs"]) == 1
+    assert run_cli("verify", cons["star"], "--against", odd).returncode == 0
+    run_cli("cs", "from-star", odd, "-o", tmp_path / "fs.cs", check=True)
+    assert set(read_cs(tmp_path / "fs.cs")["blob/path"].tolist()) == {path.encode()}

@@ -61,7 +61,6 @@ Decisions a user should know:
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import warnings
 from dataclasses import dataclass
@@ -484,10 +483,11 @@ class _Columns:
         return value
 
 
-def _normalised_names(paths: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def _normalised_names(paths: np.ndarray, stack_key: Callable[[str], str] | None
+                      ) -> tuple[np.ndarray, list[str]]:
     uniq, codes = np.unique(paths, return_inverse=True)
-    norm = [posixpath.normpath(p) for p in uniq.tolist()]
-    # Paths that differ only by ./ or // are the same stack.
+    norm = [stack_key(p) for p in uniq.tolist()] if stack_key is not None else uniq.tolist()
+    # Names that one stack path is spelled as (./x, x//y) are one stack.
     merged, remap = np.unique(np.array(norm or [""], dtype=str), return_inverse=True)
     return remap.ravel()[codes.ravel()] if len(paths) else np.zeros(0, np.int64), merged.tolist()
 
@@ -724,7 +724,8 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, label: str 
                      psize: float | None = None, box: int | None = None,
                      micrograph_shape: tuple[int, int] | None = None,
                      resolve: Callable[[str], Path] | None = None,
-                     allow_premultiplied: bool = False) -> np.ndarray:
+                     allow_premultiplied: bool = False,
+                     stack_key: Callable[[str], str] | None = None) -> np.ndarray:
     """A CryoSPARC particle dataset from RELION STAR ``blocks``.
 
     Parameters
@@ -748,6 +749,10 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, label: str 
         current directory).
     allow_premultiplied
         Convert CTF-premultiplied images too (see the module docstring).
+    stack_key
+        The one spelling of a stack path (:func:`stacktools.particles.stack_key`,
+        which ``stacktools.api`` passes), so that ``./x`` and ``x`` are one stack;
+        default: names as written.
 
     Fields written: ``uid``, ``blob/*``, ``ctf/*`` when defocus values are present,
     ``location/*`` when micrograph names are, and ``alignments3D/*`` (from
@@ -761,7 +766,7 @@ def from_star_blocks(blocks: dict, *, uid_column: str | None = None, label: str 
     cols.used.add("rlnImageName")
     images = split_image_names(table["rlnImageName"], label)
     idx = images.idx
-    path_codes, stacks = _normalised_names(np.array(images.paths or [""], dtype=str))
+    path_codes, stacks = _normalised_names(np.array(images.paths or [""], dtype=str), stack_key)
     codes = path_codes[images.codes] if n else np.zeros(0, np.int64)
     _check_unrepresentable(table, cols, allow_premultiplied, label)
     psize_v = _pixel_size(cols, psize, label)
@@ -981,7 +986,8 @@ def star_to_cs(star_path: str | os.PathLike, cs_path: str | os.PathLike, *,
                uid_column: str | None = None, psize: float | None = None, box: int | None = None,
                micrograph_shape: tuple[int, int] | None = None,
                resolve: Callable[[str], Path] | None = None, allow_premultiplied: bool = False,
-               overwrite: bool = False, format: str = "numpy") -> np.ndarray:
+               overwrite: bool = False, format: str = "numpy",
+               stack_key: Callable[[str], str] | None = None) -> np.ndarray:
     """Convert a RELION particle STAR file to a ``.cs`` file and the ``.csg`` beside it;
     return the dataset written.
 
@@ -992,7 +998,8 @@ def star_to_cs(star_path: str | os.PathLike, cs_path: str | os.PathLike, *,
 
     data = from_star_blocks(read_star(star_path), uid_column=uid_column, label=str(star_path),
                             psize=psize, box=box, micrograph_shape=micrograph_shape,
-                            resolve=resolve, allow_premultiplied=allow_premultiplied)
+                            resolve=resolve, allow_premultiplied=allow_premultiplied,
+                            stack_key=stack_key)
     clear_result_group(cs_path, overwrite=overwrite)
     write_cs(cs_path, data, overwrite=overwrite, format=format)
     write_result_group([(cs_path, data.dtype, len(data))],
