@@ -71,6 +71,14 @@ class SizeReport:
     def saved_fraction(self) -> float:
         return self.saved_bytes / self.cache_bytes if self.cache_bytes else 0.0
 
+    def choices(self) -> list[dict]:
+        """Every way to hold the set, each a dict with ``option``, ``box``, ``dtype``
+        (``keep`` or ``float16``) and ``bytes``: the whole stacks (what a cache copies
+        today), the selected particles alone, then the :attr:`shrink` rows."""
+        return [{"option": "whole stacks", "box": self.box, "dtype": "keep", "bytes": self.cache_bytes},
+                {"option": "selected only", "box": self.box, "dtype": "keep", "bytes": self.consolidated_bytes},
+                *self.shrink]
+
     def to_dict(self, per_stack: bool = False) -> dict:
         d = asdict(self)
         if not per_stack:
