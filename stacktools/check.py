@@ -363,8 +363,7 @@ def _flag_outliers(chk: _Checker, k: float) -> None:
 
 def bytes_to_read(pset: ParticleSet) -> int:
     """The pixel bytes a check of ``pset`` reads (for a progress bar's total)."""
-    per_stack = np.array([h.particle_bytes for h in pset.stack_headers()], dtype=np.int64)
-    return int(per_stack[pset.stack_codes].sum()) if len(pset) else 0
+    return int(pset.header_table().particle_bytes[pset.stack_codes].sum()) if len(pset) else 0
 
 
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int = DEFAULT_THREADS,
