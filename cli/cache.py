@@ -124,8 +124,16 @@ def _print_plan(plan, title: str) -> None:
         frac = saved / plan.cache_bytes if plan.cache_bytes else 0.0
         rows.append(("after consolidation", f"{fmt_bytes(plan.consolidated_bytes)} instead of "
                      f"{fmt_bytes(plan.cache_bytes)}: {fmt_bytes(saved)} ({frac:.1%}) less to cache"))
+    if plan.choices is not None:
+        rows.append(("usable for this set", f"{fmt_bytes(plan.usable_bytes)}: its cached copies plus the room "
+                     "left by quota, reserve and free space after evicting"))
     out = console()
     out.print(kv_table(rows, title=title))
+    if plan.choices:
+        t = table("what consolidating and shrinking would take", ("choice", "size", "fits the usable space"))
+        for c in plan.choices:
+            t.add_row(c["option"], fmt_bytes(c["bytes"]), "yes" if c["fits"] else "no")
+        out.print(t)
     for name, entries in (("expire", plan.expire), ("evict (least recently used first)", plan.evict)):
         if entries:
             t = table(f"would {name}", ("entry", "bytes"))

@@ -1,11 +1,15 @@
 """Check a particle set's stacks and pixels: what CryoSPARC's "Check for Corrupt
 Particles" job does, for a ``.cs`` or a RELION STAR.
 
-Every selected particle is read once, in coalesced runs of bounded size, on a few
-threads (``pread`` and NumPy's reductions release the GIL). Per particle, four
-passes over its pixels give the sum, the sum of squares, the minimum and the
-maximum (in float64); the rarer NaN/inf test runs only on particles whose sums are
-not finite. A particle is bad when it
+Every selected particle is read once: each thread takes whole stacks, reads a
+batch of a few MiB (one ``pread`` per run of adjacent particles) into a reused
+buffer, and runs NumPy's reductions on it while it is still in cache (they release
+the GIL). Per particle one pass each gives the exact minimum and maximum (and with
+them the NaN/inf test), then the sum and the sum of squares of the pixels less the
+particle's mid-range, in float32 blocks added in float64. float16 pixels are
+widened to float32 through their bits, never through float64.
+
+A particle is bad when it
 
 * holds NaN or ±inf (``nan``, ``inf``);
 * is all zeros (``zeros``) or one value throughout (``constant``);
@@ -32,14 +36,15 @@ from typing import Callable
 import numpy as np
 
 from stacktools.errors import StacktoolsError
-from stacktools.formats.mrc import StackHeader
+from stacktools.formats.mrc import StackHeader, open_stack
 from stacktools.particles import ParticleSet
-from stacktools.stacks import read_to_array
+from stacktools.stacks import read_exact
 
 REASONS = ("nan", "inf", "zeros", "constant", "truncated", "shape", "index", "outlier_mean", "outlier_std")
 # All cores by default: pread and NumPy's reductions release the GIL.
 DEFAULT_THREADS = min(8, os.cpu_count() or 2)
-CHUNK_BYTES = 16 * 2**20
+# Small enough that a batch is still in cache for the passes after its read.
+CHUNK_BYTES = 2 * 2**20
 MAD_TO_SIGMA = 1.4826  # a normal distribution's sigma per median absolute deviation
 
 Progress = Callable[[int], None]
@@ -121,26 +126,109 @@ def _describe(pset: ParticleSet, stacks: list[str], row: int) -> dict:
     return out
 
 
-def _row_stats(x: np.ndarray, floating: bool) -> tuple[np.ndarray, ...]:
-    """Per particle of ``x`` (n, ny, nx): mean, std, min, max and NaN/inf flags."""
-    flat = x.reshape(len(x), -1)
-    n = flat.shape[1]
-    s = np.add.reduce(flat, axis=1, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", flat, flat, dtype=np.float64, casting="unsafe")
-    lo = flat.min(axis=1).astype(np.float64)
-    hi = flat.max(axis=1).astype(np.float64)
-    nan = np.zeros(len(x), bool)
-    inf = np.zeros(len(x), bool)
-    if floating:
-        # Finite sums mean finite pixels (float16/32 squares cannot overflow float64).
-        odd = np.flatnonzero(~(np.isfinite(s) & np.isfinite(sq)))
-        for k in odd.tolist():
-            nan[k] = bool(np.isnan(flat[k]).any())
-            inf[k] = bool(np.isinf(flat[k]).any())
+# Pixels summed in float32 before the sums go to float64: float32 keeps SIMD speed,
+# the short blocks keep its rounding near 1e-7 of the block's magnitude.
+_BLOCK = 1024
+_F16_MAG = 0x7FFF
+_F16_INF = 0x7C00  # float16 magnitude bits of inf; anything above is a NaN
+_F16_TO_F32 = np.float32(2.0 ** 112)  # float16 exponent bias 15 -> float32 bias 127
+_ONES = np.ones(_BLOCK, np.float32)
+_vecdot = getattr(np, "vecdot", None)  # NumPy >= 2; add.reduce and einsum below it
+
+
+def _sums(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``d`` (float32), the sum and the sum of squares in float64.
+
+    Whole blocks go through ``vecdot`` (a BLAS dot per block, several times NumPy's
+    float32 ``add.reduce``), their results are added in float64; the last partial
+    block is summed in float64 directly.
+    """
+    n = d.shape[1]
+    main = n - n % _BLOCK
+    s = np.zeros(len(d))
+    q = np.zeros(len(d))
+    if main:
+        blocks = d[:, :main].reshape(len(d), -1, _BLOCK)
+        if _vecdot is not None:
+            bs, bq = _vecdot(blocks, _ONES), _vecdot(blocks, blocks)
+        else:
+            bs, bq = np.add.reduce(blocks, axis=2), np.einsum("ijk,ijk->ij", blocks, blocks)
+        s += bs.sum(axis=1, dtype=np.float64)
+        q += bq.sum(axis=1, dtype=np.float64)
+    if main < n:
+        rest = d[:, main:]
+        s += np.add.reduce(rest, axis=1, dtype=np.float64)
+        q += np.einsum("ij,ij->i", rest, rest, dtype=np.float64)
+    return s, q
+
+
+def _row_stats(y: np.ndarray, d: np.ndarray, finite: np.ndarray | None = None
+               ) -> tuple[np.ndarray, ...]:
+    """Per particle of ``y`` (n, pixels) float32: mean, std, min and max, and which
+    particles are finite; ``d`` is scratch of ``y``'s shape.
+
+    The minimum and maximum are exact and give the NaN/inf test for free (both
+    propagate NaN, and an infinity is one of them). The sums run on the pixels less
+    the particle's mid-range, so that a large mean does not cancel the variance
+    away; a particle of one value has ``d == 0`` and so a std of exactly 0. Only a
+    particle whose float32 sums overflow (values past ~1e19) is summed again in
+    float64. ``finite`` overrides the test (float16 converted with its bits, whose
+    infinities are not infinities in ``y``).
+    """
+    n = y.shape[1]
+    lo = np.minimum.reduce(y, axis=1)
+    hi = np.maximum.reduce(y, axis=1)
+    if finite is None:
+        finite = np.isfinite(lo) & np.isfinite(hi)
     with np.errstate(invalid="ignore", over="ignore"):
-        mean = s / n
-        std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
-    return mean, std, lo, hi, nan, inf
+        mid = ((lo.astype(np.float64) + hi) * 0.5)
+        mid[~finite] = 0.0
+        c = mid.astype(np.float32)
+        np.subtract(y, c[:, None], out=d)
+        s, q = _sums(d)
+        mean = c + s / n
+        std = np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0))
+    for k in np.flatnonzero(finite & ~(np.isfinite(s) & np.isfinite(q))).tolist():
+        v = y[k].astype(np.float64)  # float32 sums overflowed; float64 does not
+        mean[k], std[k] = v.mean(), v.std()
+    mean[~finite] = np.nan
+    std[~finite] = np.nan
+    return mean, std, lo, hi, finite
+
+
+def _float16_to_float32(u: np.ndarray, out: np.ndarray, mag: np.ndarray) -> np.ndarray:
+    """float16 bits ``u`` (uint16) as float32 in ``out``, through their bits.
+
+    NumPy's own cast is a scalar loop (~1 GB/s); shifting the bits into place and
+    rescaling the exponent is exact for every finite value, subnormals included,
+    at about twice that. ``mag`` (uint32 scratch) is left holding each pixel's
+    magnitude bits shifted by 13, from which the caller tells inf and NaN apart.
+    Returns per row whether every pixel is finite.
+    """
+    a = out.view(np.uint32)
+    np.copyto(a, u)
+    np.left_shift(a, 13, out=a)  # sign at bit 28, exponent and mantissa below
+    np.bitwise_and(a, _F16_MAG << 13, out=mag)
+    np.bitwise_and(a, 0x8000 << 13, out=a)
+    np.left_shift(a, 3, out=a)
+    np.bitwise_or(a, mag, out=a)
+    np.multiply(out, _F16_TO_F32, out=out)
+    return np.maximum.reduce(mag, axis=1) < (_F16_INF << 13)
+
+
+_local = threading.local()
+
+
+def _scratch(name: str, nbytes: int) -> np.ndarray:
+    """A per-thread reused buffer, 64-byte aligned: fresh pages per batch cost page
+    faults, and a batch that stays in cache is read again at cache speed."""
+    buf = getattr(_local, name, None)
+    if buf is None or len(buf) < nbytes:
+        raw = np.empty(nbytes + 64, np.uint8)
+        start = (-raw.ctypes.data) % 64
+        buf = raw[start:start + nbytes]
+        setattr(_local, name, buf)
+    return buf[:nbytes]
 
 
 class _Checker:
@@ -194,24 +282,65 @@ class _Checker:
             return
         order = np.argsort(idx, kind="stable")
         rows, idx = rows[order], idx[order]
-        dtype = h.dtype.newbyteorder("=")
-        floating = dtype.kind == "f"
-        step = max(1, self.chunk_bytes // h.particle_bytes)
-        for a in range(0, len(rows), step):
-            r, i = rows[a:a + step], idx[a:a + step]
-            x = read_to_array([h], dtype, np.zeros(len(i), np.int64), i, chunk_bytes=self.chunk_bytes)
-            mean, std, lo, hi, nan, inf = _row_stats(x, floating)
-            self.mean[r], self.std[r] = mean, std
-            self.flags["nan"][r] = nan
-            self.flags["inf"][r] = inf
-            finite = ~(nan | inf)
-            self.flags["zeros"][r] = finite & (lo == 0) & (hi == 0)
-            self.flags["constant"][r] = finite & (lo == hi) & (hi != 0)
-            nbytes = len(i) * h.particle_bytes
-            with self._lock:
-                self.bytes_read += nbytes
-            if self.progress is not None:
-                self.progress(nbytes)
+        dtype, pb, npix = h.dtype, h.particle_bytes, h.nx * h.ny
+        as_is = dtype == np.dtype("=f4")  # read straight into the buffer the sums run on
+        f16 = dtype == np.dtype("=f2")
+        # Rows of the difference array start 64-byte aligned, so that a particle's sums
+        # never depend on where in a batch it lands.
+        stride = -(-npix // 16) * 16
+        step = max(1, self.chunk_bytes // pb)
+        fd = open_stack(h.path)
+        try:
+            for a in range(0, len(rows), step):
+                r, i = rows[a:a + step], idx[a:a + step]
+                m = len(i)
+                raw = _scratch("raw", m * pb)
+                _read_runs(fd, h, i, raw)
+                x = raw.view(dtype).reshape(m, npix)
+                finite = None
+                if as_is:
+                    y = x
+                else:
+                    y = _scratch("work", m * npix * 4).view(np.float32).reshape(m, npix)
+                    if f16:
+                        mag = _scratch("diff", m * stride * 4).view(np.uint32).reshape(m, stride)[:, :npix]
+                        finite = _float16_to_float32(x.view(np.uint16), y, mag)
+                    else:
+                        np.copyto(y, x)  # exact: int8/int16/uint16 and any byte order fit float32
+                d = _scratch("diff", m * stride * 4).view(np.float32).reshape(m, stride)[:, :npix]
+                mean, std, lo, hi, finite = _row_stats(y, d, finite)
+                nan = np.zeros(m, bool)
+                inf = np.zeros(m, bool)
+                for k in np.flatnonzero(~finite).tolist():  # rare: which of NaN and inf
+                    if f16:
+                        bits = x[k].view(np.uint16) & _F16_MAG
+                        nan[k], inf[k] = bool((bits > _F16_INF).any()), bool((bits == _F16_INF).any())
+                    else:
+                        nan[k], inf[k] = bool(np.isnan(y[k]).any()), bool(np.isinf(y[k]).any())
+                self.mean[r], self.std[r] = mean, std
+                self.flags["nan"][r] = nan
+                self.flags["inf"][r] = inf
+                self.flags["zeros"][r] = finite & (lo == 0) & (hi == 0)
+                self.flags["constant"][r] = finite & (lo == hi) & (hi != 0)
+                nbytes = m * pb
+                with self._lock:
+                    self.bytes_read += nbytes
+                if self.progress is not None:
+                    self.progress(nbytes)
+        finally:
+            os.close(fd)
+
+
+def _read_runs(fd: int, h: StackHeader, idx: np.ndarray, out: np.ndarray) -> None:
+    """Read particles ``idx`` (sorted) of ``h`` into ``out`` back to back: one
+    ``pread`` per run of adjacent indices."""
+    pb = h.particle_bytes
+    mv = memoryview(out)
+    starts = np.flatnonzero(np.diff(idx) != 1) + 1
+    bounds = [0, *starts.tolist(), len(idx)]
+    first = idx[bounds[:-1]].tolist()
+    for (a, b), f in zip(zip(bounds[:-1], bounds[1:]), first):
+        read_exact(fd, mv[a * pb:b * pb], h.offset_of(f), h.path)
 
 
 def _flag_outliers(chk: _Checker, k: float) -> None:
@@ -234,8 +363,7 @@ def _flag_outliers(chk: _Checker, k: float) -> None:
 
 def bytes_to_read(pset: ParticleSet) -> int:
     """The pixel bytes a check of ``pset`` reads (for a progress bar's total)."""
-    per_stack = np.array([h.particle_bytes for h in pset.stack_headers()], dtype=np.int64)
-    return int(per_stack[pset.stack_codes].sum()) if len(pset) else 0
+    return int(pset.header_table().particle_bytes[pset.stack_codes].sum()) if len(pset) else 0
 
 
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int = DEFAULT_THREADS,

@@ -33,7 +33,7 @@ from stacktools.errors import (
 )
 from stacktools.formats import cs as csfile
 from stacktools.formats.cs import strip_import_marker
-from stacktools.formats.mrc import StackHeader, read_headers
+from stacktools.formats.mrc import HeaderTable, StackHeader, read_header_table
 from stacktools.formats.star import is_star
 
 BLOB_FIELDS = ("blob/path", "blob/idx")
@@ -230,6 +230,7 @@ class ParticleSet:
         self._stack_paths: list[Path] | None = None
         self._stack_names: list[str] | None = None
         self._headers: list[StackHeader] | None = None
+        self._table: HeaderTable | None = None
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
@@ -396,16 +397,23 @@ class ParticleSet:
         the reads on slow storage.
         """
         if self._headers is None:
+            self._headers = self.header_table(threads).headers()
+        return self._headers
+
+    def header_table(self, threads: int = 4) -> HeaderTable:
+        """:meth:`stack_headers` as columns (a :class:`HeaderTable`), for code over
+        many stacks. Read once and cached on the set."""
+        if self._table is None:
             names = self._stack_path_names()
             try:
-                self._headers = read_headers(names, threads)
+                self._table = read_header_table(names, threads)
             except MissingStackError as err:
                 missing = next((k for k, p in enumerate(names) if not os.path.exists(p)), None)
                 if missing is None:
                     raise
                 msg, hints = self._missing_message(missing)
                 raise MissingStackError(msg, hints=hints) from err
-        return self._headers
+        return self._table
 
     def box(self) -> int:
         """The box size in pixels, from ``blob/shape`` (or from the stacks)."""
@@ -421,7 +429,7 @@ class ParticleSet:
         if "blob/shape" in self.data.dtype.names:
             shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
             return set(np.unique(shape[:, -1]).tolist())
-        return {h.nx for h in self.stack_headers()}
+        return set(np.unique(self.header_table().nx).tolist())
 
     def check(self, *, check_truncation: bool = True) -> list[StackHeader]:
         """Check the set against its stacks; return the headers in stack order.
@@ -431,32 +439,35 @@ class ParticleSet:
         each stack's box matches the rows' ``blob/shape``. Errors name the stack
         file and the first offending row.
         """
-        hdr_list = self.stack_headers()
+        self.check_table(check_truncation=check_truncation)
+        return self.stack_headers()
+
+    def check_table(self, *, check_truncation: bool = True) -> HeaderTable:
+        """:meth:`check`, returning the headers as a :class:`HeaderTable`."""
+        table = self.header_table()
         idx = np.asarray(self.data["blob/idx"], dtype=np.int64)
         codes = self.stack_codes
-        nz = np.array([h.nz for h in hdr_list], dtype=np.int64)
-        bad = np.flatnonzero((idx >= nz[codes]) | (idx < 0))
+        bad = np.flatnonzero((idx >= table.nz[codes]) | (idx < 0))
         if len(bad):
             r = int(bad[0])
-            h = hdr_list[codes[r]]
+            h = table.header(int(codes[r]))
             raise IndexOutOfRangeError(
                 f"{h.path}: blob/idx {idx[r]} past the end of the stack ({h.nz} particles) "
                 f"at {self._where(r)}")
         if "blob/shape" in self.data.dtype.names and len(self):
             shape = np.asarray(self.data["blob/shape"]).reshape(len(self), -1)
-            ny = np.array([h.ny for h in hdr_list])[codes]
-            nx = np.array([h.nx for h in hdr_list])[codes]
-            bad = np.flatnonzero((shape[:, 0] != ny) | (shape[:, -1] != nx))
+            bad = np.flatnonzero((shape[:, 0] != table.ny[codes]) | (shape[:, -1] != table.nx[codes]))
             if len(bad):
                 r = int(bad[0])
-                h = hdr_list[codes[r]]
+                h = table.header(int(codes[r]))
                 raise BoxMismatchError(
                     f"{h.path}: stack box {h.ny}x{h.nx} does not match blob/shape "
                     f"{shape[r].tolist()} at {self._where(r)}")
         if check_truncation:
-            for h in hdr_list:
-                h.check_complete()
-        return hdr_list
+            short = np.flatnonzero(table.file_size < table.expected_size)
+            if len(short):
+                table.header(int(short[0])).check_complete()
+        return table
 
 
 def open_particles(cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,

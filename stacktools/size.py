@@ -71,6 +71,14 @@ class SizeReport:
     def saved_fraction(self) -> float:
         return self.saved_bytes / self.cache_bytes if self.cache_bytes else 0.0
 
+    def choices(self) -> list[dict]:
+        """Every way to hold the set, each a dict with ``option``, ``box``, ``dtype``
+        (``keep`` or ``float16``) and ``bytes``: the whole stacks (what a cache copies
+        today), the selected particles alone, then the :attr:`shrink` rows."""
+        return [{"option": "whole stacks", "box": self.box, "dtype": "keep", "bytes": self.cache_bytes},
+                {"option": "selected only", "box": self.box, "dtype": "keep", "bytes": self.consolidated_bytes},
+                *self.shrink]
+
     def to_dict(self, per_stack: bool = False) -> dict:
         d = asdict(self)
         if not per_stack:
@@ -97,28 +105,27 @@ def size_particles(pset: "ParticleSet", *, validate: bool = True, nsymbt: int = 
 
     from stacktools.formats.mrc import HEADER_BYTES, mode_name
 
-    hdr_list = pset.check() if validate else pset.stack_headers()
-    counts = np.bincount(pset.stack_codes, minlength=len(hdr_list)) if len(pset) else np.zeros(len(hdr_list), int)
+    table = pset.check_table() if validate else pset.header_table()
+    nstacks = len(table)
+    counts = (np.bincount(pset.stack_codes, minlength=nstacks) if len(pset)
+              else np.zeros(nstacks, np.int64))
+    # Per stack only what the report lists; every sum is one NumPy call, and the
+    # pixel type is looked up once per distinct mode.
+    out = np.where(counts > 0, HEADER_BYTES + counts * table.particle_bytes, 0)
     modes: dict[str, int] = {}
-    cache = consolidated = ext = total_nz = 0
-    per_stack = []
-    for h, n in zip(hdr_list, counts.tolist()):
-        name = mode_name(h.mode)
-        modes[name] = modes.get(name, 0) + n
-        cache += h.file_size
-        ext += h.nsymbt
-        total_nz += h.nz
-        out = HEADER_BYTES + n * h.particle_bytes if n else 0
-        consolidated += out
-        per_stack.append({"path": h.path, "selected": n, "nz": h.nz, "mode": h.mode,
-                          "file_bytes": h.file_size, "consolidated_bytes": out})
-    box = pset.box() if len(pset) else (hdr_list[0].nx if hdr_list else 0)
-    itemsize = np.array([h.itemsize for h in hdr_list], dtype=np.int64)
-    return SizeReport(particles=len(pset), stacks=len(hdr_list), box=box, modes=modes,
+    distinct, first = np.unique(table.mode, return_index=True)
+    for m in distinct[np.argsort(first)].tolist():  # in order of first appearance
+        name = mode_name(m)
+        modes[name] = modes.get(name, 0) + int(counts[table.mode == m].sum())
+    per_stack = [{"path": p, "selected": n, "nz": nz, "mode": m, "file_bytes": f, "consolidated_bytes": o}
+                 for p, n, nz, m, f, o in zip(table.paths, counts.tolist(), table.nz.tolist(),
+                                              table.mode.tolist(), table.file_size.tolist(), out.tolist())]
+    box = pset.box() if len(pset) else (int(table.nx[0]) if nstacks else 0)
+    return SizeReport(particles=len(pset), stacks=nstacks, box=box, modes=modes,
                       formula_bytes=formula_bytes(box, len(pset), nsymbt, header_length),
-                      cache_bytes=cache, consolidated_bytes=consolidated,
-                      stack_particles=total_nz, extended_header_bytes=ext,
-                      per_stack=per_stack, shrink=shrink_options(box, counts, itemsize))
+                      cache_bytes=int(table.file_size.sum()), consolidated_bytes=int(out.sum()),
+                      stack_particles=int(table.nz.sum()), extended_header_bytes=int(table.nsymbt.sum()),
+                      per_stack=per_stack, shrink=shrink_options(box, counts, table.itemsize))
 
 
 def shrink_boxes(box: int) -> list[int]:

@@ -125,3 +125,40 @@ def test_the_python_api_refuses_a_missing_ssd_path_too(tmp_path):
     assert not missing.parent.exists()
     Cache(missing, reserve_mb=0, create=True)
     assert (missing / "stacktools-cache").is_dir()
+
+
+def test_plan_shows_what_consolidating_and_shrinking_would_take(tmp_path, demo, run_cli):
+    """Each choice's bytes, from headers read independently, and whether it fits the
+    quota of an empty cache (which is then what the set may use)."""
+    from tests import independent
+
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    whole = sum(os.path.getsize(p) for p in demo.stacks)
+    data = independent.read_cs(demo.selected_cs)
+    per_stack: dict = {}
+    for blob in data["blob/path"]:
+        per_stack[blob] = per_stack.get(blob, 0) + 1
+    heads = [(independent.header(independent.blob_file(demo.project_dir, b)), n) for b, n in per_stack.items()]
+
+    def total(box, itemsize=None):
+        return sum(1024 + n * box * box * (itemsize or h["dtype"].itemsize) for h, n in heads)
+
+    selected = total(64)
+    quota_bytes = (selected + total(64, 2)) // 2  # selected-only float16 fits, selected-only does not
+    r = run_cli("cache", "plan", demo.selected_cs, "-p", demo.project_dir, "--ssd-path", ssd, "--reserve-mb", "0",
+                "--quota-mb", quota_bytes / 1e6, "--json")
+    assert r.returncode == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert d["usable_bytes"] == quota_bytes
+    got = {(c["option"], c["bytes"], c["fits"]) for c in d["choices"]}
+    assert got == {("whole stacks", whole, False), ("selected only", selected, False),
+                   ("selected only, float16", total(64, 2), True),
+                   ("selected only, Fourier-cropped to 32", total(32), True),
+                   ("selected only, Fourier-cropped to 32, float16", total(32, 2), True)}
+    table = run_cli("cache", "plan", demo.selected_cs, "-p", demo.project_dir, "--ssd-path", ssd,
+                    "--reserve-mb", "0", "--quota-mb", quota_bytes / 1e6)
+    text = "".join(ch for ch in table.stdout if not ch.isspace() and ch not in "│┃━╇─")  # cells wrap
+    assert "Fourier-croppedto32,float16" in text and f"({quota_bytes:,}bytes)" in text
+    assert f"({total(32, 2):,}bytes)yes" in text and f"({selected:,}bytes)no" in text
+    assert list(ssd.iterdir()) == []

@@ -201,3 +201,71 @@ def test_threads_and_chunks_do_not_change_the_result(_demo_template, threads, ch
     assert got.bad == ref.bad and got.bytes_read == ref.bytes_read
     np.testing.assert_array_equal(got.mean, ref.mean)
     np.testing.assert_array_equal(got.std, ref.std)
+
+
+def _rows_of(demo, itemsize: int) -> list[tuple[int, str, int]]:
+    """(row, stack, index) of every selected row in stacks of that pixel size."""
+    data = independent.read_cs(demo.selected_cs)
+    out = []
+    for r in range(len(data)):
+        path, idx = _locate(demo, r)
+        if independent.header(path)["dtype"].itemsize == itemsize:
+            out.append((r, path, idx))
+    return out
+
+
+def test_float16_nan_zeros_and_constant_are_found(demo):
+    rows = _rows_of(demo, 2)
+    (nan_r, p1, i1), (zero_r, p2, i2), (const_r, p3, i3) = rows[0], rows[1], rows[2]
+    img = independent.read_particle(p1, i1).copy()
+    img[-1, -1] = np.float16(np.nan)
+    _poke(p1, i1, img)
+    zeros = np.zeros((64, 64), np.float16)
+    zeros[::2] = np.float16(-0.0)  # -0 and +0 are both zero
+    _poke(p2, i2, zeros)
+    _poke(p3, i3, np.float16(-2.5))
+    rc, doc = _check(demo)
+    assert rc == 1
+    assert {b["row"]: b["reasons"] for b in doc["bad"]} == {nan_r: ["nan"], zero_r: ["zeros"],
+                                                             const_r: ["constant"]}
+
+
+def test_an_infinity_in_the_last_pixel_of_a_batch_is_found(demo):
+    pset = ParticleSet.open(demo.selected_cs)
+    rows = _rows_of(demo, 4)
+    path = rows[0][1]
+    here = sorted((i, r) for r, p, i in rows if p == path)
+    assert len(here) >= 3
+    h = independent.header(path)
+    pb = h["nx"] * h["ny"] * 4
+    idx, row = here[1]  # batches of two particles: this one ends the first batch
+    img = independent.read_particle(path, idx).copy()
+    img[-1, -1] = -np.inf
+    _poke(path, idx, img)
+    for chunk in (2 * pb, pb, 64 * pb):
+        rep = check_particles(pset, chunk_bytes=chunk, threads=1)
+        assert rep.bad == {row: ["inf"]}, chunk
+        assert np.isnan(rep.mean[row]) and np.isnan(rep.std[row])
+
+
+def test_statistics_match_float64_for_every_pixel_type_and_an_odd_box(tmp_path):
+    """An odd box (rows off 64-byte alignment, a partial sum block), float16 and
+    float32 stacks, and a particle whose mean is 10^4 its spread: mean and std agree
+    with float64 NumPy over the independently read pixels."""
+    from stacktools.demo import make_demo_project
+
+    demo = make_demo_project(tmp_path / "P1", micrographs=4, particles_per_micrograph=(6, 9),
+                             box=75, float16_every=2, select_fraction=1.0)
+    (r, path, idx) = _rows_of(demo, 4)[0]
+    img = independent.read_particle(path, idx).astype(np.float64)
+    _poke(path, idx, 3e4 + (img - img.mean()) / img.std() * 3)  # mean 30000, std 3
+    data = independent.read_cs(demo.selected_cs)
+    want_mean, want_std = np.empty(len(data)), np.empty(len(data))
+    for k in range(len(data)):
+        v = independent.read_particle(*_locate(demo, k)).astype(np.float64)
+        want_mean[k], want_std[k] = v.mean(), v.std()
+    rep = check_particles(ParticleSet.open(demo.selected_cs), threads=2, chunk_bytes=3 * 75 * 75 * 4)
+    assert rep.clean
+    np.testing.assert_allclose(rep.mean, want_mean, rtol=1e-6, atol=1e-6 * want_std.max())
+    np.testing.assert_allclose(rep.std, want_std, rtol=1e-5)
+    assert abs(rep.std[r] - 3) < 1e-3

@@ -36,7 +36,9 @@ def test_cache_planning_notebook_runs(tmp_path, monkeypatch):
     assert all(c.execution_count for c in code)
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors
-    # Per-stack use, footprint, and the queue: three real PNG figures.
-    assert len(_outputs(nb, "image/png")) >= 3
+    # Per-stack use, footprint, the queue, and the choices against each node: four real PNG figures.
+    assert len(_outputs(nb, "image/png")) >= 4
+    # The choices table names the shrink rows that `cache plan` prints.
+    assert any("Fourier-cropped to" in o["data"]["text/html"] for o in _outputs(nb, "text/html"))
     tables = [o["data"]["text/html"] for o in _outputs(nb, "text/html")]
     assert any("bytes_to_copy" in t and "gpu0" in t for t in tables)  # the placement table

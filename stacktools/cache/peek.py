@@ -149,7 +149,7 @@ def plan_without_writing(pset, config: CacheConfig, *, partial: bool = False,
         pset: A :class:`~stacktools.particles.ParticleSet` or a sequence of stack paths.
         config: The cache's settings.
         partial: Plan what fits, in the set's order, when the whole set does not.
-        consolidation: Fill ``cache_bytes``/``consolidated_bytes`` from the headers.
+        consolidation: Fill ``cache_bytes``/``consolidated_bytes`` and ``choices`` from the headers.
         create: See :func:`peek_inventory`.
 
     Returns:
@@ -182,7 +182,7 @@ def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = Fal
     partial
         Plan what fits, in the set's order, when the whole set does not.
     consolidation
-        Fill ``cache_bytes``/``consolidated_bytes`` from the stacks' headers.
+        Fill ``cache_bytes``/``consolidated_bytes`` and ``choices`` from the stacks' headers.
     now
         Time for lifetime expiry (default: the snapshot's time).
 
@@ -197,12 +197,14 @@ def plan_for_inventory(pset, inventory: Inventory | dict, *, partial: bool = Fal
 
 
 def describe_set(plan: CachePlan, pset, consolidation: bool) -> CachePlan:
-    """Record the set's project on ``plan`` and, if asked, what consolidating would save."""
+    """Record the set's project on ``plan`` and, if asked, what consolidating (and
+    shrinking) would take, and whether each fits."""
     project = getattr(pset, "project_dir", None)
     plan.project = os.path.realpath(project) if project else ""
     if consolidation and hasattr(pset, "stack_paths"):
         from stacktools.size import size_particles
         rep = size_particles(pset, validate=False)
         plan.cache_bytes, plan.consolidated_bytes = rep.cache_bytes, rep.consolidated_bytes
+        plan.rate_choices(rep.choices())
     return plan
 

@@ -154,7 +154,11 @@ class CachePlan:
     not be freed; ``reserved_bytes`` what other processes' copies in flight have
     reserved; ``limited_by`` is ``"quota"`` or ``"reserve"`` when it does not fit.
     ``consolidated_bytes`` (when known) is what the selected particles alone would
-    take once consolidated.
+    take once consolidated. ``room_bytes`` is what could be written after expiring
+    and evicting everything evictable (within the quota, and the free space less the
+    reserve); ``choices`` (when known) are the ways to hold the set
+    (:meth:`stacktools.size.SizeReport.choices`), each with whether it ``fits`` in
+    :attr:`usable_bytes`.
     """
 
     to_copy: list[SourceFile]
@@ -177,6 +181,8 @@ class CachePlan:
     limited_by: str = ""
     consolidated_bytes: int | None = None
     cache_bytes: int | None = None
+    room_bytes: int = 0
+    choices: list[dict] | None = None
     project: str = ""
     # Stacks whose source changed while a running job reads the old copy: that copy
     # stays, and the new version is copied (or found) beside it.
@@ -209,6 +215,18 @@ class CachePlan:
     @property
     def bytes_freed(self) -> int:
         return sum(e.size for e in self.expire + self.evict + self.replace + self.retire)
+
+    @property
+    def usable_bytes(self) -> int:
+        """What the set may take on this cache: its copies already there or on their
+        way, plus :attr:`room_bytes`."""
+        return self.room_bytes + self.bytes_cached + sum(s.size for s in self.waiting)
+
+    def rate_choices(self, choices: list[dict]) -> None:
+        """Record ``choices`` (dicts with ``bytes``), each marked with whether it fits
+        in :attr:`usable_bytes`."""
+        usable = self.usable_bytes
+        self.choices = [dict(c, fits=c["bytes"] <= usable) for c in choices]
 
     def entry_key(self, s: SourceFile) -> str:
         """The entry key where ``s`` is (or will be) cached."""
@@ -266,6 +284,7 @@ class CachePlan:
             "saved_by_consolidating_bytes": (None if self.consolidated_bytes is None
                                              or self.cache_bytes is None
                                              else self.cache_bytes - self.consolidated_bytes),
+            "room_bytes": self.room_bytes, "usable_bytes": self.usable_bytes, "choices": self.choices,
         }
         if files:
             d["copy"] = [s.path or s.key for s in self.to_copy]
@@ -455,7 +474,7 @@ def plan_stacks(stacks: Sequence[SourceFile], inventory: Inventory, *,
                 used_bytes_before=inventory.owned_bytes, shortfall_bytes=max(0, shortfall),
                 held_in_use_bytes=in_use_bytes, held_foreign_bytes=foreign, partial=partial,
                 kept_for_running_jobs=held, locations=locations, retire=retire,
-                reserved_bytes=reserved_total, limited_by=limited_by)
+                reserved_bytes=reserved_total, limited_by=limited_by, room_bytes=max(0, max_room))
 
 
 def full_error(plan: CachePlan) -> CacheFullError:

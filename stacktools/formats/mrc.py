@@ -31,6 +31,7 @@ from stacktools.errors import (
 )
 
 HEADER_BYTES = HEADER_DTYPE.itemsize  # 1024
+_LITTLE_HEADER = HEADER_DTYPE.newbyteorder("<")
 MRC_VERSION = 20140
 SUPPORTED_MODES = (0, 1, 2, 6, 12)
 _PROBE = 64  # headers read before deciding whether threads would help
@@ -138,6 +139,65 @@ class StackHeader:
                 f"= {self.expected_size} bytes")
 
 
+# Bytes per pixel by mode, for vectorised lookups (index: the mode number).
+_ITEMSIZE = np.zeros(max(SUPPORTED_MODES) + 1, np.int64)
+for _m in SUPPORTED_MODES:
+    _ITEMSIZE[_m] = np.dtype(dtype_from_mode(_m)).itemsize
+
+
+@dataclass(frozen=True)
+class HeaderTable:
+    """Many stacks' headers as columns, one NumPy array per field, in ``paths``
+    order: what code over thousands of stacks uses instead of one
+    :class:`StackHeader` each (whose properties cost a Python call per stack)."""
+
+    paths: list[str]
+    nx: np.ndarray
+    ny: np.ndarray
+    nz: np.ndarray
+    mode: np.ndarray
+    nsymbt: np.ndarray
+    voxel_size: np.ndarray
+    big_endian: np.ndarray
+    file_size: np.ndarray
+    mtime_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def itemsize(self) -> np.ndarray:
+        """Bytes per pixel of each stack."""
+        return _ITEMSIZE[self.mode]
+
+    @property
+    def particle_bytes(self) -> np.ndarray:
+        return self.nx * self.ny * self.itemsize
+
+    @property
+    def data_offset(self) -> np.ndarray:
+        return HEADER_BYTES + self.nsymbt
+
+    @property
+    def expected_size(self) -> np.ndarray:
+        """Smallest file size that holds every section each header declares."""
+        return self.data_offset + self.nz * self.particle_bytes
+
+    def header(self, k: int) -> StackHeader:
+        """Stack ``k`` as a :class:`StackHeader`."""
+        return StackHeader(self.paths[k], int(self.nx[k]), int(self.ny[k]), int(self.nz[k]),
+                           int(self.mode[k]), int(self.nsymbt[k]), float(self.voxel_size[k]),
+                           ">" if self.big_endian[k] else "<", int(self.file_size[k]), int(self.mtime_ns[k]))
+
+    def headers(self) -> list[StackHeader]:
+        """Every stack as a :class:`StackHeader`."""
+        order = np.where(self.big_endian, ">", "<")
+        return [StackHeader(*row) for row in zip(
+            self.paths, self.nx.tolist(), self.ny.tolist(), self.nz.tolist(), self.mode.tolist(),
+            self.nsymbt.tolist(), self.voxel_size.tolist(), order.tolist(), self.file_size.tolist(),
+            self.mtime_ns.tolist())]
+
+
 def read_header(path: str | os.PathLike) -> StackHeader:
     """Read an MRC stack's header with a single 1024-byte ``pread``.
 
@@ -162,6 +222,11 @@ def read_headers(paths: Sequence[str | os.PathLike], threads: int = 4) -> list[S
     Returns the headers in the order of ``paths``. Errors are those of
     :func:`read_header`, for the first bad file.
     """
+    return read_header_table(paths, threads).headers()
+
+
+def read_header_table(paths: Sequence[str | os.PathLike], threads: int = 4) -> HeaderTable:
+    """:func:`read_headers` as a :class:`HeaderTable` (no per-stack objects)."""
     names = [os.fspath(p) for p in paths]
     probe = names[:_PROBE]
     t0 = time.perf_counter()
@@ -174,9 +239,10 @@ def read_headers(paths: Sequence[str | os.PathLike], threads: int = 4) -> list[S
         step = -(-len(rest) // (threads * 4))
         chunks = [rest[i:i + step] for i in range(0, len(rest), step)]
         with ThreadPoolExecutor(threads) as pool:
-            raws += [r for part in pool.map(_read_raw_headers, chunks) for r in part]
+            for part in pool.map(_read_raw_headers, chunks):
+                raws.extend(part)
     else:
-        raws += _read_raw_headers(rest)
+        raws.extend(_read_raw_headers(rest))
     return _decode_headers(names, raws)
 
 
@@ -190,31 +256,52 @@ def open_stack(path: str) -> int:
         raise StackError(f"{path}: {err.strerror}") from err
 
 
-def _read_raw_headers(names: list[str]) -> list[tuple[bytes, int, int]]:
-    out = []
-    append, os_open, fstat, pread, close = out.append, os.open, os.fstat, os.pread, os.close
+class _RawHeaders:
+    """Header bytes, sizes and mtimes of many files, kept in plain lists so that the
+    read loop does no more per file than the system calls need."""
+
+    __slots__ = ("heads", "sizes", "mtimes")
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.sizes: list[int] = []
+        self.mtimes: list[int] = []
+
+    def extend(self, other: "_RawHeaders") -> None:
+        self.heads += other.heads
+        self.sizes += other.sizes
+        self.mtimes += other.mtimes
+
+
+def _read_raw_headers(names: list[str]) -> _RawHeaders:
+    out = _RawHeaders()
+    heads, sizes, mtimes = out.heads.append, out.sizes.append, out.mtimes.append
+    os_open, fstat, pread, close, rdonly = os.open, os.fstat, os.pread, os.close, os.O_RDONLY
     for p in names:
         try:
-            fd = os_open(p, os.O_RDONLY)
+            fd = os_open(p, rdonly)
         except OSError:
             fd = open_stack(p)  # raises the specific error
         try:
             st = fstat(fd)
-            append((pread(fd, HEADER_BYTES, 0), st.st_size, st.st_mtime_ns))
+            heads(pread(fd, HEADER_BYTES, 0))
+            sizes(st.st_size)
+            mtimes(st.st_mtime_ns)
         finally:
             close(fd)
     return out
 
 
-def _decode_headers(names: list[str], raws: list[tuple[bytes, int, int]]) -> list[StackHeader]:
+def _decode_headers(names: list[str], raws: _RawHeaders) -> HeaderTable:
     if not names:
-        return []
-    short = [i for i, (raw, _, _) in enumerate(raws) if len(raw) < HEADER_BYTES]
-    if short:
-        i = short[0]
-        raise TruncatedStackError(f"{names[i]}: truncated stack: only {len(raws[i][0])} bytes, "
+        empty = np.zeros(0, np.int64)
+        return HeaderTable([], empty, empty, empty, empty, empty, np.zeros(0), np.zeros(0, bool), empty, empty)
+    joined = b"".join(raws.heads)
+    if len(joined) < len(names) * HEADER_BYTES:
+        i = next(i for i, h in enumerate(raws.heads) if len(h) < HEADER_BYTES)
+        raise TruncatedStackError(f"{names[i]}: truncated stack: only {len(raws.heads[i])} bytes, "
                                   f"an MRC header needs {HEADER_BYTES}")
-    little = np.frombuffer(b"".join(r[0] for r in raws), dtype=HEADER_DTYPE.newbyteorder("<"))
+    little = np.frombuffer(joined, dtype=_LITTLE_HEADER)
     stamp = little["machst"][:, 0]
     big = (stamp == 0x11) | ((stamp != 0x44) & ~np.isin(little["mode"], SUPPORTED_MODES + (3, 4)))
     cols = {}
@@ -239,10 +326,8 @@ def _decode_headers(names: list[str], raws: list[tuple[bytes, int, int]]) -> lis
                              f"nz={nz[i]} nsymbt={nsymbt[i]}")
     with np.errstate(divide="ignore", invalid="ignore"):
         voxel = np.where(mx > 0, np.round(cella / np.maximum(mx, 1), 6), 0.0)
-    order = np.where(big, ">", "<")
-    return [StackHeader(*row) for row in zip(
-        names, nx.tolist(), ny.tolist(), nz.tolist(), mode.tolist(), nsymbt.tolist(),
-        voxel.tolist(), order.tolist(), [r[1] for r in raws], [r[2] for r in raws])]
+    return HeaderTable(names, nx, ny, nz, mode, nsymbt, voxel, big, np.array(raws.sizes, np.int64),
+                       np.array(raws.mtimes, np.int64))
 
 
 def read_particle(path: str | os.PathLike, index: int,
