@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
+    from distributed import Client as DaskClient  # stacktools[dask]; imported only when a client is passed
 
     from stacktools.cache import Cache, Inventory, SyncResult
     from stacktools.check import CheckReport
@@ -360,7 +361,8 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
                           dry_run: bool = False, fsync: bool = False, force: bool = False,
                           progress: Callable[[int], None] | None = None,
                           allow_outside_project: bool = False, crop: int | None = None,
-                          fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidateResult:
+                          fourier_crop: int | None = None, cs_format: str | None = None,
+                          client: DaskClient | None = None) -> ConsolidateResult:
     """Rewrite a subset's stacks so that only its particles remain, with a new ``.cs``.
 
     Bit-exact (or converted as ``dtype`` asks), bounded memory, atomic and resumable:
@@ -378,6 +380,9 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
         fsync: Flush every output to the device.
         force: Replace a different earlier consolidation in ``out``.
         progress: Called with byte counts as stacks are written.
+        client: A ``distributed.Client`` (``stacktools[dask]``): write each stack as
+            one task on its cluster, whose workers see ``out`` at the same path; the
+            ``.cs`` is still written here, last, and the result is the same bytes.
 
     Returns:
         :class:`~stacktools.consolidate.ConsolidateResult` (what ``consolidate --json`` prints).
@@ -388,12 +393,22 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
         ShrinkError (a crop size that cannot apply); Float16RangeError (a value
         beyond float16's range with ``dtype="float16"``; nothing is left at a final name).
     """
-    from stacktools.consolidate import consolidate
-    return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
-                       particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
-                       mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
-                       progress=progress, allow_outside_project=allow_outside_project,
-                       crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
+    from stacktools.consolidate import consolidate, plan_consolidation, run_plan
+
+    if client is None:
+        return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                           particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
+                           mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
+                           progress=progress, allow_outside_project=allow_outside_project,
+                           crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
+    from stacktools.cluster.consolidate import stack_writer
+
+    plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                              particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
+                              allow_outside_project=allow_outside_project, crop=crop,
+                              fourier_crop=fourier_crop, cs_format=cs_format)
+    return run_plan(plan, threads=threads, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
+                    progress=progress, write_stacks=stack_writer(client))
 
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,
