@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
            "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
-           "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
+           "formula_bytes", "size_particles", "connect_cluster", "plan_consolidation", "consolidate_particles",
            "verify_consolidated", "check_particles", "write_clean",
            "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
            "simulate_queue"]
@@ -316,6 +316,25 @@ def size_particles(pset: ParticleSet, *, validate: bool = True) -> SizeReport:
 
 # ---- consolidation ---------------------------------------------------------------------------
 
+def connect_cluster(address: str):
+    """Connect to a Dask cluster (``stacktools[dask]``), for the ``client=`` of the verbs below.
+
+    Args:
+        address: ``local:N`` (a LocalCluster of N single-threaded worker processes
+            here), a scheduler file (``dask scheduler --scheduler-file``) or a
+            scheduler address (``tcp://host:8786``).
+
+    Returns:
+        A context manager giving a ``distributed.Client``; leaving it closes the
+        client and any cluster it started.
+
+    Raises:
+        ClusterError: ``distributed`` is missing, or the scheduler cannot be reached.
+    """
+    from stacktools.cluster.tasks import connect
+    return connect(address)
+
+
 def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
                        passthrough: PathLike | None = None, layout: str = "per-stack",
                        particles_per_stack: int | None = None, dtype: str = "auto",
@@ -413,7 +432,7 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,
                         threads: int = 4, progress: Callable[[int], None] | None = None,
-                        allow_outside_project: bool = False) -> VerifyResult:
+                        allow_outside_project: bool = False, client: DaskClient | None = None) -> VerifyResult:
     """Check every particle and field of a consolidated set against the set it came from.
 
     Args:
@@ -422,6 +441,8 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
         project_dir: See :func:`open_particles` (default: from ``against``).
         threads: Stacks checked at the same time.
         progress: Called with byte counts as particles are compared.
+        client: A ``distributed.Client`` (``stacktools[dask]``): compare each new
+            stack as one task on its cluster (the fields are compared here).
 
     Returns:
         :class:`~stacktools.verify.VerifyResult`: ``ok``, mismatches, problems.
@@ -430,12 +451,17 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
         The input errors of :func:`open_particles` (missing or truncated stacks).
     """
     from stacktools.verify import verify
+    compare = None
+    if client is not None:
+        from stacktools.cluster.inspect import stack_comparer
+        compare = stack_comparer(client)
     return verify(new_cs, against, project_dir=project_dir, threads=threads, progress=progress,
-                  allow_outside_project=allow_outside_project)
+                  allow_outside_project=allow_outside_project, compare=compare)
 
 
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> CheckReport:
+                    progress: Callable[[int], None] | None = None,
+                    client: DaskClient | None = None) -> CheckReport:
     """Read every selected particle once; report NaN/inf, all-zero and constant particles,
     truncated stacks, boxes that disagree with the metadata and, optionally, outliers.
 
@@ -445,6 +471,9 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
             this many robust deviations (1.4826 × MAD) from the set's median.
         threads: Stacks read at the same time (default: the number of cores, at most 8).
         progress: Called with byte counts as particles are read.
+        client: A ``distributed.Client`` (``stacktools[dask]``): check each stack as
+            one task on its cluster (``threads`` is then the workers' business); the
+            report is the same.
 
     Returns:
         :class:`~stacktools.check.CheckReport`: ``clean``, ``bad`` (row → reasons),
@@ -454,6 +483,9 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
         CheckError: A bad option.
         MissingStackError, MrcHeaderError: A stack is missing or unreadable.
     """
+    if client is not None:
+        from stacktools.cluster.inspect import check_on_cluster
+        return check_on_cluster(client, pset, outliers=outliers, progress=progress)
     from stacktools.check import DEFAULT_THREADS
     from stacktools.check import check_particles as check
     return check(pset, outliers=outliers, threads=threads or DEFAULT_THREADS, progress=progress)
