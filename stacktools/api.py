@@ -17,6 +17,8 @@ checking                     :func:`check_particles`
 SSD cache                    :func:`open_cache`, :func:`sync_particles`
 placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
                              :func:`simulate_queue`
+a Dask cluster               :func:`connect_cluster` (then ``client=`` of consolidate,
+                             verify and check), :func:`prestage_sets`
 ===========================  ================================================
 """
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
     from stacktools.cache import Cache, Inventory, SyncResult
     from stacktools.check import CheckReport
+    from stacktools.cluster.prestage import PrestageResult
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.formats.mrc import StackHeader
@@ -45,7 +48,7 @@ __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "rea
            "formula_bytes", "size_particles", "connect_cluster", "plan_consolidation", "consolidate_particles",
            "verify_consolidated", "check_particles", "write_clean",
            "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
-           "simulate_queue"]
+           "simulate_queue", "prestage_sets"]
 
 PathLike = str | os.PathLike
 
@@ -609,6 +612,42 @@ def place_queue(sets: Sequence[QueuedSet], nodes: Sequence[Node], order: str = "
     """
     from stacktools.placement import place_queue as place
     return place(sets, nodes, order)
+
+
+def prestage_sets(client: DaskClient, nodes_file: PathLike, sets: Sequence[PathLike], *,
+                  project_dir: PathLike | None = None, order: str = "given", hold: bool = False,
+                  progress_for: Callable[[int], Callable[[int], None] | None] | None = None,
+                  allow_outside_project: bool = False) -> PrestageResult:
+    """Place a queue of sets as :func:`place_queue` does and copy each into the SSD
+    cache of its node, by a task on that node's worker of a Dask cluster.
+
+    A worker is the node named by its ``$STACKTOOLS_NODE``, else by its host name
+    (short names match); see :mod:`stacktools.cluster.prestage`.
+
+    Args:
+        client: A ``distributed.Client`` (``stacktools[dask]``, see :func:`connect_cluster`).
+        nodes_file: The nodes file (see :func:`load_nodes`).
+        sets: Particles ``.cs`` or STAR files, in queue order.
+        project_dir: Their project directory (default: each file's own).
+        order: ``"given"`` or ``"biggest"`` first.
+        hold: Keep each set pinned on its node while the worker lives (staging it
+            again without ``hold`` unpins it).
+        progress_for: Called with the bytes to copy once known; returns the
+            progress callback for the copies.
+        allow_outside_project: See :func:`open_particles`.
+
+    Returns:
+        :class:`~stacktools.cluster.prestage.PrestageResult`: per node what was
+        copied; ``missing_nodes`` (placed on but absent from the cluster, not
+        staged) and ``unplaced`` sets; ``ok`` when every set is staged.
+
+    Raises:
+        NodesFileError, PlacementError: As for :func:`place_queue`.
+        StacktoolsError: The first error of a node's sync (e.g. CacheFullError).
+    """
+    from stacktools.cluster.prestage import prestage
+    return prestage(client, nodes_file, sets, project_dir=project_dir, order=order, hold=hold,
+                    progress_for=progress_for, allow_outside_project=allow_outside_project)
 
 
 def simulate_queue(sets: Sequence[QueuedSet], inventory: Inventory, *, hold: bool = False,

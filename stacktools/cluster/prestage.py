@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from stacktools.cache import sync_particles
 from stacktools.cache.store import Cache, SyncResult
@@ -156,7 +156,8 @@ def _workers_of(name: str, names: dict[str, str]) -> list[str]:
 
 def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os.PathLike], *,
              project_dir: str | os.PathLike | None = None, order: str = "given", hold: bool = False,
-             progress: Progress | None = None, allow_outside_project: bool = False) -> PrestageResult:
+             progress_for: Callable[[int], Progress | None] | None = None,
+             allow_outside_project: bool = False) -> PrestageResult:
     """Place ``sets`` on the nodes of ``nodes_file`` and sync each into its node's cache there.
 
     Args:
@@ -166,7 +167,9 @@ def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os
         project_dir: Their project directory (default: each file's own).
         order: ``"given"`` or ``"biggest"`` (first), as for ``cache place``.
         hold: Keep each set pinned on its node after staging (see the module).
-        progress: Called with the bytes copied, on every node together.
+        progress_for: Called with the bytes placement expects to copy, on every node
+            together, once they are known; returns the progress callback for the
+            copies (a progress bar's ``advance``), as for ``sync_particles``.
         allow_outside_project: See :class:`~stacktools.particles.ParticleSet`.
 
     Returns:
@@ -195,6 +198,7 @@ def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os
                                specs[p.node], hold, allow_outside_project))
         sizes.append(p.chosen.bytes_to_copy)
         where.append(node)
+    progress = progress_for(sum(sizes)) if progress_for is not None else None
     results = run_tasks(client, stage_set_task, jobs, label="prestage",
                         what=lambda i: f"node {where[i].node}: {jobs[i].label}", progress=progress, sizes=sizes,
                         placement=lambda i: {"workers": where[i].workers, "allow_other_workers": False})
