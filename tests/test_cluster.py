@@ -25,7 +25,7 @@ distributed = pytest.importorskip("distributed")
 
 from stacktools import api  # noqa: E402
 from stacktools.demo import make_demo_project  # noqa: E402
-from tests.helpers import PY, run_cli, same_stack  # noqa: E402
+from tests.helpers import PY, invoke_cli, same_stack  # noqa: E402
 from tests.independent import assert_same_particles, header, read_cs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +49,9 @@ def slow_writes(delay: float, marks: str) -> None:
     run._real_copy_to_file = real
 
     def slow(fd, *args, **kw):
-        Path(marks, f"{os.getpid()}-{time.monotonic_ns()}").write_text(
-            json.dumps({"pid": os.getpid(), "tmp": os.readlink(f"/proc/self/fd/{fd}")}))
+        mark = Path(marks, f"{os.getpid()}-{time.monotonic_ns()}")
+        mark.with_suffix(".part").write_text(json.dumps({"pid": os.getpid(), "tmp": os.readlink(f"/proc/self/fd/{fd}")}))
+        os.rename(mark.with_suffix(".part"), mark)  # whole when the test reads it
         time.sleep(delay)
         return real(fd, *args, **kw)
     run.copy_to_file = slow
@@ -65,6 +66,14 @@ def final_of(tmp: str) -> Path:
     """The final name of a stack's temporary (``.NAME.<random>.stacktools-tmp``)."""
     p = Path(tmp)
     return p.with_name(p.name[1:].rsplit(".", 2)[0])
+
+
+def cli(*args, check: bool = False):
+    """The command, in this process (distributed is imported already) through the real entry point."""
+    res = invoke_cli(*args)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
 
 
 def wait_for(cond, timeout: float = 60.0, what: str = "condition"):
@@ -136,7 +145,7 @@ def test_a_worker_killed_mid_stack_is_replaced_and_the_result_is_the_same(client
         t = threading.Thread(target=lambda: box.update(res=api.consolidate_particles(
             demo.selected_cs, out, client=client)))
         t.start()
-        mark = json.loads(wait_for(lambda: next(iter(sorted(marks.iterdir())), None), what="a stack").read_text())
+        mark = json.loads(wait_for(lambda: next(iter(sorted(marks.glob("*[0-9]"))), None), what="a stack").read_text())
         # Mid-stack: its temporary is there, its final name not yet.
         assert os.path.exists(mark["tmp"]) and not final_of(mark["tmp"]).exists()
         os.kill(mark["pid"], signal.SIGKILL)
@@ -180,7 +189,7 @@ def test_a_killed_client_is_resumed_by_rerunning_the_command(client, tmp_path):
     try:
         def mid_run():
             done = [s for s in (out / "stacks").glob("*.mrc")] if (out / "stacks").is_dir() else []
-            writing = [json.loads(m.read_text())["tmp"] for m in marks.iterdir()]
+            writing = [json.loads(m.read_text())["tmp"] for m in marks.glob("*[0-9]")]
             writing = [w for w in writing if os.path.exists(w)]
             return done and writing
         wait_for(mid_run, 120, "a stack written and another being written")
@@ -193,8 +202,9 @@ def test_a_killed_client_is_resumed_by_rerunning_the_command(client, tmp_path):
     assert not list(out.glob("*.cs")), "killed before the .cs"
     kept = len(list((out / "stacks").glob("*.mrc")))
     assert 0 < kept < len(list(ref.glob("stacks/*.mrc")))
-    res = run_cli("consolidate", demo.selected_cs, "-o", out, "--dask", client.scheduler.address, "--json",
+    res = cli("consolidate", demo.selected_cs, "-o", out, "--dask", client.scheduler.address, "--json",
                   check=True)
+    assert res.stdout.strip(), res.stderr
     doc = json.loads(res.stdout)
     assert doc["stacks_resumed"] >= kept - 1  # the kill may cut one rename short of its manifest check
     assert doc["stacks_resumed"] > 0
@@ -219,19 +229,19 @@ def test_check_and_verify_on_the_cluster_report_what_a_local_run_reports(client,
     address = client.scheduler.address
     rows = read_cs(demo.selected_cs)
     _poison(demo.project_dir / rows[3]["blob/path"].decode(), int(rows[3]["blob/idx"]))
-    local = json.loads(run_cli("check", demo.selected_cs, "--outliers", "3", "--json").stdout)
-    dask = run_cli("check", demo.selected_cs, "--outliers", "3", "--json", "--dask", address)
+    local = json.loads(cli("check", demo.selected_cs, "--outliers", "3", "--json").stdout)
+    dask = cli("check", demo.selected_cs, "--outliers", "3", "--json", "--dask", address)
     assert dask.returncode == 1, dask.stderr
     assert json.loads(dask.stdout) == local
     assert local["counts"]["nan"] == 1 and local["stacks"] > 2
 
     res = api.consolidate_particles(demo.selected_cs, demo.project_dir / "out", client=client)
     args = ("verify", res.cs, "--against", demo.selected_cs, "--json")
-    assert json.loads(run_cli(*args, "--dask", address, check=True).stdout)["ok"]
+    assert json.loads(cli(*args, "--dask", address, check=True).stdout)["ok"]
     new = read_cs(res.cs)
     _poison(demo.project_dir / new[7]["blob/path"].decode(), int(new[7]["blob/idx"]))
-    local_v = run_cli(*args)
-    dask_v = run_cli(*args, "--dask", address)
+    local_v = cli(*args)
+    dask_v = cli(*args, "--dask", address)
     assert local_v.returncode == dask_v.returncode == 1
     assert json.loads(dask_v.stdout) == json.loads(local_v.stdout)
     assert json.loads(dask_v.stdout)["particle_mismatches"] == 1
@@ -239,10 +249,10 @@ def test_check_and_verify_on_the_cluster_report_what_a_local_run_reports(client,
 
 def test_a_bad_address_is_one_line_and_exit_2(tmp_path):
     demo = make_demo_project(tmp_path / "P1", micrographs=2, seed=7)
-    res = run_cli("check", demo.selected_cs, "--dask", "local:zero")
+    res = cli("check", demo.selected_cs, "--dask", "local:zero")
     assert res.returncode == 2 and "local:N" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    res = run_cli("check", demo.selected_cs, "--dask", str(tmp_path / "missing-scheduler.json"))
+    res = cli("check", demo.selected_cs, "--dask", str(tmp_path / "missing-scheduler.json"))
     assert res.returncode == 2 and "scheduler file" in res.stderr
 
 
@@ -284,7 +294,7 @@ def test_prestage_puts_each_set_on_the_node_placement_chose(two_nodes, tmp_path)
     size = sum(os.path.getsize(s) for s in a.stacks)
     # Room for one set per node: the second cannot follow the first.
     nf = nodes_file(tmp_path / "nodes.toml", ssd, size * 1.5 / 1e6)
-    placed = json.loads(run_cli("cache", "place", nf, a.extracted_cs, b.extracted_cs, "--json", check=True).stdout)
+    placed = json.loads(cli("cache", "place", nf, a.extracted_cs, b.extracted_cs, "--json", check=True).stdout)
     chosen = {p["set"]: p["node"] for p in placed["placements"]}
     assert sorted(chosen.values()) == ["gpu01", "gpu02"]
 
@@ -304,7 +314,7 @@ def test_prestage_puts_each_set_on_the_node_placement_chose(two_nodes, tmp_path)
     assert all(len(pins(d)) == 1 for d in ssd.values())  # held by the workers
 
     # Again without --hold, by the command: nothing to copy, and the pins are dropped.
-    again = run_cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address,
+    again = cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address,
                     "--json", check=True)
     doc = json.loads(again.stdout)
     assert doc["ok"] and doc["bytes_copied"] == 0
@@ -319,7 +329,7 @@ def test_prestage_reports_a_node_missing_from_the_cluster(two_nodes, tmp_path):
     gone = tmp_path / "ssd-gpu09"
     gone.mkdir()
     nf = nodes_file(tmp_path / "nodes.toml", {"gpu01": ssd["gpu01"], "gpu09": gone}, size * 1.5 / 1e6)
-    res = run_cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address,
+    res = cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address,
                   "--json")
     assert res.returncode == 1, res.stderr
     doc = json.loads(res.stdout)
@@ -327,7 +337,7 @@ def test_prestage_reports_a_node_missing_from_the_cluster(two_nodes, tmp_path):
     (missing,) = [n for n in doc["nodes"] if n["node"] == "gpu09"]
     assert missing["workers"] == [] and len(missing["not_staged"]) == 1
     assert not (gone / "stacktools-cache").exists()
-    text = run_cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address)
+    text = cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address)
     assert text.returncode == 1 and "gpu09" in text.stdout and "missing from the cluster" in text.stdout
 
 
