@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -50,7 +49,8 @@ def slow_writes(delay: float, marks: str) -> None:
 
     def slow(fd, *args, **kw):
         mark = Path(marks, f"{os.getpid()}-{time.monotonic_ns()}")
-        mark.with_suffix(".part").write_text(json.dumps({"pid": os.getpid(), "tmp": os.readlink(f"/proc/self/fd/{fd}")}))
+        tmp = os.readlink(f"/proc/self/fd/{fd}")
+        mark.with_suffix(".part").write_text(json.dumps({"pid": os.getpid(), "tmp": tmp}))
         os.rename(mark.with_suffix(".part"), mark)  # whole when the test reads it
         time.sleep(delay)
         return real(fd, *args, **kw)
