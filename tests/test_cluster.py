@@ -8,6 +8,7 @@ processes only) where a kill must land mid-stack.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -55,6 +56,21 @@ def slow_writes(delay: float, marks: str) -> None:
         time.sleep(delay)
         return real(fd, *args, **kw)
     run.copy_to_file = slow
+
+
+def failing_writes(name: str) -> None:
+    """In a worker: the stack whose name starts with ``name`` hits a full disk; the others are slowed."""
+    import stacktools.consolidate.run as run
+
+    real = getattr(run, "_real_copy_to_file", run.copy_to_file)
+    run._real_copy_to_file = real
+
+    def full(fd, *args, **kw):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith("." + name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        time.sleep(0.2)
+        return real(fd, *args, **kw)
+    run.copy_to_file = full
 
 
 def fast_writes() -> None:
@@ -160,6 +176,22 @@ def test_a_worker_killed_mid_stack_is_replaced_and_the_result_is_the_same(client
     assert mark["pid"] not in new_pids  # the Nanny started a new worker in its place
     assert_same_tree(ref, out)  # the killed worker's temporary is gone too
     assert not [p for p in out.rglob("*") if p.name.endswith(TMP_SUFFIX)]
+
+
+def test_a_task_error_stops_the_run_and_leaves_nothing_under_a_final_name(client, tmp_path):
+    from stacktools.errors import DiskFullError
+
+    demo = make_demo_project(tmp_path / "P1", seed=12)
+    out = demo.project_dir / "out"
+    plan = api.plan_consolidation(demo.selected_cs, out)
+    victim = plan.stacks[len(plan.stacks) // 2].path.name
+    client.run(failing_writes, victim)
+    try:
+        with pytest.raises(DiskFullError, match=victim):
+            api.consolidate_particles(demo.selected_cs, out, client=client)
+    finally:
+        client.run(fast_writes)
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
 KILLED_CLIENT = r"""
