@@ -14,7 +14,7 @@ Before every run, untimed: the output is deleted, the selected particles are rea
 back into the page cache and ``sync`` runs. The ratio is the median over rounds of
 (dask / in-process in the same round). Usage::
 
-    python -m benchmarks.bench_cluster [--size large] [--repeats 5] [--workers 2]
+    python -m benchmarks.bench_cluster [--size large] [--repeats 5] [--workers 2] [--threads-per-worker 1]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--size", default="large", choices=sorted(SIZES))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads-per-worker", type=int, default=1)
     ap.add_argument("--data", type=Path, default=HERE / "data" / "consolidate")
     ap.add_argument("--keep-data", action="store_true", help="Keep the generated project for a later run.")
     args = ap.parse_args()
@@ -60,7 +61,8 @@ def main() -> None:
     cp_src, cp_dst = root / "cp-src.bin", root / "cp-dst.bin"
 
     t = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+    cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+                                       processes=True,
                                        dashboard_address=None)
     client = distributed.Client(cluster)
     startup = time.perf_counter() - t
@@ -110,7 +112,8 @@ def main() -> None:
 
     ratio = statistics.median(d / i for d, i in zip(times["dask"], times["in-process"]))
     print(f"{args.size}: {SIZES[args.size]} stacks, {nbytes / 1e9:.2f} GB written; "
-          f"LocalCluster({args.workers} workers) start-up {startup:.2f} s (not in the times)")
+          f"LocalCluster({args.workers} workers x {args.threads_per_worker} threads) "
+          f"start-up {startup:.2f} s (not in the times)")
     print("| path | median | best | ratio to in-process (median of per-round ratios) |")
     print("| --- | --- | --- | --- |")
     for name in tools:

@@ -154,6 +154,18 @@ def _workers_of(name: str, names: dict[str, str]) -> list[str]:
     return sorted(exact or [a for a, n in names.items() if _short(n) == _short(name)])
 
 
+def _restrictions(client: Any, names: dict[str, str], nodes: list[NodeStaging]) -> dict[str, list[str]]:
+    """Where each node's tasks may run: its hosts when no other node's worker shares them
+    (a worker the Nanny restarts keeps its host, not its address), else its workers' addresses."""
+    host = {a: w["host"] for a, w in client.scheduler_info()["workers"].items()}
+    out = {}
+    for n in nodes:
+        hosts = sorted({host[a] for a in n.workers if a in host})
+        shared = any(host.get(a) in hosts for a in names if a not in n.workers)
+        out[n.node] = n.workers if shared or not hosts else hosts
+    return out
+
+
 def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os.PathLike], *,
              project_dir: str | os.PathLike | None = None, order: str = "given", hold: bool = False,
              progress_for: Callable[[int], Progress | None] | None = None,
@@ -199,9 +211,10 @@ def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os
         sizes.append(p.chosen.bytes_to_copy)
         where.append(node)
     progress = progress_for(sum(sizes)) if progress_for is not None else None
+    restrict = _restrictions(client, names, [n for n in staging.values() if not n.missing])
     results = run_tasks(client, stage_set_task, jobs, label="prestage",
                         what=lambda i: f"node {where[i].node}: {jobs[i].label}", progress=progress, sizes=sizes,
-                        placement=lambda i: {"workers": where[i].workers, "allow_other_workers": False})
+                        placement=lambda i: {"workers": restrict[where[i].node], "allow_other_workers": False})
     for node, r in zip(where, results):
         node.sets.append(r)
     if not hold:  # a pin an earlier --hold left on another worker of the node

@@ -83,53 +83,39 @@ class TaskReporter:
     """A task's progress callback and stop flag, on a worker.
 
     Called with byte counts as the task works; sends their sum to the client at
-    most every :data:`REPORT_INTERVAL_S`, and at the same pace looks whether the
-    run has been told to stop (``is_set``, as a ``threading.Event`` is asked, so a
+    most every :data:`REPORT_INTERVAL_S`, and then looks whether the run has been
+    told to stop (``is_set``, as a ``threading.Event`` is asked, so a
     copy's ``cancel`` can be this object).
     """
 
     def __init__(self, topic: str, item: int, stop_name: str):
-        distributed = _distributed()
-        self._worker = distributed.get_worker()
-        self._stop = distributed.Event(stop_name)
-        self._topic, self._item = topic, item
+        self._topic, self._item, self._stop_name = topic, item, stop_name
         self._pending = 0
         self._last = time.monotonic()
-        self._stopped = self._stop.is_set()
+        self._stopped = False
         self._lock = threading.Lock()
 
     def __call__(self, nbytes: int) -> None:
+        # A task shorter than one interval never talks to the scheduler: the client
+        # counts a finished task's bytes itself, and the stop flag waits for the next one.
         with self._lock:
             self._pending += nbytes
             now = time.monotonic()
             if now - self._last < REPORT_INTERVAL_S:
                 return
             self._last = now
-            self._flush_locked()
-        self._stopped = self._stopped or self._stop.is_set()
-
-    def _flush_locked(self) -> None:
-        if self._pending:
-            self._worker.log_event(self._topic, (self._item, self._pending))
-            self._pending = 0
-
-    def flush(self) -> None:
-        with self._lock:
-            self._flush_locked()
+            pending, self._pending = self._pending, 0
+        distributed = _distributed()
+        distributed.get_worker().log_event(self._topic, (self._item, pending))
+        self._stopped = self._stopped or distributed.Event(self._stop_name).is_set()
 
     def is_set(self) -> bool:
         return self._stopped
 
 
 def _run_one(fn: Callable, item: Any, index: int, topic: str, stop_name: str, kwargs: dict) -> Any:
-    """The task itself: ``fn(item, reporter, **kwargs)``, unless the run is already stopping."""
-    report = TaskReporter(topic, index, stop_name)
-    if report.is_set():
-        raise Cancelled()
-    try:
-        return fn(item, report, **kwargs)
-    finally:
-        report.flush()
+    """The task itself: ``fn(item, reporter, **kwargs)``."""
+    return fn(item, TaskReporter(topic, index, stop_name), **kwargs)
 
 
 class _Relay:
