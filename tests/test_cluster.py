@@ -194,6 +194,35 @@ def test_a_task_error_stops_the_run_and_leaves_nothing_under_a_final_name(client
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+def report_from_a_pool(item: int, report) -> int:
+    """A task whose progress comes from its own threads, past a report interval (as a cache sync's)."""
+    errors = []
+
+    def work():
+        try:
+            for _ in range(4):
+                time.sleep(0.15)
+                report(item)
+        except Exception as err:  # raised again in the task, as a pool's future would
+            errors.append(err)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return item
+
+
+def test_progress_reported_from_a_task_s_own_threads_reaches_the_client(client):
+    from stacktools.cluster.tasks import run_tasks
+
+    seen: list[int] = []
+    out = run_tasks(client, report_from_a_pool, [5, 7], label="test", what=str, progress=seen.append,
+                    sizes=[20, 28])
+    assert out == [5, 7]
+    assert sum(seen) == 48  # each task's bytes once: the reports mid-task, the rest at its end
+
+
 KILLED_CLIENT = r"""
 import sys
 import distributed

@@ -89,7 +89,12 @@ class TaskReporter:
     """
 
     def __init__(self, topic: str, item: int, stop_name: str):
-        self._topic, self._item, self._stop_name = topic, item, stop_name
+        # Found here, on the task's thread: the callback may run on the task's own threads
+        # (a cache sync copies on a pool), where Dask cannot tell which worker they are on.
+        distributed = _distributed()
+        self._worker = distributed.get_worker()
+        self._stop = distributed.Event(stop_name, client=distributed.get_client())
+        self._topic, self._item = topic, item
         self._pending = 0
         self._last = time.monotonic()
         self._stopped = False
@@ -105,9 +110,8 @@ class TaskReporter:
                 return
             self._last = now
             pending, self._pending = self._pending, 0
-        distributed = _distributed()
-        distributed.get_worker().log_event(self._topic, (self._item, pending))
-        self._stopped = self._stopped or distributed.Event(self._stop_name).is_set()
+        self._worker.log_event(self._topic, (self._item, pending))
+        self._stopped = self._stopped or self._stop.is_set()
 
     def is_set(self) -> bool:
         return self._stopped
