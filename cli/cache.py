@@ -417,3 +417,6 @@ def default_cmd(
 from stacktools.cli.placement import place as _place  # noqa: E402  (multi-node placement lives in its own module)
 
 app.command("place")(_place)
+from stacktools.cli.prestage import prestage as _prestage  # noqa: E402  (runs on a Dask cluster: its own module)
+
+app.command("prestage")(_prestage)

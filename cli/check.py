@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, PROJECT_DIR_HELP
+from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, DASK, PROJECT_DIR_HELP, dask_client
 from stacktools.cli.output import byte_progress, console, emit_json, fmt_bytes, kv_table, table
 
 
@@ -28,7 +28,8 @@ def check(
     force: bool = typer.Option(False, "--force", "-f", help="Replace the --write-clean file if it exists."),
     threads: Optional[int] = typer.Option(None, "--threads", "-j", min=1,
                                           help="Stacks read at the same time [default: the number of "
-                                               "cores, at most 8]."),
+                                               "cores, at most 8; with --dask: the workers decide]."),
+    dask: Optional[str] = DASK,
     limit: int = typer.Option(20, "--limit", min=0, help="Bad particles listed (all are counted; --json lists all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -42,7 +43,8 @@ def check(
 
     Exit status: 0 when the set is clean, 1 when something bad was found, 2 on bad input.
     """
-    from stacktools.check import bytes_to_read, check_particles
+    from stacktools.api import check_particles
+    from stacktools.check import bytes_to_read
     from stacktools.check import write_clean as write
     from stacktools.formats.atomic import check_output
     from stacktools.particles import ParticleSet
@@ -52,9 +54,8 @@ def check(
         check_output(write_clean, [particles, passthrough], overwrite=force)
     quiet = quiet or as_json or not sys.stderr.isatty()
     total = 0 if quiet else bytes_to_read(pset)
-    with byte_progress("checking", total, quiet) as advance:
-        report = check_particles(pset, outliers=outliers, progress=advance,
-                                 **({"threads": threads} if threads is not None else {}))
+    with dask_client(dask) as client, byte_progress("checking", total, quiet) as advance:
+        report = check_particles(pset, outliers=outliers, progress=advance, threads=threads, client=client)
     clean_path = write(pset, report, write_clean, overwrite=force) if write_clean is not None else None
     if as_json:
         doc = report.to_dict(pset)

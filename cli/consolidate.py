@@ -9,7 +9,15 @@ from typing import Optional
 
 import typer
 
-from stacktools.cli.options import ALLOW_OUTSIDE_PROJECT, CS_FORMAT, PROJECT_DIR_DEFAULT, PROJECT_DIR_HELP, cs_format
+from stacktools.cli.options import (
+    ALLOW_OUTSIDE_PROJECT,
+    CS_FORMAT,
+    DASK,
+    PROJECT_DIR_DEFAULT,
+    PROJECT_DIR_HELP,
+    cs_format,
+    dask_client,
+)
 from stacktools.cli.output import (
     byte_progress,
     console,
@@ -45,7 +53,9 @@ def consolidate(
                                        "particles in input order."),
     particles_per_stack: Optional[int] = typer.Option(None, "--particles-per-stack", min=1,
                                                       help="Packed layout: particles per stack [default: 1000]."),
-    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time."),
+    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time "
+                                                                  "(with --dask: the workers decide)."),
+    dask: Optional[str] = DASK,
     dtype: DType = typer.Option(DType.auto, "--dtype",
                                 help="Pixel type written. auto: bit-exact copies in the source's mode, except "
                                      "that for a STAR input float16 (mode 12) sources become float32, which "
@@ -87,9 +97,13 @@ def consolidate(
         sys.stderr.write(f"stacktools: warning: {warning}\n")
     total = plan.nbytes
     quiet = quiet or as_json or dry_run or not sys.stderr.isatty()
-    with byte_progress("consolidating", total, quiet) as advance:
+    with dask_client(None if dry_run else dask) as client, byte_progress("consolidating", total, quiet) as advance:
+        write_stacks = None
+        if client is not None:
+            from stacktools.cluster.consolidate import stack_writer
+            write_stacks = stack_writer(client)
         result = run_plan(plan, threads=threads, verify=verify, dry_run=dry_run,
-                          fsync=fsync, force=force, progress=advance)
+                          fsync=fsync, force=force, progress=advance, write_stacks=write_stacks)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -130,7 +144,9 @@ def verify(
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p",
                                                help="Project directory for relative paths "
                                                     "[default: as for --against; " + PROJECT_DIR_DEFAULT + "]."),
-    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time."),
+    threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time "
+                                                                  "(with --dask: the workers decide)."),
+    dask: Optional[str] = DASK,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
@@ -139,15 +155,15 @@ def verify(
 
     Exit status: 0 when everything matches, 1 when something differs, 2 on bad input.
     """
-    from stacktools.verify import verify as run
+    from stacktools.api import verify_consolidated as run
     from stacktools.verify import verify_bytes
 
     quiet = quiet or as_json or not sys.stderr.isatty()
     total = 0 if quiet else verify_bytes(new_cs, against, project_dir=project_dir,
                                          allow_outside_project=allow_outside_project)
-    with byte_progress("verifying", total, quiet) as advance:
+    with dask_client(dask) as client, byte_progress("verifying", total, quiet) as advance:
         result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance,
-                     allow_outside_project=allow_outside_project)
+                     allow_outside_project=allow_outside_project, client=client)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -55,3 +55,20 @@ def cs_format(value: str | None) -> str | None:
     if value not in ("numpy", "csdat"):
         raise typer.BadParameter(f"{value!r}: choose numpy or csdat", param_hint="--format")
     return value
+
+
+DASK = typer.Option(
+    None, "--dask", metavar="ADDRESS",
+    help="Run on a Dask cluster (pip install 'stacktools[dask]'), one task per stack: local:N for N "
+         "worker processes here, a scheduler file (dask scheduler --scheduler-file), or a scheduler "
+         "address (tcp://host:8786); workers must see the same paths [default: this process].")
+
+
+def dask_client(address: str | None):
+    """A context giving a ``distributed.Client`` for ``--dask ADDRESS``, or None without it."""
+    import contextlib
+
+    if address is None:
+        return contextlib.nullcontext(None)
+    from stacktools.api import connect_cluster
+    return connect_cluster(address)

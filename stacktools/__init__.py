@@ -21,6 +21,7 @@ __version__ = "0.1.0"  # the one definition; pyproject.toml reads it
 if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first use
     from stacktools.api import (
         check_particles,
+        connect_cluster,
         consolidate_particles,
         cs_info,
         cs_to_star,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # what an IDE sees; at run time __getattr__ imports on first 
         place_queue,
         place_set,
         plan_consolidation,
+        prestage_sets,
         read_cs,
         read_header,
         read_particle,

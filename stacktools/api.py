@@ -17,6 +17,8 @@ checking                     :func:`check_particles`
 SSD cache                    :func:`open_cache`, :func:`sync_particles`
 placement                    :func:`load_nodes`, :func:`place_set`, :func:`place_queue`,
                              :func:`simulate_queue`
+a Dask cluster               :func:`connect_cluster` (then ``client=`` of consolidate,
+                             verify and check), :func:`prestage_sets`
 ===========================  ================================================
 """
 
@@ -28,9 +30,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
+    from distributed import Client as DaskClient  # stacktools[dask]; imported only when a client is passed
 
     from stacktools.cache import Cache, Inventory, SyncResult
     from stacktools.check import CheckReport
+    from stacktools.cluster.prestage import PrestageResult
     from stacktools.consolidate import ConsolidateResult, ConsolidationPlan
     from stacktools.cs.dataset import CsDataset
     from stacktools.formats.mrc import StackHeader
@@ -41,10 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["read_cs", "write_cs", "read_star", "write_star", "read_header", "read_particle",
            "load_cs", "cs_info", "cs_to_star", "star_to_cs", "open_particles",
-           "formula_bytes", "size_particles", "plan_consolidation", "consolidate_particles",
+           "formula_bytes", "size_particles", "connect_cluster", "plan_consolidation", "consolidate_particles",
            "verify_consolidated", "check_particles", "write_clean",
            "open_cache", "sync_particles", "load_nodes", "place_set", "place_queue",
-           "simulate_queue"]
+           "simulate_queue", "prestage_sets"]
 
 PathLike = str | os.PathLike
 
@@ -316,6 +320,25 @@ def size_particles(pset: ParticleSet, *, validate: bool = True) -> SizeReport:
 
 # ---- consolidation ---------------------------------------------------------------------------
 
+def connect_cluster(address: str):
+    """Connect to a Dask cluster (``stacktools[dask]``), for the ``client=`` of the verbs below.
+
+    Args:
+        address: ``local:N`` (a LocalCluster of N single-threaded worker processes
+            here), a scheduler file (``dask scheduler --scheduler-file``) or a
+            scheduler address (``tcp://host:8786``).
+
+    Returns:
+        A context manager giving a ``distributed.Client``; leaving it closes the
+        client and any cluster it started.
+
+    Raises:
+        ClusterError: ``distributed`` is missing, or the scheduler cannot be reached.
+    """
+    from stacktools.cluster.tasks import connect
+    return connect(address)
+
+
 def plan_consolidation(particles: PathLike, out: PathLike, *, project_dir: PathLike | None = None,
                        passthrough: PathLike | None = None, layout: str = "per-stack",
                        particles_per_stack: int | None = None, dtype: str = "auto",
@@ -361,7 +384,8 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
                           dry_run: bool = False, fsync: bool = False, force: bool = False,
                           progress: Callable[[int], None] | None = None,
                           allow_outside_project: bool = False, crop: int | None = None,
-                          fourier_crop: int | None = None, cs_format: str | None = None) -> ConsolidateResult:
+                          fourier_crop: int | None = None, cs_format: str | None = None,
+                          client: DaskClient | None = None) -> ConsolidateResult:
     """Rewrite a subset's stacks so that only its particles remain, with a new ``.cs``.
 
     Bit-exact (or converted as ``dtype`` asks), bounded memory, atomic and resumable:
@@ -379,6 +403,9 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
         fsync: Flush every output to the device.
         force: Replace a different earlier consolidation in ``out``.
         progress: Called with byte counts as stacks are written.
+        client: A ``distributed.Client`` (``stacktools[dask]``): write each stack as
+            one task on its cluster, whose workers see ``out`` at the same path; the
+            ``.cs`` is still written here, last, and the result is the same bytes.
 
     Returns:
         :class:`~stacktools.consolidate.ConsolidateResult` (what ``consolidate --json`` prints).
@@ -389,17 +416,27 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
         ShrinkError (a crop size that cannot apply); Float16RangeError (a value
         beyond float16's range with ``dtype="float16"``; nothing is left at a final name).
     """
-    from stacktools.consolidate import consolidate
-    return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
-                       particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
-                       mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
-                       progress=progress, allow_outside_project=allow_outside_project,
-                       crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
+    from stacktools.consolidate import consolidate, plan_consolidation, run_plan
+
+    if client is None:
+        return consolidate(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                           particles_per_stack=particles_per_stack, threads=threads, dtype=dtype,
+                           mrcs=mrcs, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
+                           progress=progress, allow_outside_project=allow_outside_project,
+                           crop=crop, fourier_crop=fourier_crop, cs_format=cs_format)
+    from stacktools.cluster.consolidate import stack_writer
+
+    plan = plan_consolidation(particles, out, project_dir=project_dir, passthrough=passthrough, layout=layout,
+                              particles_per_stack=particles_per_stack, dtype=dtype, mrcs=mrcs,
+                              allow_outside_project=allow_outside_project, crop=crop,
+                              fourier_crop=fourier_crop, cs_format=cs_format)
+    return run_plan(plan, threads=threads, verify=verify, dry_run=dry_run, fsync=fsync, force=force,
+                    progress=progress, write_stacks=stack_writer(client))
 
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,
                         threads: int = 4, progress: Callable[[int], None] | None = None,
-                        allow_outside_project: bool = False) -> VerifyResult:
+                        allow_outside_project: bool = False, client: DaskClient | None = None) -> VerifyResult:
     """Check every particle and field of a consolidated set against the set it came from.
 
     Args:
@@ -408,6 +445,8 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
         project_dir: See :func:`open_particles` (default: from ``against``).
         threads: Stacks checked at the same time.
         progress: Called with byte counts as particles are compared.
+        client: A ``distributed.Client`` (``stacktools[dask]``): compare each new
+            stack as one task on its cluster (the fields are compared here).
 
     Returns:
         :class:`~stacktools.verify.VerifyResult`: ``ok``, mismatches, problems.
@@ -416,12 +455,17 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
         The input errors of :func:`open_particles` (missing or truncated stacks).
     """
     from stacktools.verify import verify
+    compare = None
+    if client is not None:
+        from stacktools.cluster.inspect import stack_comparer
+        compare = stack_comparer(client)
     return verify(new_cs, against, project_dir=project_dir, threads=threads, progress=progress,
-                  allow_outside_project=allow_outside_project)
+                  allow_outside_project=allow_outside_project, compare=compare)
 
 
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> CheckReport:
+                    progress: Callable[[int], None] | None = None,
+                    client: DaskClient | None = None) -> CheckReport:
     """Read every selected particle once; report NaN/inf, all-zero and constant particles,
     truncated stacks, boxes that disagree with the metadata and, optionally, outliers.
 
@@ -431,6 +475,9 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
             this many robust deviations (1.4826 × MAD) from the set's median.
         threads: Stacks read at the same time (default: the number of cores, at most 8).
         progress: Called with byte counts as particles are read.
+        client: A ``distributed.Client`` (``stacktools[dask]``): check each stack as
+            one task on its cluster (``threads`` is then the workers' business); the
+            report is the same.
 
     Returns:
         :class:`~stacktools.check.CheckReport`: ``clean``, ``bad`` (row → reasons),
@@ -440,6 +487,9 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
         CheckError: A bad option.
         MissingStackError, MrcHeaderError: A stack is missing or unreadable.
     """
+    if client is not None:
+        from stacktools.cluster.inspect import check_on_cluster
+        return check_on_cluster(client, pset, outliers=outliers, progress=progress)
     from stacktools.check import DEFAULT_THREADS
     from stacktools.check import check_particles as check
     return check(pset, outliers=outliers, threads=threads or DEFAULT_THREADS, progress=progress)
@@ -563,6 +613,42 @@ def place_queue(sets: Sequence[QueuedSet], nodes: Sequence[Node], order: str = "
     """
     from stacktools.placement import place_queue as place
     return place(sets, nodes, order)
+
+
+def prestage_sets(client: DaskClient, nodes_file: PathLike, sets: Sequence[PathLike], *,
+                  project_dir: PathLike | None = None, order: str = "given", hold: bool = False,
+                  progress_for: Callable[[int], Callable[[int], None] | None] | None = None,
+                  allow_outside_project: bool = False) -> PrestageResult:
+    """Place a queue of sets as :func:`place_queue` does and copy each into the SSD
+    cache of its node, by a task on that node's worker of a Dask cluster.
+
+    A worker is the node named by its ``$STACKTOOLS_NODE``, else by its host name
+    (short names match); see :mod:`stacktools.cluster.prestage`.
+
+    Args:
+        client: A ``distributed.Client`` (``stacktools[dask]``, see :func:`connect_cluster`).
+        nodes_file: The nodes file (see :func:`load_nodes`).
+        sets: Particles ``.cs`` or STAR files, in queue order.
+        project_dir: Their project directory (default: each file's own).
+        order: ``"given"`` or ``"biggest"`` first.
+        hold: Keep each set pinned on its node while the worker lives (staging it
+            again without ``hold`` unpins it).
+        progress_for: Called with the bytes to copy once known; returns the
+            progress callback for the copies.
+        allow_outside_project: See :func:`open_particles`.
+
+    Returns:
+        :class:`~stacktools.cluster.prestage.PrestageResult`: per node what was
+        copied; ``missing_nodes`` (placed on but absent from the cluster, not
+        staged) and ``unplaced`` sets; ``ok`` when every set is staged.
+
+    Raises:
+        NodesFileError, PlacementError: As for :func:`place_queue`.
+        StacktoolsError: The first error of a node's sync (e.g. CacheFullError).
+    """
+    from stacktools.cluster.prestage import prestage
+    return prestage(client, nodes_file, sets, project_dir=project_dir, order=order, hold=hold,
+                    progress_for=progress_for, allow_outside_project=allow_outside_project)
 
 
 def simulate_queue(sets: Sequence[QueuedSet], inventory: Inventory, *, hold: bool = False,

@@ -343,12 +343,12 @@ def _read_runs(fd: int, h: StackHeader, idx: np.ndarray, out: np.ndarray) -> Non
         read_exact(fd, mv[a * pb:b * pb], h.offset_of(f), h.path)
 
 
-def _flag_outliers(chk: _Checker, k: float) -> None:
-    bad = np.zeros(len(chk.mean), bool)
+def _flag_outliers(flags: dict[str, np.ndarray], mean: np.ndarray, std: np.ndarray, k: float) -> None:
+    bad = np.zeros(len(mean), bool)
     for r in REASONS:
-        bad |= chk.flags[r]
-    good = ~bad & np.isfinite(chk.mean) & np.isfinite(chk.std)
-    for name, values in (("outlier_mean", chk.mean), ("outlier_std", chk.std)):
+        bad |= flags[r]
+    good = ~bad & np.isfinite(mean) & np.isfinite(std)
+    for name, values in (("outlier_mean", mean), ("outlier_std", std)):
         v = values[good]
         if len(v) < 3:
             continue
@@ -358,7 +358,7 @@ def _flag_outliers(chk: _Checker, k: float) -> None:
             continue  # most particles share one value: no scale to judge by
         out = np.zeros(len(values), bool)
         out[good] = np.abs(v - med) > k * mad
-        chk.flags[name] |= out
+        flags[name] |= out
 
 
 def bytes_to_read(pset: ParticleSet) -> int:
@@ -403,16 +403,24 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
     else:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda w: chk.stack(*w), work))
+    problems = [p for _, p in sorted(chk.problems, key=lambda cp: cp[0])]  # in stack order
+    return finish_report(pset, len(headers), chk.flags, chk.mean, chk.std, problems, chk.bytes_read, outliers)
+
+
+def finish_report(pset: ParticleSet, stacks: int, flags: dict[str, np.ndarray], mean: np.ndarray,
+                  std: np.ndarray, problems: list[StackProblem], bytes_read: int,
+                  outliers: float | None) -> CheckReport:
+    """The report of a whole set from its per-row ``flags`` (one array per reason) and
+    statistics, however the stacks were read: outliers are judged here, over every row."""
     if outliers is not None:
-        _flag_outliers(chk, outliers)
+        _flag_outliers(flags, mean, std, outliers)
     any_bad = np.zeros(len(pset), bool)
     for r in REASONS:
-        any_bad |= chk.flags[r]
-    bad = {int(row): [r for r in REASONS if chk.flags[r][row]] for row in np.flatnonzero(any_bad)}
-    problems = [p for _, p in sorted(chk.problems, key=lambda cp: cp[0])]  # in stack order
-    return CheckReport(source=pset.source or "dataset", particles=len(pset), stacks=len(headers),
-                       bytes_read=chk.bytes_read, stack_problems=problems, bad=bad,
-                       mean=chk.mean, std=chk.std, outliers=outliers)
+        any_bad |= flags[r]
+    bad = {int(row): [r for r in REASONS if flags[r][row]] for row in np.flatnonzero(any_bad)}
+    return CheckReport(source=pset.source or "dataset", particles=len(pset), stacks=stacks,
+                       bytes_read=bytes_read, stack_problems=problems, bad=bad,
+                       mean=mean, std=std, outliers=outliers)
 
 
 def write_clean(pset: ParticleSet, report: CheckReport, out: str | os.PathLike, *,

@@ -50,6 +50,17 @@ class StacktoolsError(Exception):
         flags = flags or {}
         return self.message + "".join(h.spell(flags.get(h.option)) for h in self.hints)
 
+    def __reduce__(self):
+        # Whole across processes (a Dask worker's error reaches the client with its hints).
+        return _rebuild, (type(self), self.args, self.__dict__.copy())
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> StacktoolsError:
+    err = Exception.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class CsFormatError(StacktoolsError):
     """A ``.cs`` file is unreadable: not NumPy nor CSDAT, truncated or corrupt."""
@@ -145,6 +156,11 @@ class CacheForeignPathError(CacheError):
 
 class PlacementError(StacktoolsError):
     """Sets cannot be placed on nodes as asked (no nodes, a bad queue order, ...)."""
+
+
+class ClusterError(StacktoolsError):
+    """A Dask cluster cannot be reached or used (no ``stacktools[dask]``, a bad
+    address, workers that keep dying)."""
 
 
 class NodesFileError(PlacementError):

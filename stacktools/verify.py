@@ -248,11 +248,65 @@ def _star_differences(new: ParticleSet, old: ParticleSet, old_rows: np.ndarray,
     return bad, compared
 
 
+@dataclass
+class StackComparison:
+    """One stack of the new set against its sources: all that :func:`compare_stack` reads.
+
+    ``rows`` are the new set's rows in the stack, ``positions`` their ``blob/idx`` in
+    it; ``codes`` index ``sources`` (the old stacks they come from) and ``indices``
+    are the particles there.
+    """
+
+    new: StackHeader
+    rows: np.ndarray
+    positions: np.ndarray
+    sources: list[StackHeader]
+    codes: np.ndarray
+    indices: np.ndarray
+
+
+def compare_stack(job: StackComparison, *, chunk_bytes: int = VERIFY_CHUNK_BYTES,
+                  progress: Callable[[int], None] | None = None) -> tuple[int, str | None, int]:
+    """Compare one stack's particles with their sources.
+
+    Returns:
+        The number of particles that differ, a line naming the first (or None), and
+        the bytes of the new stack compared.
+    """
+    h = job.new
+    bad = mismatched_particles(h, job.positions, job.sources, job.codes, job.indices, chunk_bytes=chunk_bytes)
+    nbytes = len(job.rows) * h.particle_bytes
+    if progress:
+        progress(nbytes)
+    msg = None
+    if len(bad):
+        b = int(bad[0])
+        msg = (f"{h.path}: particle {int(job.positions[b])} (row {int(job.rows[b])}) differs from particle "
+               f"{int(job.indices[b])} of {job.sources[job.codes[b]].path}")
+    return len(bad), msg, nbytes
+
+
+# compare_here's signature: (jobs, *, threads, chunk_bytes, progress) -> one compare_stack outcome per job
+Comparer = Callable[..., list]
+
+
+def compare_here(jobs: list[StackComparison], *, threads: int, chunk_bytes: int,
+                 progress: Callable[[int], None] | None) -> list[tuple[int, str | None, int]]:
+    """:func:`compare_stack` for every job, on ``threads`` threads of this process."""
+    def one(job: StackComparison) -> tuple[int, str | None, int]:
+        return compare_stack(job, chunk_bytes=chunk_bytes, progress=progress)
+
+    if threads > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, jobs))
+    return [one(j) for j in jobs]
+
+
 def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
            project_dir: str | os.PathLike | None = None, threads: int = 4,
            chunk_bytes: int = VERIFY_CHUNK_BYTES,
            progress: Callable[[int], None] | None = None,
-           allow_outside_project: bool = False) -> VerifyResult:
+           allow_outside_project: bool = False, compare: Comparer | None = None) -> VerifyResult:
     """Check every particle and field of a consolidated set against the original.
 
     Parameters
@@ -275,6 +329,9 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     allow_outside_project
         Accept ``blob/path`` values outside the project directory; see
         :class:`~stacktools.particles.ParticleSet`.
+    compare
+        What compares the stacks' particles, in place of :func:`compare_here`
+        (``stacktools.cluster`` compares them on a Dask cluster).
 
     Returns
     -------
@@ -319,27 +376,12 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     old_idx = np.asarray(od["blob/idx"], np.int64)[old_rows]
     new_idx = np.asarray(nd["blob/idx"], np.int64)
     groups = new.groups()
-
-    def check(k: int) -> tuple[int, str | None, int]:
-        g = groups[k]
-        h = new_list[k]
-        bad = mismatched_particles(h, new_idx[g.rows], old_list, old_codes[g.rows],
-                                   old_idx[g.rows], chunk_bytes=chunk_bytes)
-        nbytes = len(g.rows) * h.particle_bytes
-        if progress:
-            progress(nbytes)
-        msg = None
-        if len(bad):
-            r = int(g.rows[bad[0]])
-            msg = (f"{h.path}: particle {int(new_idx[r])} (row {r}) differs from particle "
-                   f"{int(old_idx[r])} of {old_list[old_codes[r]].path}")
-        return len(bad), msg, nbytes
-
-    if threads > 1 and len(groups) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            outcomes = list(pool.map(check, range(len(groups))))
-    else:
-        outcomes = [check(k) for k in range(len(groups))]
+    jobs = []
+    for k, g in enumerate(groups):
+        used, codes = np.unique(old_codes[g.rows], return_inverse=True)
+        jobs.append(StackComparison(new_list[k], g.rows, new_idx[g.rows], [old_list[c] for c in used],
+                                    codes.reshape(-1).astype(np.int64), old_idx[g.rows]))
+    outcomes = (compare or compare_here)(jobs, threads=threads, chunk_bytes=chunk_bytes, progress=progress)
     particle_bad = 0
     for n_bad, msg, _ in outcomes:
         particle_bad += n_bad

@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from stacktools.consolidate.outdir import (
     MANIFEST,
@@ -54,6 +55,9 @@ from stacktools.stacks import CHUNK_BYTES, Cancelled, Progress, copy_to_file, wr
 from stacktools.verify import check_stack
 
 DEFAULT_THREADS = 4
+
+# _write_all's signature: (plan, todo, written, *, threads, fsync, verify, progress, chunk_bytes)
+StackWriter = Callable[..., None]
 
 
 @dataclass
@@ -272,8 +276,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
 
 def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify: bool = False,
              dry_run: bool = False, fsync: bool = False, force: bool = False,
-             chunk_bytes: int = CHUNK_BYTES, progress: Progress | None = None
-             ) -> ConsolidateResult:
+             chunk_bytes: int = CHUNK_BYTES, progress: Progress | None = None,
+             write_stacks: StackWriter | None = None) -> ConsolidateResult:
     """Carry out a plan from :func:`plan_consolidation`; see :func:`consolidate`.
 
     ``plan.nbytes`` tells a caller the total bytes before any is written (for a
@@ -283,6 +287,12 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
         plan: The plan.
         threads, verify, dry_run, fsync, force, chunk_bytes, progress: As for
             :func:`consolidate`.
+        write_stacks: What writes the stacks still to write, in place of this
+            process's thread pool (``stacktools.cluster`` writes them on a Dask
+            cluster); called as ``_write_all`` is (adding each path to ``written``
+            once its stack is under its final name), once OUTDIR is
+            locked and prepared. Everything else (lock, manifest, resume, the
+            ``.cs`` last, cleanup after an error) stays here.
 
     Returns:
         What was written, or with ``dry_run`` what would be.
@@ -319,7 +329,7 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
         with locked(outdir):
             resumed = _execute(plan, created, threads=threads, fsync=fsync,
                                verify=verify, force=force, progress=progress,
-                               chunk_bytes=chunk_bytes)
+                               chunk_bytes=chunk_bytes, write_stacks=write_stacks or _write_all)
     except KeyboardInterrupt:
         raise  # complete stacks stay for a rerun to keep, as after kill -9
     except BaseException:
@@ -344,7 +354,7 @@ def _check_creatable(outdir: Path) -> None:
 
 def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
              fsync: bool, verify: bool, force: bool, progress: Progress | None,
-             chunk_bytes: int) -> list[OutputStack]:
+             chunk_bytes: int, write_stacks: StackWriter) -> list[OutputStack]:
     """The locked part of a run; returns the stacks kept from an earlier run."""
     written: list[Path] = []
     try:
@@ -352,8 +362,8 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
         done = {id(s) for s in resumed}
         todo = [s for s in plan.stacks if id(s) not in done]
         _check_space(plan, todo)
-        _write_all(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
-                   progress=progress, chunk_bytes=chunk_bytes)
+        write_stacks(plan, todo, written, threads=threads, fsync=fsync, verify=verify,
+                     progress=progress, chunk_bytes=chunk_bytes)
         if plan.pt_rows is not None:
             csfile.write_cs(plan.out_passthrough, plan.pt_rows, fsync=fsync, format=plan.pt_format)
             written.append(plan.out_passthrough)
