@@ -185,3 +185,56 @@ def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
         elif name.startswith("alignments") and name.endswith("/shift"):
             out[name] = out[name] / factor
     return out
+
+
+# RELION 3.0's origins are in pixels of the particle image; 3.1's ``...Angst`` are in Å.
+STAR_PIXEL_ORIGINS = ("rlnOriginX", "rlnOriginY", "rlnOriginZ", "rlnOriginXPrior", "rlnOriginYPrior")
+
+
+def shrink_star(blocks: dict, particles_key: str, spec: ShrinkSpec, box: int, where: str) -> dict:
+    """The blocks of a particle STAR as they describe particles shrunk by ``spec`` from ``box``.
+
+    What RELION's own extraction with ``--scale`` writes: in RELION 3.1 the optics
+    table's ``rlnImageSize`` becomes the written box and ``rlnImagePixelSize``
+    grows by ``box/N`` (``rlnImageSize`` is added when absent); in a RELION 3.0
+    single table ``rlnDetectorPixelSize`` grows instead (``rlnMagnification``
+    stays). Origins in pixels (3.0's ``rlnOriginX/Y``) shrink by ``N/box``; origins
+    in Å, micrograph coordinates and CTF values stay as they are.
+
+    Raises:
+        ShrinkError: A Fourier crop of a file that gives no pixel size to rescale.
+    """
+    if not spec:
+        return blocks
+    import pandas as pd
+
+    factor = spec.pixel_factor(box)
+    n = spec.out_box(box)
+    out = dict(blocks)
+    parts = out[particles_key].copy()
+    optics = out.get("optics") if particles_key != "optics" else None
+    has_optics = isinstance(optics, pd.DataFrame)
+    if has_optics:
+        optics = optics.copy()
+        optics["rlnImageSize"] = np.full(len(optics), n, np.int64)
+        if "rlnImagePixelSize" in optics:
+            optics["rlnImagePixelSize"] = optics["rlnImagePixelSize"].astype(np.float64) * factor
+        elif factor != 1 and "rlnImagePixelSize" not in parts:
+            raise ShrinkError(f"{where}: data_optics has no rlnImagePixelSize, so the Fourier-cropped "
+                              "pixel size cannot be written; add it to the optics table")
+        out["optics"] = optics
+    if "rlnImageSize" in parts:
+        parts["rlnImageSize"] = np.full(len(parts), n, np.int64)
+    scaled_psize = False
+    for name in ("rlnImagePixelSize", "rlnDetectorPixelSize"):
+        if name in parts and (name != "rlnDetectorPixelSize" or "rlnMagnification" in parts):
+            parts[name] = parts[name].astype(np.float64) * factor
+            scaled_psize = True
+    if factor != 1 and not has_optics and not scaled_psize:
+        raise ShrinkError(f"{where}: a RELION 3.0 STAR without rlnDetectorPixelSize and rlnMagnification "
+                          "(or rlnImagePixelSize) gives no pixel size for the Fourier-cropped particles")
+    for name in STAR_PIXEL_ORIGINS:
+        if name in parts:
+            parts[name] = parts[name].astype(np.float64) / factor
+    out[particles_key] = parts
+    return out

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
+import starfile
 
 from stacktools.consolidate import consolidate
 from tests.helpers import assert_one_line_error, run_cli
 from tests.independent import blob_file, header, read_cs, read_particle
 from tests.test_shrink import reference_fourier_crop
+
+DATA = Path(__file__).parent / "data"
+needs_relion = pytest.mark.skipif(shutil.which("relion_stack_create") is None
+                                  or shutil.which("relion_image_handler") is None,
+                                  reason="RELION binaries not installed")
 
 
 def source_particles(cs: Path, project: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -129,13 +139,119 @@ def test_float16_overflow_names_the_particle_and_leaves_nothing(demo):
     assert finals == []
 
 
-def test_shrinking_a_star_input_is_refused_before_anything_is_written(demo, tmp_path):
-    star = tmp_path / "particles.star"
-    assert run_cli("cs", "to-star", demo.selected_cs, "-o", star).returncode == 0
-    out = tmp_path / "out"
-    res = run_cli("consolidate", star, "--project-dir", demo.project_dir, "--out", out, "--fourier-crop", "32")
-    assert_one_line_error(res, str(star), "--fourier-crop")
-    assert res.returncode == 2 and not out.exists()
+def _relion31_project(tmp_path: Path) -> Path:
+    """The real RELION 3.1 STAR and its stack, copied to a project of their own."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("relion31.star", "relion31.mrcs"):
+        shutil.copy(DATA / "relion" / name, proj / name)
+    return proj
+
+
+def _star_stack_particles(star: Path, project: Path) -> np.ndarray:
+    blocks = starfile.read(star, always_dict=True)
+    names = [n.partition("@") for n in blocks["particles"]["rlnImageName"]]
+    return np.stack([read_particle(project / p, int(i) - 1) for i, _, p in names])
+
+
+@needs_relion
+@pytest.mark.parametrize("args", [["--fourier-crop", "128"], ["--crop", "200", "--fourier-crop", "96"],
+                                  ["--crop", "171"]])
+def test_shrunk_star_is_read_by_relion_and_matches_the_cs_path(tmp_path, args):
+    proj = _relion31_project(tmp_path)
+    star = proj / "relion31.star"
+    res = run_cli("consolidate", star, "--project-dir", proj, "--out", proj / "star_out", "--quiet", "--json", *args)
+    assert res.returncode == 0, res.stderr
+    new_star = Path(json.loads(res.stdout)["star"])
+    # The same particles through the .cs path.
+    cs = proj / "relion31.cs"
+    assert run_cli("cs", "from-star", star, "-o", cs, "--project-dir", proj).returncode == 0
+    res = run_cli("consolidate", cs, "--project-dir", proj, "--out", proj / "cs_out", "--quiet", "--json", *args)
+    assert res.returncode == 0, res.stderr
+    from_cs = written_particles(Path(json.loads(res.stdout)["cs"]), proj).astype(np.float32)
+    n = from_cs.shape[-1]
+    subprocess.run(["relion_stack_create", "--i", new_star, "--o", tmp_path / "check"], cwd=proj,
+                   check=True, capture_output=True)
+    h = header(tmp_path / "check.mrcs")
+    assert (h["nz"], h["ny"], h["nx"]) == (len(from_cs), n, n)
+    for k in range(len(from_cs)):
+        assert read_particle(tmp_path / "check.mrcs", k).tobytes() == from_cs[k].tobytes(), k
+    stats = subprocess.run(["relion_image_handler", "--i", new_star, "--stats"], cwd=proj,
+                           check=True, capture_output=True, text=True).stdout
+    assert stats.count(f"{n} x {n} x 1 x 1") == len(from_cs)
+    np.testing.assert_array_equal(_star_stack_particles(new_star, proj), from_cs)
+
+
+def test_shrunk_star_metadata_follows_relion_31(tmp_path):
+    proj = _relion31_project(tmp_path)
+    star = proj / "relion31.star"
+    res = consolidate(star, proj / "out", project_dir=proj, crop=200, fourier_crop=100)
+    old = starfile.read(star, always_dict=True)
+    new = starfile.read(res.star, always_dict=True)
+    assert new["optics"]["rlnImageSize"].tolist() == [100]
+    np.testing.assert_allclose(new["optics"]["rlnImagePixelSize"], old["optics"]["rlnImagePixelSize"] * 2.0,
+                               rtol=1e-12)
+    for col in old["optics"]:
+        if col not in ("rlnImageSize", "rlnImagePixelSize"):
+            assert new["optics"][col].tolist() == old["optics"][col].tolist(), col
+    moved = {"rlnImageName", "rlnImageOriginalName"}
+    for col in old["particles"]:  # Å origins, coordinates, CTF: as they were
+        if col not in moved:
+            assert new["particles"][col].tolist() == old["particles"][col].tolist(), col
+
+
+def test_shrunk_star_without_image_size_gets_it(tmp_path):
+    proj = _relion31_project(tmp_path)
+    blocks = starfile.read(proj / "relion31.star", always_dict=True)
+    blocks["optics"] = blocks["optics"].drop(columns=["rlnImageSize"])
+    star = proj / "nosize.star"
+    starfile.write(blocks, star)
+    res = consolidate(star, proj / "out", project_dir=proj, fourier_crop=64)
+    assert starfile.read(res.star, always_dict=True)["optics"]["rlnImageSize"].tolist() == [64]
+
+
+def _relion30_project(tmp_path: Path, drop: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """The real RELION 3.0 STAR, with random box-64 stacks where its rlnImageName points."""
+    proj = tmp_path / "proj30"
+    blocks = starfile.read(DATA / "relion" / "relion30_pfcrt.star", always_dict=True)
+    (key, table), = blocks.items()
+    rng = np.random.default_rng(3)
+    for path, group in table.groupby(table["rlnImageName"].str.partition("@")[2]):
+        count = int(group["rlnImageName"].str.partition("@")[0].astype(int).max())
+        (proj / path).parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(proj / path) as m:
+            m.set_data(rng.normal(size=(count, 64, 64)).astype(np.float32))
+    star = proj / "Refine3D" / "job020" / "run_data.star"
+    star.parent.mkdir(parents=True)
+    starfile.write({key: table.drop(columns=list(drop))}, star)
+    return proj, star
+
+
+def test_shrunk_relion30_star_rescales_what_relion_30_reads(tmp_path):
+    proj, star = _relion30_project(tmp_path)
+    res = consolidate(star, proj / "out", project_dir=proj, fourier_crop=32)
+    (old,) = starfile.read(star, always_dict=True).values()
+    blocks = starfile.read(res.star, always_dict=True)
+    assert list(blocks) == list(starfile.read(star, always_dict=True))  # still one table
+    (new,) = blocks.values()
+    np.testing.assert_allclose(new["rlnDetectorPixelSize"], old["rlnDetectorPixelSize"] * 2, rtol=1e-12)
+    assert new["rlnMagnification"].tolist() == old["rlnMagnification"].tolist()
+    for col in ("rlnOriginX", "rlnOriginY"):
+        np.testing.assert_allclose(new[col], old[col] / 2, rtol=1e-12)
+    for col in ("rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU", "rlnDefocusV", "rlnAnglePsi"):
+        assert new[col].tolist() == old[col].tolist(), col
+    assert header(blob_file(proj, new["rlnImageName"][0].partition("@")[2]))["nx"] == 32
+
+
+def test_fourier_cropping_a_relion30_star_without_pixel_size_is_refused(tmp_path):
+    proj, star = _relion30_project(tmp_path, drop=("rlnDetectorPixelSize",))
+    out = proj / "out"
+    res = run_cli("consolidate", star, "--project-dir", proj, "--out", out, "--fourier-crop", "32")
+    assert res.returncode == 2
+    assert_one_line_error(res, str(star), "pixel size")
+    assert not out.exists()
+    # A crop alone keeps the pixel size, so it needs none.
+    assert run_cli("consolidate", star, "--project-dir", proj, "--out", out, "--crop", "40").returncode == 0
 
 
 def test_float16_sources_with_inf_are_copied_bit_exact_when_kept(demo):

@@ -244,10 +244,11 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
         :class:`~stacktools.particles.ParticleSet`.
     crop
         Crop every particle in real space to this box about its centre
-        (``stacktools.shrink``); ``blob/shape`` becomes it.
+        (``stacktools.shrink``); ``blob/shape`` becomes it (for a STAR, the optics
+        table's ``rlnImageSize``: :func:`stacktools.shrink.shrink_star`).
     fourier_crop
         Then Fourier-crop to this even box, smaller than the (cropped) box; the
-        pixel size grows by box/N and alignment shifts are rescaled to it.
+        pixel size grows by box/N and alignment shifts in pixels are rescaled to it.
 
     Returns
     -------
