@@ -62,57 +62,49 @@ def crop(batch: np.ndarray, n: int) -> np.ndarray:
     return batch[..., w, w]
 
 
-def fourier_crop(batch: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
+def fourier_crop(batch: np.ndarray, n: int) -> np.ndarray:
     """Fourier-crop each particle of ``(m, box, box)`` to ``(m, n, n)``, keeping the mean.
 
-    ``workers`` is passed to the FFT (``scipy.fft`` when installed) so one batch
-    uses several cores.
+    NumPy's FFT releases the GIL, so ``stacks.py`` runs batches on several threads.
     """
     box = batch.shape[-1]
+    h = n // 2
     # The mean goes around the float32 FFT, not through it: a large mean over a small
     # std (raw counts) would otherwise cost the std most of float32's precision.
-    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
-    x = (batch - mean).astype(np.float32)
-    f = _rfft2(x, workers)
-    h = n // 2
-    # Rows for frequencies 0..h-1, then -h..-1. The reference keeps -h but not +h;
-    # the real part it takes is the Hermitian part, which on the Nyquist row is the
-    # mean of the source's rows -h and +h (and the +h row's value in the corner).
-    rows = np.concatenate([f[..., :h, :h + 1], f[..., box - h:, :h + 1]], axis=-2)
-    nyq = rows[..., h, :]
-    nyq[..., :h] = (nyq[..., :h] + f[..., h, :h]) / 2
-    nyq[..., h] = f[..., h, h]
-    out = _irfft2(rows, n, workers)
-    out *= (n / box) ** 2
-    out += mean.astype(np.float32)
+    # Subtracting its float32 rounding is exact enough, and adding the same back is.
+    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True).astype(np.float32)
+    x = np.subtract(batch, mean, dtype=np.float32)
+    # The crop keeps half-spectrum columns 0..h only: transform the rows, drop the
+    # other columns, then transform what is left along y. Columns are made the last
+    # axis (f[..., kx, ky]) because NumPy's FFT is fastest along the last axis.
+    f = np.ascontiguousarray(np.fft.rfft(x, axis=-1)[..., :h + 1].swapaxes(-1, -2))
+    f = np.fft.fft(f, axis=-1)
+    # ky = 0..h-1, then -h..-1. The reference keeps -h but not +h; the real part it
+    # takes is the Hermitian part, which on the Nyquist line is the mean of the
+    # source's -h and +h (and the +h value in the corner).
+    c = np.concatenate([f[..., :h], f[..., box - h:]], axis=-1)
+    c[..., :h, h] = (c[..., :h, h] + f[..., :h, h]) / 2
+    c[..., h, h] = f[..., h, h]
+    out = np.fft.irfft(np.fft.ifft(c, axis=-1).swapaxes(-1, -2), n=n, axis=-1)
+    out *= np.float32((n / box) ** 2)
+    out += mean
     return out.astype(np.float32, copy=False)
 
 
-def _rfft2(x: np.ndarray, workers: int) -> np.ndarray:
-    try:
-        import scipy.fft as sfft
-    except ImportError:  # NumPy's FFT is single-threaded but always there
-        return np.fft.rfft2(x)
-    return sfft.rfft2(x, workers=workers)
-
-
-def _irfft2(f: np.ndarray, n: int, workers: int) -> np.ndarray:
-    try:
-        import scipy.fft as sfft
-    except ImportError:
-        return np.fft.irfft2(f, s=(n, n))
-    return sfft.irfft2(f, s=(n, n), workers=workers)
-
-
 def to_float16(batch: np.ndarray, describe: Describe | None = None) -> np.ndarray:
-    """Convert to float16, refusing any finite or infinite value beyond its range."""
+    """Convert to float16, refusing any finite or infinite value beyond its range.
+
+    The error's ``particle`` is the offending particle's position in the batch.
+    """
     too_big = np.abs(batch) > FLOAT16_MAX  # NaN compares False: passes through
     if too_big.any():
         k = int(np.flatnonzero(too_big.reshape(len(batch), -1).any(axis=1))[0])
         worst = float(np.max(np.abs(np.nan_to_num(batch[k], nan=0.0))))
         where = describe(k) if describe else f"particle {k}"
-        raise Float16RangeError(f"{where}: value {worst:.6g} is beyond float16's range "
+        err = Float16RangeError(f"{where}: value {worst:.6g} is beyond float16's range "
                                 f"(±{FLOAT16_MAX:g}); use float32 or normalise the stack first")
+        err.particle = k
+        raise err
     return batch.astype(np.float16)
 
 
@@ -150,14 +142,13 @@ class ShrinkSpec:
         inner = self.crop or box
         return inner / self.fourier_crop if self.fourier_crop else 1.0
 
-    def apply(self, batch: np.ndarray, out_dtype: np.dtype, describe: Describe | None = None,
-              workers: int = 1) -> np.ndarray:
+    def apply(self, batch: np.ndarray, out_dtype: np.dtype, describe: Describe | None = None) -> np.ndarray:
         """Shrink a batch ``(m, box, box)`` and convert it to ``out_dtype``."""
         x = batch
         if self.crop is not None:
             x = crop(x, self.crop)
         if self.fourier_crop is not None:
-            x = fourier_crop(x, self.fourier_crop, workers)
+            x = fourier_crop(x, self.fourier_crop)
         out_dtype = np.dtype(out_dtype)
         if out_dtype.kind == "f" and out_dtype.itemsize == 2:
             return to_float16(x, describe).astype(out_dtype, copy=False)

@@ -117,26 +117,42 @@ def test_bad_sizes_are_one_line_exit_2_nothing_written(demo, args, fragment):
     assert files_under(out) == []
 
 
-def test_float16_overflow_names_the_particle_and_leaves_nothing(demo):
-    data = read_cs(demo.selected_cs)
-    path = blob_file(demo.project_dir, data["blob/path"][0])
-    idx = int(data["blob/idx"][0])
+def _overwrite_particle(path: Path, idx: int, value: float) -> None:
     h = header(path)
-    if h["dtype"].itemsize != 4:
-        pytest.skip("first selected particle is not float32 in the demo")
-    pb = h["nx"] * h["ny"] * 4
+    pb = h["nx"] * h["ny"] * h["dtype"].itemsize
     fd = os.open(path, os.O_RDWR)
     try:
-        os.pwrite(fd, np.full(h["nx"] * h["ny"], 1e6, h["dtype"]).tobytes(), h["offset"] + idx * pb)
+        os.pwrite(fd, np.full(h["nx"] * h["ny"], value, h["dtype"]).tobytes(), h["offset"] + idx * pb)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("shrink", [[], ["--fourier-crop", "16"]])
+def test_float16_overflow_names_the_row_and_particle_and_leaves_nothing(demo, shrink):
+    data = read_cs(demo.selected_cs)
+    row = next(r for r in range(3, len(data))
+               if header(blob_file(demo.project_dir, data["blob/path"][r]))["dtype"].itemsize == 4)
+    path = blob_file(demo.project_dir, data["blob/path"][row])
+    idx = int(data["blob/idx"][row])
+    _overwrite_particle(path, idx, 1e6)
     out = demo.project_dir / "J9"
     res = run_cli("consolidate", demo.selected_cs, "--out", out, "--project-dir", demo.project_dir,
-                  "--dtype", "float16", "--threads", "1")
+                  "--dtype", "float16", *shrink)
     assert res.returncode == 2
-    assert_one_line_error(res, "float16", f"particle {idx}", path.name)
+    assert_one_line_error(res, "float16", f"{demo.selected_cs} row {row}:", f"{path}: particle {idx}:")
     finals = [f for f in files_under(out) if f.endswith((".mrc", ".cs")) and "stacktools-tmp" not in f]
     assert finals == []
+
+
+def test_float16_overflow_in_a_star_names_its_1_based_row(tmp_path):
+    proj = _relion31_project(tmp_path)
+    _overwrite_particle(proj / "relion31.mrcs", 3, -1e5)
+    out = proj / "out"
+    res = run_cli("consolidate", proj / "relion31.star", "--out", out, "--project-dir", proj,
+                  "--dtype", "float16", "--fourier-crop", "64")
+    assert res.returncode == 2
+    assert_one_line_error(res, "float16", "relion31.star particle row 4:", "relion31.mrcs: particle 3:")
+    assert not out.exists()
 
 
 def _relion31_project(tmp_path: Path) -> Path:

@@ -38,6 +38,7 @@ from stacktools.consolidate.plan import (
 from stacktools.cs.result_group import write_result_group
 from stacktools.errors import (
     DiskFullError,
+    Float16RangeError,
     Hint,
     OutputError,
     OutputExistsError,
@@ -118,6 +119,8 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
                 copy_to_file(fd, HEADER_BYTES, plan.headers, s.dtype, s.codes, s.indices,
                              chunk_bytes=chunk_bytes, progress=progress, cancel=cancel,
                              shrink=plan.shrink)
+            except Float16RangeError as err:  # name the row too, as every bad-input error does
+                raise Float16RangeError(f"{plan.pset.where(int(s.rows[err.position]))}: {err}") from None
             except OSError as err:
                 raise _disk_error(s.path, err) from err
     except OutputError as err:
