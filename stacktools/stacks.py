@@ -358,18 +358,21 @@ def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
 
 
 def read_to_array(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: np.ndarray,
-                  idx: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+                  idx: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES,
+                  shrink: ShrinkSpec | None = None) -> np.ndarray:
     """Read particles from several stacks into one ``(n, ny, nx)`` array.
 
     Reads are coalesced and issued in (stack, offset) order; row ``k`` of the result
-    is particle ``idx[k]`` of stack ``codes[k]``, converted to ``out_dtype``.
+    is particle ``idx[k]`` of stack ``codes[k]``, converted to ``out_dtype`` (and
+    shrunk by ``shrink``: the same pixels :func:`copy_to_file` writes, whatever the batches).
     """
     codes = np.asarray(codes, np.int64)
     idx = np.asarray(idx, np.int64)
     if not len(codes):
         return np.zeros((0, 0, 0), out_dtype)
     h = headers[int(codes[0])]
-    out = np.empty((len(codes), h.ny, h.nx), dtype=out_dtype)
+    ny, nx = (shrink.out_box(h.ny), shrink.out_box(h.nx)) if shrink else (h.ny, h.nx)
+    out = np.empty((len(codes), ny, nx), dtype=out_dtype)
     sink = _ArraySink(out, out[0].nbytes)
-    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, None)
+    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, None, shrink)
     return out

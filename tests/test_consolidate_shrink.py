@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import mrcfile
@@ -15,7 +17,7 @@ import starfile
 
 from stacktools.consolidate import consolidate
 from tests.helpers import assert_one_line_error, run_cli
-from tests.independent import blob_file, header, read_cs, read_particle
+from tests.independent import blob_file, header, read_bytes, read_cs, read_particle
 from tests.test_shrink import reference_fourier_crop
 
 DATA = Path(__file__).parent / "data"
@@ -288,3 +290,83 @@ def test_float16_sources_with_inf_are_copied_bit_exact_when_kept(demo):
         os.close(fd)
     res = consolidate(demo.selected_cs, demo.project_dir / "J8", project_dir=demo.project_dir, dtype="keep")
     assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+
+
+def _final_bytes(out: Path) -> dict[str, bytes]:
+    """Every output file's bytes; the .csg's one line that records when it was made is left out."""
+    files = {str(p.relative_to(out)): read_bytes(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and not p.name.startswith(".")}
+    return {k: b"".join(line for line in v.splitlines(True) if not line.startswith(b"created:"))
+            if k.endswith(".csg") else v for k, v in files.items()}
+
+
+def test_shrunk_consolidation_resumes_after_kill_9_bit_identical(demo):
+    from tests.test_consolidate_safety import start_slow
+
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    n = (box // 2) & ~1
+    out = demo.project_dir / "J8"
+    args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir), "--out", str(out),
+            "--threads", "1", "--quiet", "--crop", str(box - 2), "--fourier-crop", str(n), "--dtype", "float16"]
+    assert run_cli(*args).returncode == 0
+    want = _final_bytes(out)
+    shutil.rmtree(out)
+
+    proc = start_slow(args)
+    stacks = out / "stacks"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        names = os.listdir(stacks) if stacks.is_dir() else []
+        if [x for x in names if not x.startswith(".")] and [x for x in names if x.endswith(".stacktools-tmp")]:
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the slowed run never got going")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = {p.name: p.stat().st_ino for p in stacks.iterdir() if not p.name.startswith(".")}
+    n_stacks = sum(1 for k in want if k.startswith("stacks/"))
+    assert 0 < len(kept) < n_stacks, "the kill did not land mid-work"
+
+    res = run_cli(*args, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stacks_resumed"] == len(kept)
+    for name, ino in kept.items():
+        assert (stacks / name).stat().st_ino == ino  # kept, not rewritten
+    assert _final_bytes(out) == want
+
+    # Another shrink is another consolidation: refused without --force, and with it
+    # no stack written for the first spec is kept.
+    other = [a if a != str(n) else str(n - 2) for a in args]
+    res = run_cli(*other)
+    assert res.returncode == 2 and "other options" in res.stderr
+    res = run_cli(*other, "--force", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["stacks_resumed"] == 0
+    for o in doc["outputs"]:
+        assert header(o["path"])["nx"] == n - 2
+
+
+def test_verify_with_a_fourier_crop_checks_against_the_shrunk_sources(demo, monkeypatch):
+    import stacktools.consolidate.run as run_mod
+    from stacktools.errors import VerificationError
+
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    n = (box // 2) & ~1
+    res = consolidate(demo.selected_cs, demo.project_dir / "J8", project_dir=demo.project_dir,
+                      fourier_crop=n, dtype="float32", verify=True)
+    assert res.verified
+    real = run_mod.copy_to_file
+
+    def one_bit_off(fd, data_offset, *a, **kw):  # the written stack loses a bit of its last byte
+        real(fd, data_offset, *a, **kw)
+        end = os.fstat(fd).st_size - 1
+        os.pwrite(fd, bytes([os.pread(fd, 1, end)[0] ^ 1]), end)
+
+    monkeypatch.setattr(run_mod, "copy_to_file", one_bit_off)
+    with pytest.raises(VerificationError, match="differs from its source"):
+        consolidate(demo.selected_cs, demo.project_dir / "J9", project_dir=demo.project_dir,
+                    fourier_crop=n, dtype="float32", verify=True)
+    assert files_under(demo.project_dir / "J9") == []

@@ -42,7 +42,6 @@ from stacktools.errors import (
     Hint,
     OutputError,
     OutputExistsError,
-    ShrinkError,
     StacktoolsError,
     VerificationError,
     describe_os_error,
@@ -230,7 +229,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
         keeps both blocks and every column, with only ``rlnImageName`` changed and
         the old names in ``rlnImageOriginalName`` when the file lacked it.
     verify
-        Compare every written particle with its source before writing the ``.cs``.
+        Compare every written particle with its source before writing the ``.cs``
+        (with a crop or Fourier crop: with the source shrunk again, bit for bit).
     dry_run
         Validate and plan only; write nothing.
     fsync
@@ -294,9 +294,6 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
     Raises:
         StacktoolsError: As for :func:`consolidate`.
     """
-    if verify and plan.shrink:
-        raise ShrinkError(f"{plan.cs_path}: verify compares bytes with the sources, "
-                          "which a crop or Fourier crop changes; run without it")
     if dry_run:
         # The same checks as a real run, short of reading the stacks already written.
         if plan.outdir.is_dir():
@@ -456,7 +453,7 @@ def _prepare(plan: ConsolidationPlan, *, force: bool, threads: int, fsync: bool)
         pending = {id(s) for s in _pending(plan, manifest)}
         present = [s for s in plan.stacks if id(s) not in pending]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            checks = list(pool.map(lambda s: check_stack(s, plan.headers), present))
+            checks = list(pool.map(lambda s: check_stack(s, plan.headers, shrink=plan.shrink), present))
         resumed = [s for s, problem in zip(present, checks) if problem is None]
     return resumed
 
@@ -500,7 +497,7 @@ def _write_all(plan: ConsolidationPlan, todo: list[OutputStack], written: list[P
             with lock:
                 written.append(s.path)
             if verify:
-                problem = check_stack(s, plan.headers)
+                problem = check_stack(s, plan.headers, shrink=plan.shrink)
                 if problem is not None:
                     raise VerificationError(problem)
         except BaseException:
