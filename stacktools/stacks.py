@@ -241,6 +241,7 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
     # Shrunk or range-checked batches in flight on the pool, oldest first, written in
     # that order; at most one per worker, so memory stays a few chunks per copy.
     pending: deque = deque()
+    batches = 0
 
     def drain(keep: int) -> None:
         while len(pending) > keep:
@@ -272,8 +273,11 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                 if checked:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled()
-                    raw = bytearray(m * in_pb)  # its own buffer: it is read while others are
-                    read_exact(fd, memoryview(raw), offset, h.path)
+                    # One buffer per batch in flight, reused: a batch's buffer comes round
+                    # again only after that batch has been drained.
+                    raw = _buffer(f"shrink{batches % (SHRINK_WORKERS + 1)}", m * in_pb)
+                    batches += 1
+                    read_exact(fd, raw, offset, h.path)
                     batch = np.frombuffer(raw, dtype=h.dtype).reshape(m, h.ny, h.nx)
                     pending.append((dpos, out_pb, _shrink_pool().submit(
                         _shrunk, shrink, batch, out_dtype, h.path, first + p, dpos)))
