@@ -370,3 +370,37 @@ def test_verify_with_a_fourier_crop_checks_against_the_shrunk_sources(demo, monk
         consolidate(demo.selected_cs, demo.project_dir / "J9", project_dir=demo.project_dir,
                     fourier_crop=n, dtype="float32", verify=True)
     assert files_under(demo.project_dir / "J9") == []
+
+
+def _star_project(tmp_path: Path, box: int) -> Path:
+    """A stack of ``box``-pixel random particles and a RELION 3.1 STAR naming them."""
+    proj = tmp_path / f"proj{box}"
+    proj.mkdir()
+    with mrcfile.new(proj / "parts.mrcs") as m:
+        m.set_data(np.random.default_rng(box).normal(size=(3, box, box)).astype(np.float32))
+    import pandas as pd
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnImagePixelSize": [1.1], "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+    parts = pd.DataFrame({"rlnImageName": [f"{k:06d}@parts.mrcs" for k in (1, 2, 3)], "rlnOpticsGroup": [1] * 3})
+    starfile.write({"optics": optics, "particles": parts}, proj / "parts.star")
+    return proj
+
+
+@needs_relion
+@pytest.mark.parametrize("box", [256, 33])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_crop_matches_relion_new_box(tmp_path, box, parity):
+    if box == 256:
+        proj, star, stack = _relion31_project(tmp_path), "relion31.star", "relion31.mrcs"
+    else:
+        proj, star, stack = _star_project(tmp_path, box), "parts.star", "parts.mrcs"
+    n = box - 13 - parity if box > 100 else 20 + parity
+    res = run_cli("consolidate", proj / star, "--project-dir", proj, "--out", proj / "out", "--quiet", "--json",
+                  "--crop", str(n))
+    assert res.returncode == 0, res.stderr
+    ours = _star_stack_particles(Path(json.loads(res.stdout)["star"]), proj)
+    subprocess.run(["relion_image_handler", "--i", stack, "--o", tmp_path / "relion.mrcs", "--new_box", str(n)],
+                   cwd=proj, check=True, capture_output=True)
+    theirs = np.stack([read_particle(tmp_path / "relion.mrcs", k) for k in range(len(ours))])
+    assert theirs.shape == ours.shape == (len(ours), n, n)
+    np.testing.assert_array_equal(ours, theirs)
