@@ -2,14 +2,18 @@
 
 Particles per second and peak RSS (GNU time's %M) for each contender, paired per
 round (the three run back to back in each round, the order rotating), at two set
-sizes so that a memory that grows with the set shows. Run:
+sizes so that a memory that grows with the set shows. A set is stacks of
+``--per-stack`` particles, as extraction writes them; RELION shrinks them one
+``relion_image_handler`` per stack (``--relion-jobs`` at a time, one per core by
+default), the NumPy script one stack after another in one process. Run:
 
-    python -m benchmarks.bench_shrink [--particles 400 1200] [--rounds 3]
+    python -m benchmarks.bench_shrink [--particles 2000 20000] [--per-stack 1000] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -22,15 +26,16 @@ from benchmarks.common import make_project, stacktools_command, warm_page_cache
 
 NUMPY_SCRIPT = r"""
 import sys, numpy as np, mrcfile
-src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with mrcfile.mmap(src, permissive=True) as m:
-    x = np.asarray(m.data, np.float32)
-    box = x.shape[-1]
-    f = np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))
-    lo = box // 2 - n // 2
-    y = np.real(np.fft.ifft2(np.fft.ifftshift(f[:, lo:lo + n, lo:lo + n], axes=(-2, -1)))) * (n / box) ** 2
-with mrcfile.new(dst, overwrite=True) as o:
-    o.set_data(y.astype(np.float32))
+out_dir, n, stacks = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for k, src in enumerate(stacks):
+    with mrcfile.mmap(src, permissive=True) as m:
+        x = np.asarray(m.data, np.float32)
+        box = x.shape[-1]
+        f = np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))
+        lo = box // 2 - n // 2
+        y = np.real(np.fft.ifft2(np.fft.ifftshift(f[:, lo:lo + n, lo:lo + n], axes=(-2, -1)))) * (n / box) ** 2
+    with mrcfile.new(f"{out_dir}/{k}.mrcs", overwrite=True) as o:
+        o.set_data(y.astype(np.float32))
 """
 
 
@@ -46,31 +51,40 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--particles", type=int, nargs="+", default=[400, 1200])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--particles", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--per-stack", type=int, default=1000)
+    ap.add_argument("--relion-jobs", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--box", type=int, default=256)
     ap.add_argument("--new-box", type=int, default=128)
+    ap.add_argument("--tmp", default=None, help="where to write the sets [default: the system temp dir]")
     args = ap.parse_args()
     relion = shutil.which("relion_image_handler")
+    print(f"load before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'particles':>9} {'contender':>12} {'p/s':>9} {'peak RSS':>10} {'their time / ours':>18}")
     for n in args.particles:
-        with tempfile.TemporaryDirectory(prefix="bench-shrink-") as tmp:
-            proj = make_project(Path(tmp) / "P", stacks=1, per_stack=n, box=args.box, select_fraction=1.0)
-            stack = str(proj.stacks[0])
-            warm_page_cache([stack])
+        with tempfile.TemporaryDirectory(prefix="bench-shrink-", dir=args.tmp) as tmp:
+            per = min(n, args.per_stack)
+            proj = make_project(Path(tmp) / "P", stacks=-(-n // per), per_stack=per, box=args.box,
+                                select_fraction=1.0)
+            stacks = [str(s) for s in proj.stacks]
+            warm_page_cache(stacks)
             psize = 1.07 * args.box / args.new_box
             out = Path(tmp) / "out"
+            peers = Path(tmp) / "peers"
+            peers.mkdir()
+            relion_each = (f"{relion} --i \"$1\" --o {peers}/relion_$(basename \"$1\")s "
+                           f"--rescale_angpix {psize:.6f} --new_box {args.new_box} >/dev/null")
             cmds = {
                 "stacktools": stacktools_command() + ["consolidate", str(proj.extracted_cs), "--project-dir",
                                                       str(proj.project_dir), "--out", str(out), "--force",
                                                       "--quiet", "--fourier-crop", str(args.new_box),
                                                       "--dtype", "float32"],
-                "numpy": [sys.executable, "-c", NUMPY_SCRIPT, stack, str(Path(tmp) / "np.mrcs"),
-                          str(args.new_box)],
+                "numpy": [sys.executable, "-c", NUMPY_SCRIPT, str(peers), str(args.new_box), *stacks],
             }
             if relion:
-                cmds["relion"] = [relion, "--i", stack, "--o", str(Path(tmp) / "relion.mrcs"),
-                                  "--rescale_angpix", f"{psize:.6f}", "--new_box", str(args.new_box)]
+                cmds["relion"] = ["sh", "-c", f'printf "%s\\0" "$@" | xargs -0 -n1 -P{args.relion_jobs} '
+                                  f"sh -c '{relion_each}' sh", "sh", *stacks]
             walls: dict[str, list[float]] = {k: [] for k in cmds}
             rss: dict[str, int] = {k: 0 for k in cmds}
             names = list(cmds)
@@ -81,6 +95,7 @@ def main() -> None:
                     w, m = timed(cmds[name])
                     walls[name].append(w)
                     rss[name] = max(rss[name], m)
+            print(f"  {n} particles in {len(stacks)} stacks; load after: {os.getloadavg()[0]:.1f}")
             for name in names:
                 ratio = statistics.median(b / a for a, b in zip(walls["stacktools"], walls[name]))
                 print(f"{n:>9} {name:>12} {n / statistics.median(walls[name]):>9.0f} "

@@ -8,7 +8,8 @@ chunks whatever the size of the set.
 
 Conventions, compared with other tools:
 
-- **Real-space crop** keeps the window ``[box//2 - N//2, box//2 - N//2 + N)`` on
+- **Real-space crop** (tested pixel for pixel against ``relion_image_handler --new_box``
+  for even and odd boxes and sizes) keeps the window ``[box//2 - N//2, box//2 - N//2 + N)`` on
   both axes, as RELION's ``relion_image_handler --new_box`` does (its origin is
   pixel ``box//2``, and the window runs from ``-N//2`` to ``N - N//2 - 1`` about it).
   The centre pixel ``box//2`` lands on ``N//2``, so alignment shifts, measured from
@@ -17,7 +18,8 @@ Conventions, compared with other tools:
   (the standard FFT, not a Hartley transform) and scales by ``(N/box)^2`` so the
   mean (the DC term) is preserved: it equals
   ``real(ifft2(ifftshift(crop(fftshift(fft2(x)))))) * (N/box)^2``. It is computed
-  with real FFTs (``rfft2``/``irfft2``); on the Nyquist row and column the real
+  with real FFTs in float64 (only the kept columns are transformed along y); on the
+  Nyquist row and column the real
   inverse keeps the Hermitian part of the cropped spectrum, which is exactly the
   real part the reference takes, so the two agree to rounding. Nothing is padded
   and nothing is windowed.
@@ -27,8 +29,12 @@ Conventions, compared with other tools:
   lines agrees to 2e-7 (relative); only the Nyquist row and column (|k| = N/2)
   differ, because RELION takes them from one side of its half-complex transform
   rather than symmetrising them; that is about 5% of the image's std, all at Nyquist.
-- **cryoDRGN**'s ``downsample`` crops the Hartley transform; it has not yet been
-  compared with stacktools on real data.
+- **cryoDRGN** 4.3's ``downsample -D N`` crops the Hartley transform and does not
+  rescale: on ``tests/data/relion/relion31.mrcs`` (256 → 128) its images are
+  stacktools' times ``(box/N)^2`` (the mean too: ×4 here); divided by that they agree
+  to 1e-6 of the std off the Nyquist lines, and the Nyquist row and column differ
+  (max 0.24, rms 0.06 of the std), since a Hartley crop keeps the −N/2 coefficient
+  of the Hartley transform, a mix of the two Fourier sides.
 - **float16** rounds to nearest; any value beyond ``±65504`` (including ±inf) is a
   :class:`~stacktools.errors.Float16RangeError` naming the particle, never a silent
   infinity. NaNs pass through unchanged (``stacktools check`` reports them).
@@ -36,6 +42,7 @@ Conventions, compared with other tools:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,57 +69,95 @@ def crop(batch: np.ndarray, n: int) -> np.ndarray:
     return batch[..., w, w]
 
 
-def fourier_crop(batch: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
+# Particles transformed at a time: their buffers stay in the CPU's cache, and they
+# are reused (per thread), so no call allocates or faults in fresh pages; fresh
+# pages cost more than the FFT itself on a 256-pixel box. The FFT is float64:
+# NumPy's float32 real FFT allocates a temporary on every call (and is no faster).
+FFT_BLOCK_BYTES = 512 * 2**10
+_workspaces = threading.local()
+
+
+class _Workspace:
+    """The buffers of one Fourier crop of ``m`` particles from ``box`` to ``n``."""
+
+    def __init__(self, m: int, box: int, n: int):
+        h = n // 2
+        self.x = np.empty((m, box, box), np.float64)
+        self.rows = np.empty((m, box, box // 2 + 1), np.complex128)  # rfft of each row
+        self.cols = np.empty((m, h + 1, box), np.complex128)  # the kept columns, [kx, y]
+        self.f = np.empty((m, h + 1, box), np.complex128)  # [kx, ky]
+        self.c = np.empty((m, h + 1, n), np.complex128)  # cropped, [kx, ky]
+        self.g = np.empty((m, h + 1, n), np.complex128)  # [kx, y]
+        self.o = np.empty((m, n, n), np.float64)
+
+
+def _workspace(m: int, box: int, n: int) -> _Workspace:
+    key = (m, box, n)
+    ws = getattr(_workspaces, "by_shape", None)
+    if ws is None:
+        ws = _workspaces.by_shape = {}
+    if key not in ws:
+        ws.clear()  # one shape at a time per thread
+        ws[key] = _Workspace(m, box, n)
+    return ws[key]
+
+
+def fourier_crop(batch: np.ndarray, n: int) -> np.ndarray:
     """Fourier-crop each particle of ``(m, box, box)`` to ``(m, n, n)``, keeping the mean.
 
-    ``workers`` is passed to the FFT (``scipy.fft`` when installed) so one batch
-    uses several cores.
+    NumPy's FFT releases the GIL, so ``stacks.py`` runs batches on several threads.
     """
     box = batch.shape[-1]
-    # The mean goes around the float32 FFT, not through it: a large mean over a small
-    # std (raw counts) would otherwise cost the std most of float32's precision.
-    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
-    x = (batch - mean).astype(np.float32)
-    f = _rfft2(x, workers)
+    out = np.empty((len(batch), n, n), np.float32)
+    step = max(1, FFT_BLOCK_BYTES // (box * box * 8))
+    for a in range(0, len(batch), step):
+        b = min(len(batch), a + step)
+        _fourier_crop_block(batch[a:b], n, out[a:b], _workspace(b - a, box, n))
+    return out
+
+
+def _fourier_crop_block(batch: np.ndarray, n: int, out: np.ndarray, ws: _Workspace) -> None:
+    box = batch.shape[-1]
     h = n // 2
-    # Rows for frequencies 0..h-1, then -h..-1. The reference keeps -h but not +h;
-    # the real part it takes is the Hermitian part, which on the Nyquist row is the
-    # mean of the source's rows -h and +h (and the +h row's value in the corner).
-    rows = np.concatenate([f[..., :h, :h + 1], f[..., box - h:, :h + 1]], axis=-2)
-    nyq = rows[..., h, :]
-    nyq[..., :h] = (nyq[..., :h] + f[..., h, :h]) / 2
-    nyq[..., h] = f[..., h, h]
-    out = _irfft2(rows, n, workers)
-    out *= (n / box) ** 2
-    out += mean.astype(np.float32)
-    return out.astype(np.float32, copy=False)
-
-
-def _rfft2(x: np.ndarray, workers: int) -> np.ndarray:
-    try:
-        import scipy.fft as sfft
-    except ImportError:  # NumPy's FFT is single-threaded but always there
-        return np.fft.rfft2(x)
-    return sfft.rfft2(x, workers=workers)
-
-
-def _irfft2(f: np.ndarray, n: int, workers: int) -> np.ndarray:
-    try:
-        import scipy.fft as sfft
-    except ImportError:
-        return np.fft.irfft2(f, s=(n, n))
-    return sfft.irfft2(f, s=(n, n), workers=workers)
+    # The mean goes around the FFT, not through it, so a large mean over a small std
+    # (raw counts) comes back exactly.
+    mean = batch.mean(axis=(-2, -1), dtype=np.float64, keepdims=True)
+    np.subtract(batch, mean, out=ws.x, dtype=np.float64)
+    # The crop keeps half-spectrum columns 0..h only: transform the rows, drop the
+    # other columns, then transform what is left along y. Columns are made the last
+    # axis (f[..., kx, ky]) because NumPy's FFT is fastest along the last axis.
+    np.fft.rfft(ws.x, axis=-1, out=ws.rows)
+    np.copyto(ws.cols, ws.rows[..., :h + 1].swapaxes(-1, -2))
+    f = np.fft.fft(ws.cols, axis=-1, out=ws.f)
+    # ky = 0..h-1, then -h..-1. The reference keeps -h but not +h; the real part it
+    # takes is the Hermitian part, which on the Nyquist line is the mean of the
+    # source's -h and +h (and the +h value in the corner).
+    c = ws.c
+    c[..., :h] = f[..., :h]
+    c[..., h:] = f[..., box - h:]
+    c[..., :h, h] = (c[..., :h, h] + f[..., :h, h]) / 2
+    c[..., h, h] = f[..., h, h]
+    g = np.fft.ifft(c, axis=-1, out=ws.g)
+    o = np.fft.irfft(g.swapaxes(-1, -2), n=n, axis=-1, out=ws.o)
+    o *= (n / box) ** 2
+    o += mean
+    out[...] = o  # rounded to float32 once, at the end
 
 
 def to_float16(batch: np.ndarray, describe: Describe | None = None) -> np.ndarray:
-    """Convert to float16, refusing any finite or infinite value beyond its range."""
+    """Convert to float16, refusing any finite or infinite value beyond its range.
+
+    The error's ``particle`` is the offending particle's position in the batch.
+    """
     too_big = np.abs(batch) > FLOAT16_MAX  # NaN compares False: passes through
     if too_big.any():
         k = int(np.flatnonzero(too_big.reshape(len(batch), -1).any(axis=1))[0])
         worst = float(np.max(np.abs(np.nan_to_num(batch[k], nan=0.0))))
         where = describe(k) if describe else f"particle {k}"
-        raise Float16RangeError(f"{where}: value {worst:.6g} is beyond float16's range "
+        err = Float16RangeError(f"{where}: value {worst:.6g} is beyond float16's range "
                                 f"(±{FLOAT16_MAX:g}); use float32 or normalise the stack first")
+        err.particle = k
+        raise err
     return batch.astype(np.float16)
 
 
@@ -150,14 +195,13 @@ class ShrinkSpec:
         inner = self.crop or box
         return inner / self.fourier_crop if self.fourier_crop else 1.0
 
-    def apply(self, batch: np.ndarray, out_dtype: np.dtype, describe: Describe | None = None,
-              workers: int = 1) -> np.ndarray:
+    def apply(self, batch: np.ndarray, out_dtype: np.dtype, describe: Describe | None = None) -> np.ndarray:
         """Shrink a batch ``(m, box, box)`` and convert it to ``out_dtype``."""
         x = batch
         if self.crop is not None:
             x = crop(x, self.crop)
         if self.fourier_crop is not None:
-            x = fourier_crop(x, self.fourier_crop, workers)
+            x = fourier_crop(x, self.fourier_crop)
         out_dtype = np.dtype(out_dtype)
         if out_dtype.kind == "f" and out_dtype.itemsize == 2:
             return to_float16(x, describe).astype(out_dtype, copy=False)
@@ -184,4 +228,57 @@ def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
             out[name] = out[name] * factor
         elif name.startswith("alignments") and name.endswith("/shift"):
             out[name] = out[name] / factor
+    return out
+
+
+# RELION 3.0's origins are in pixels of the particle image; 3.1's ``...Angst`` are in Å.
+STAR_PIXEL_ORIGINS = ("rlnOriginX", "rlnOriginY", "rlnOriginZ", "rlnOriginXPrior", "rlnOriginYPrior")
+
+
+def shrink_star(blocks: dict, particles_key: str, spec: ShrinkSpec, box: int, where: str) -> dict:
+    """The blocks of a particle STAR as they describe particles shrunk by ``spec`` from ``box``.
+
+    What RELION's own extraction with ``--scale`` writes: in RELION 3.1 the optics
+    table's ``rlnImageSize`` becomes the written box and ``rlnImagePixelSize``
+    grows by ``box/N`` (``rlnImageSize`` is added when absent); in a RELION 3.0
+    single table ``rlnDetectorPixelSize`` grows instead (``rlnMagnification``
+    stays). Origins in pixels (3.0's ``rlnOriginX/Y``) shrink by ``N/box``; origins
+    in Å, micrograph coordinates and CTF values stay as they are.
+
+    Raises:
+        ShrinkError: A Fourier crop of a file that gives no pixel size to rescale.
+    """
+    if not spec:
+        return blocks
+    import pandas as pd
+
+    factor = spec.pixel_factor(box)
+    n = spec.out_box(box)
+    out = dict(blocks)
+    parts = out[particles_key].copy()
+    optics = out.get("optics") if particles_key != "optics" else None
+    has_optics = isinstance(optics, pd.DataFrame)
+    if has_optics:
+        optics = optics.copy()
+        optics["rlnImageSize"] = np.full(len(optics), n, np.int64)
+        if "rlnImagePixelSize" in optics:
+            optics["rlnImagePixelSize"] = optics["rlnImagePixelSize"].astype(np.float64) * factor
+        elif factor != 1 and "rlnImagePixelSize" not in parts:
+            raise ShrinkError(f"{where}: data_optics has no rlnImagePixelSize, so the Fourier-cropped "
+                              "pixel size cannot be written; add it to the optics table")
+        out["optics"] = optics
+    if "rlnImageSize" in parts:
+        parts["rlnImageSize"] = np.full(len(parts), n, np.int64)
+    scaled_psize = False
+    for name in ("rlnImagePixelSize", "rlnDetectorPixelSize"):
+        if name in parts and (name != "rlnDetectorPixelSize" or "rlnMagnification" in parts):
+            parts[name] = parts[name].astype(np.float64) * factor
+            scaled_psize = True
+    if factor != 1 and not has_optics and not scaled_psize:
+        raise ShrinkError(f"{where}: a RELION 3.0 STAR without rlnDetectorPixelSize and rlnMagnification "
+                          "(or rlnImagePixelSize) gives no pixel size for the Fourier-cropped particles")
+    for name in STAR_PIXEL_ORIGINS:
+        if name in parts:
+            parts[name] = parts[name].astype(np.float64) / factor
+    out[particles_key] = parts
     return out

@@ -13,11 +13,13 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 
-from stacktools.errors import TruncatedStackError
+from stacktools.errors import Float16RangeError, TruncatedStackError
 from stacktools.formats.mrc import StackHeader, open_stack
 from stacktools.shrink import ShrinkSpec
 
@@ -197,6 +199,36 @@ class _SourceFiles:
         self.fds.clear()
 
 
+def _shrink_pool() -> ThreadPoolExecutor:
+    """The threads that shrink and convert batches, one per core, shared by every copy.
+
+    NumPy's FFT and conversions release the GIL, so a single stack uses every core
+    and several stacks written at once share them rather than oversubscribe.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=SHRINK_WORKERS, thread_name_prefix="stacktools-shrink")
+        return _POOL
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+SHRINK_WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _put(sink, dpos: np.ndarray, data: memoryview, out_pb: int) -> None:
+    """Write converted particles to their destination positions."""
+    m = len(dpos)
+    if m == 1 or bool(np.all(np.diff(dpos) == 1)):
+        sink.reserve(int(dpos[0]), m)[:] = data
+        sink.commit(m)
+        return
+    for j in range(m):
+        sink.reserve(int(dpos[j]), 1)[:] = data[j * out_pb:(j + 1) * out_pb]
+        sink.commit(1)
+
+
 def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
               codes: np.ndarray, idx: np.ndarray, dst: np.ndarray, chunk_bytes: int,
               cancel: threading.Event | None, shrink: ShrinkSpec | None = None) -> None:
@@ -206,6 +238,16 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
     order, starts = coalesce(codes, idx, dst)
     sources = _SourceFiles(headers)
     scratch: memoryview | None = None
+    # Shrunk or range-checked batches in flight on the pool, oldest first, written in
+    # that order; at most one per worker, so memory stays a few chunks per copy.
+    pending: deque = deque()
+    batches = 0
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            dpos, out_pb, fut = pending.popleft()
+            _put(sink, dpos, memoryview(fut.result()).cast("B"), out_pb)
+
     try:
         for r in range(len(starts) - 1):
             if cancel is not None and cancel.is_set():
@@ -227,8 +269,22 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                 part = sel[p:p + step]
                 m = len(part)
                 dpos = dst[part]
-                contiguous = m == 1 or bool(np.all(np.diff(dpos) == 1))
                 offset = h.offset_of(first + p)
+                if checked:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled()
+                    # One buffer per batch in flight, reused: a batch's buffer comes round
+                    # again only after that batch has been drained.
+                    raw = _buffer(f"shrink{batches % (SHRINK_WORKERS + 1)}", m * in_pb)
+                    batches += 1
+                    read_exact(fd, raw, offset, h.path)
+                    batch = np.frombuffer(raw, dtype=h.dtype).reshape(m, h.ny, h.nx)
+                    pending.append((dpos, out_pb, _shrink_pool().submit(
+                        _shrunk, shrink, batch, out_dtype, h.path, first + p, dpos)))
+                    drain(SHRINK_WORKERS)
+                    continue
+                drain(0)
+                contiguous = m == 1 or bool(np.all(np.diff(dpos) == 1))
                 if same and contiguous:
                     if sink.copy_from(fd, offset, int(dpos[0]), m, h.path):
                         continue
@@ -243,25 +299,27 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                 read_exact(fd, raw, offset, h.path)
                 if same:
                     data = raw
-                elif checked:
-                    batch = np.frombuffer(raw, dtype=h.dtype).reshape(m, h.ny, h.nx)
-                    start = first + p
-                    conv = shrink.apply(batch, out_dtype,
-                                        lambda k, start=start, path=h.path: f"{path}: particle {start + k}")
-                    data = memoryview(np.ascontiguousarray(conv)).cast("B")
                 else:
                     conv = np.frombuffer(raw, dtype=h.dtype).astype(out_dtype)
                     data = memoryview(conv).cast("B")
-                if contiguous:
-                    sink.reserve(int(dpos[0]), m)[:] = data
-                    sink.commit(m)
-                else:
-                    for j in range(m):
-                        sink.reserve(int(dpos[j]), 1)[:] = data[j * out_pb:(j + 1) * out_pb]
-                        sink.commit(1)
+                _put(sink, dpos, data, out_pb)
+        drain(0)
         sink.flush()
     finally:
+        for *_, fut in pending:
+            fut.cancel()
         sources.close()
+
+
+def _shrunk(shrink: ShrinkSpec, batch: np.ndarray, out_dtype: np.dtype, path: str, start: int,
+            dpos: np.ndarray) -> np.ndarray:
+    """One batch shrunk and converted; a float16 range error names its source particle
+    and carries its destination position (``position``) for the caller to name the row."""
+    try:
+        return np.ascontiguousarray(shrink.apply(batch, out_dtype, lambda k: f"{path}: particle {start + k}"))
+    except Float16RangeError as err:
+        err.position = int(dpos[err.particle])
+        raise
 
 
 def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
@@ -304,18 +362,21 @@ def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],
 
 
 def read_to_array(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: np.ndarray,
-                  idx: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+                  idx: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES,
+                  shrink: ShrinkSpec | None = None) -> np.ndarray:
     """Read particles from several stacks into one ``(n, ny, nx)`` array.
 
     Reads are coalesced and issued in (stack, offset) order; row ``k`` of the result
-    is particle ``idx[k]`` of stack ``codes[k]``, converted to ``out_dtype``.
+    is particle ``idx[k]`` of stack ``codes[k]``, converted to ``out_dtype`` (and
+    shrunk by ``shrink``: the same pixels :func:`copy_to_file` writes, whatever the batches).
     """
     codes = np.asarray(codes, np.int64)
     idx = np.asarray(idx, np.int64)
     if not len(codes):
         return np.zeros((0, 0, 0), out_dtype)
     h = headers[int(codes[0])]
-    out = np.empty((len(codes), h.ny, h.nx), dtype=out_dtype)
+    ny, nx = (shrink.out_box(h.ny), shrink.out_box(h.nx)) if shrink else (h.ny, h.nx)
+    out = np.empty((len(codes), ny, nx), dtype=out_dtype)
     sink = _ArraySink(out, out[0].nbytes)
-    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, None)
+    _transfer(sink, headers, out_dtype, codes, idx, np.arange(len(codes)), chunk_bytes, None, shrink)
     return out

@@ -20,6 +20,7 @@ from stacktools.cs.rows import uid_lookup
 from stacktools.errors import FieldError, StacktoolsError
 from stacktools.formats.mrc import StackHeader, read_header
 from stacktools.particles import ParticleSet, default_project_dir
+from stacktools.shrink import ShrinkSpec
 from stacktools.stacks import read_to_array
 
 MAX_PROBLEMS = 20
@@ -78,7 +79,8 @@ class VerifyResult:
 
 def mismatched_particles(header: StackHeader, positions: np.ndarray,
                          sources: Sequence[StackHeader], codes: np.ndarray,
-                         indices: np.ndarray, *, chunk_bytes: int = VERIFY_CHUNK_BYTES) -> np.ndarray:
+                         indices: np.ndarray, *, chunk_bytes: int = VERIFY_CHUNK_BYTES,
+                         shrink: ShrinkSpec | None = None) -> np.ndarray:
     """Positions ``k`` where particle ``positions[k]`` of a stack differs from its source.
 
     Parameters
@@ -92,6 +94,9 @@ def mismatched_particles(header: StackHeader, positions: np.ndarray,
         ``indices[k]``. Sources are converted to the checked stack's mode first.
     chunk_bytes
         Bytes read per side at a time.
+    shrink
+        The crop and Fourier crop the stack was written with: sources are shrunk
+        again and compared bit for bit (the result does not depend on the batches).
     """
     positions = np.asarray(positions, np.int64)
     order = np.argsort(positions, kind="stable")
@@ -104,7 +109,7 @@ def mismatched_particles(header: StackHeader, positions: np.ndarray,
         mine = read_to_array([header], dtype, np.zeros(len(sel), np.int64), positions[sel],
                              chunk_bytes=chunk_bytes)
         theirs = read_to_array(sources, dtype, np.asarray(codes)[sel], np.asarray(indices)[sel],
-                               chunk_bytes=chunk_bytes)
+                               chunk_bytes=chunk_bytes, shrink=shrink)
         word = np.uint64 if pb % 8 == 0 else np.uint8  # fewer, wider comparisons
         differ = (mine.reshape(len(sel), -1).view(word)
                   != theirs.reshape(len(sel), -1).view(word)).any(axis=1)
@@ -113,13 +118,14 @@ def mismatched_particles(header: StackHeader, positions: np.ndarray,
 
 
 def check_stack(stack: PlannedStack, sources: Sequence[StackHeader], *,
-                chunk_bytes: int = VERIFY_CHUNK_BYTES) -> str | None:
+                chunk_bytes: int = VERIFY_CHUNK_BYTES, shrink: ShrinkSpec | None = None) -> str | None:
     """Check a written output stack of a consolidation plan.
 
     Args:
         stack: The planned stack; its file is read.
         sources: The headers of the stacks its particles come from.
         chunk_bytes: Bytes read per side at a time.
+        shrink: The plan's crop and Fourier crop, if any (see :func:`mismatched_particles`).
 
     Returns:
         ``None`` when the file has exactly the planned header, size and particles,
@@ -135,7 +141,7 @@ def check_stack(stack: PlannedStack, sources: Sequence[StackHeader], *,
     if h.file_size != stack.nbytes:
         return f"{stack.path}: {h.file_size} bytes, expected {stack.nbytes}"
     bad = mismatched_particles(h, np.arange(stack.count), sources, stack.codes, stack.indices,
-                               chunk_bytes=chunk_bytes)
+                               chunk_bytes=chunk_bytes, shrink=shrink)
     if len(bad):
         k = int(bad[0])
         return f"{stack.path}: particle {k} differs from its source (and {len(bad) - 1} more)"

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
+import starfile
 
 from stacktools.consolidate import consolidate
 from tests.helpers import assert_one_line_error, run_cli
-from tests.independent import blob_file, header, read_cs, read_particle
+from tests.independent import blob_file, header, read_bytes, read_cs, read_particle
 from tests.test_shrink import reference_fourier_crop
+
+DATA = Path(__file__).parent / "data"
+needs_relion = pytest.mark.skipif(shutil.which("relion_stack_create") is None
+                                  or shutil.which("relion_image_handler") is None,
+                                  reason="RELION binaries not installed")
 
 
 def source_particles(cs: Path, project: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -107,35 +119,157 @@ def test_bad_sizes_are_one_line_exit_2_nothing_written(demo, args, fragment):
     assert files_under(out) == []
 
 
-def test_float16_overflow_names_the_particle_and_leaves_nothing(demo):
-    data = read_cs(demo.selected_cs)
-    path = blob_file(demo.project_dir, data["blob/path"][0])
-    idx = int(data["blob/idx"][0])
+def _overwrite_particle(path: Path, idx: int, value: float) -> None:
     h = header(path)
-    if h["dtype"].itemsize != 4:
-        pytest.skip("first selected particle is not float32 in the demo")
-    pb = h["nx"] * h["ny"] * 4
+    pb = h["nx"] * h["ny"] * h["dtype"].itemsize
     fd = os.open(path, os.O_RDWR)
     try:
-        os.pwrite(fd, np.full(h["nx"] * h["ny"], 1e6, h["dtype"]).tobytes(), h["offset"] + idx * pb)
+        os.pwrite(fd, np.full(h["nx"] * h["ny"], value, h["dtype"]).tobytes(), h["offset"] + idx * pb)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("shrink", [[], ["--fourier-crop", "16"]])
+def test_float16_overflow_names_the_row_and_particle_and_leaves_nothing(demo, shrink):
+    data = read_cs(demo.selected_cs)
+    row = next(r for r in range(3, len(data))
+               if header(blob_file(demo.project_dir, data["blob/path"][r]))["dtype"].itemsize == 4)
+    path = blob_file(demo.project_dir, data["blob/path"][row])
+    idx = int(data["blob/idx"][row])
+    _overwrite_particle(path, idx, 1e6)
     out = demo.project_dir / "J9"
     res = run_cli("consolidate", demo.selected_cs, "--out", out, "--project-dir", demo.project_dir,
-                  "--dtype", "float16", "--threads", "1")
+                  "--dtype", "float16", *shrink)
     assert res.returncode == 2
-    assert_one_line_error(res, "float16", f"particle {idx}", path.name)
+    assert_one_line_error(res, "float16", f"{demo.selected_cs} row {row}:", f"{path}: particle {idx}:")
     finals = [f for f in files_under(out) if f.endswith((".mrc", ".cs")) and "stacktools-tmp" not in f]
     assert finals == []
 
 
-def test_shrinking_a_star_input_is_refused_before_anything_is_written(demo, tmp_path):
-    star = tmp_path / "particles.star"
-    assert run_cli("cs", "to-star", demo.selected_cs, "-o", star).returncode == 0
-    out = tmp_path / "out"
-    res = run_cli("consolidate", star, "--project-dir", demo.project_dir, "--out", out, "--fourier-crop", "32")
-    assert_one_line_error(res, str(star), "--fourier-crop")
-    assert res.returncode == 2 and not out.exists()
+def test_float16_overflow_in_a_star_names_its_1_based_row(tmp_path):
+    proj = _relion31_project(tmp_path)
+    _overwrite_particle(proj / "relion31.mrcs", 3, -1e5)
+    out = proj / "out"
+    res = run_cli("consolidate", proj / "relion31.star", "--out", out, "--project-dir", proj,
+                  "--dtype", "float16", "--fourier-crop", "64")
+    assert res.returncode == 2
+    assert_one_line_error(res, "float16", "relion31.star particle row 4:", "relion31.mrcs: particle 3:")
+    assert not out.exists()
+
+
+def _relion31_project(tmp_path: Path) -> Path:
+    """The real RELION 3.1 STAR and its stack, copied to a project of their own."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("relion31.star", "relion31.mrcs"):
+        shutil.copy(DATA / "relion" / name, proj / name)
+    return proj
+
+
+def _star_stack_particles(star: Path, project: Path) -> np.ndarray:
+    blocks = starfile.read(star, always_dict=True)
+    names = [n.partition("@") for n in blocks["particles"]["rlnImageName"]]
+    return np.stack([read_particle(project / p, int(i) - 1) for i, _, p in names])
+
+
+@needs_relion
+@pytest.mark.parametrize("args", [["--fourier-crop", "128"], ["--crop", "200", "--fourier-crop", "96"],
+                                  ["--crop", "171"]])
+def test_shrunk_star_is_read_by_relion_and_matches_the_cs_path(tmp_path, args):
+    proj = _relion31_project(tmp_path)
+    star = proj / "relion31.star"
+    res = run_cli("consolidate", star, "--project-dir", proj, "--out", proj / "star_out", "--quiet", "--json", *args)
+    assert res.returncode == 0, res.stderr
+    new_star = Path(json.loads(res.stdout)["star"])
+    # The same particles through the .cs path.
+    cs = proj / "relion31.cs"
+    assert run_cli("cs", "from-star", star, "-o", cs, "--project-dir", proj).returncode == 0
+    res = run_cli("consolidate", cs, "--project-dir", proj, "--out", proj / "cs_out", "--quiet", "--json", *args)
+    assert res.returncode == 0, res.stderr
+    from_cs = written_particles(Path(json.loads(res.stdout)["cs"]), proj).astype(np.float32)
+    n = from_cs.shape[-1]
+    subprocess.run(["relion_stack_create", "--i", new_star, "--o", tmp_path / "check"], cwd=proj,
+                   check=True, capture_output=True)
+    h = header(tmp_path / "check.mrcs")
+    assert (h["nz"], h["ny"], h["nx"]) == (len(from_cs), n, n)
+    for k in range(len(from_cs)):
+        assert read_particle(tmp_path / "check.mrcs", k).tobytes() == from_cs[k].tobytes(), k
+    stats = subprocess.run(["relion_image_handler", "--i", new_star, "--stats"], cwd=proj,
+                           check=True, capture_output=True, text=True).stdout
+    assert stats.count(f"{n} x {n} x 1 x 1") == len(from_cs)
+    np.testing.assert_array_equal(_star_stack_particles(new_star, proj), from_cs)
+
+
+def test_shrunk_star_metadata_follows_relion_31(tmp_path):
+    proj = _relion31_project(tmp_path)
+    star = proj / "relion31.star"
+    res = consolidate(star, proj / "out", project_dir=proj, crop=200, fourier_crop=100)
+    old = starfile.read(star, always_dict=True)
+    new = starfile.read(res.star, always_dict=True)
+    assert new["optics"]["rlnImageSize"].tolist() == [100]
+    np.testing.assert_allclose(new["optics"]["rlnImagePixelSize"], old["optics"]["rlnImagePixelSize"] * 2.0,
+                               rtol=1e-12)
+    for col in old["optics"]:
+        if col not in ("rlnImageSize", "rlnImagePixelSize"):
+            assert new["optics"][col].tolist() == old["optics"][col].tolist(), col
+    moved = {"rlnImageName", "rlnImageOriginalName"}
+    for col in old["particles"]:  # Å origins, coordinates, CTF: as they were
+        if col not in moved:
+            assert new["particles"][col].tolist() == old["particles"][col].tolist(), col
+
+
+def test_shrunk_star_without_image_size_gets_it(tmp_path):
+    proj = _relion31_project(tmp_path)
+    blocks = starfile.read(proj / "relion31.star", always_dict=True)
+    blocks["optics"] = blocks["optics"].drop(columns=["rlnImageSize"])
+    star = proj / "nosize.star"
+    starfile.write(blocks, star)
+    res = consolidate(star, proj / "out", project_dir=proj, fourier_crop=64)
+    assert starfile.read(res.star, always_dict=True)["optics"]["rlnImageSize"].tolist() == [64]
+
+
+def _relion30_project(tmp_path: Path, drop: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """The real RELION 3.0 STAR, with random box-64 stacks where its rlnImageName points."""
+    proj = tmp_path / "proj30"
+    blocks = starfile.read(DATA / "relion" / "relion30_pfcrt.star", always_dict=True)
+    (key, table), = blocks.items()
+    rng = np.random.default_rng(3)
+    for path, group in table.groupby(table["rlnImageName"].str.partition("@")[2]):
+        count = int(group["rlnImageName"].str.partition("@")[0].astype(int).max())
+        (proj / path).parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(proj / path) as m:
+            m.set_data(rng.normal(size=(count, 64, 64)).astype(np.float32))
+    star = proj / "Refine3D" / "job020" / "run_data.star"
+    star.parent.mkdir(parents=True)
+    starfile.write({key: table.drop(columns=list(drop))}, star)
+    return proj, star
+
+
+def test_shrunk_relion30_star_rescales_what_relion_30_reads(tmp_path):
+    proj, star = _relion30_project(tmp_path)
+    res = consolidate(star, proj / "out", project_dir=proj, fourier_crop=32)
+    (old,) = starfile.read(star, always_dict=True).values()
+    blocks = starfile.read(res.star, always_dict=True)
+    assert list(blocks) == list(starfile.read(star, always_dict=True))  # still one table
+    (new,) = blocks.values()
+    np.testing.assert_allclose(new["rlnDetectorPixelSize"], old["rlnDetectorPixelSize"] * 2, rtol=1e-12)
+    assert new["rlnMagnification"].tolist() == old["rlnMagnification"].tolist()
+    for col in ("rlnOriginX", "rlnOriginY"):
+        np.testing.assert_allclose(new[col], old[col] / 2, rtol=1e-12)
+    for col in ("rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU", "rlnDefocusV", "rlnAnglePsi"):
+        assert new[col].tolist() == old[col].tolist(), col
+    assert header(blob_file(proj, new["rlnImageName"][0].partition("@")[2]))["nx"] == 32
+
+
+def test_fourier_cropping_a_relion30_star_without_pixel_size_is_refused(tmp_path):
+    proj, star = _relion30_project(tmp_path, drop=("rlnDetectorPixelSize",))
+    out = proj / "out"
+    res = run_cli("consolidate", star, "--project-dir", proj, "--out", out, "--fourier-crop", "32")
+    assert res.returncode == 2
+    assert_one_line_error(res, str(star), "pixel size")
+    assert not out.exists()
+    # A crop alone keeps the pixel size, so it needs none.
+    assert run_cli("consolidate", star, "--project-dir", proj, "--out", out, "--crop", "40").returncode == 0
 
 
 def test_float16_sources_with_inf_are_copied_bit_exact_when_kept(demo):
@@ -156,3 +290,117 @@ def test_float16_sources_with_inf_are_copied_bit_exact_when_kept(demo):
         os.close(fd)
     res = consolidate(demo.selected_cs, demo.project_dir / "J8", project_dir=demo.project_dir, dtype="keep")
     assert_same_particles(res.cs, demo.project_dir, demo.selected_cs, demo.project_dir)
+
+
+def _final_bytes(out: Path) -> dict[str, bytes]:
+    """Every output file's bytes; the .csg's one line that records when it was made is left out."""
+    files = {str(p.relative_to(out)): read_bytes(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and not p.name.startswith(".")}
+    return {k: b"".join(line for line in v.splitlines(True) if not line.startswith(b"created:"))
+            if k.endswith(".csg") else v for k, v in files.items()}
+
+
+def test_shrunk_consolidation_resumes_after_kill_9_bit_identical(demo):
+    from tests.test_consolidate_safety import start_slow
+
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    n = (box // 2) & ~1
+    out = demo.project_dir / "J8"
+    args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir), "--out", str(out),
+            "--threads", "1", "--quiet", "--crop", str(box - 2), "--fourier-crop", str(n), "--dtype", "float16"]
+    assert run_cli(*args).returncode == 0
+    want = _final_bytes(out)
+    shutil.rmtree(out)
+
+    proc = start_slow(args)
+    stacks = out / "stacks"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        names = os.listdir(stacks) if stacks.is_dir() else []
+        if [x for x in names if not x.startswith(".")] and [x for x in names if x.endswith(".stacktools-tmp")]:
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.fail("the slowed run never got going")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = {p.name: p.stat().st_ino for p in stacks.iterdir() if not p.name.startswith(".")}
+    n_stacks = sum(1 for k in want if k.startswith("stacks/"))
+    assert 0 < len(kept) < n_stacks, "the kill did not land mid-work"
+
+    res = run_cli(*args, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stacks_resumed"] == len(kept)
+    for name, ino in kept.items():
+        assert (stacks / name).stat().st_ino == ino  # kept, not rewritten
+    assert _final_bytes(out) == want
+
+    # Another shrink is another consolidation: refused without --force, and with it
+    # no stack written for the first spec is kept.
+    other = [a if a != str(n) else str(n - 2) for a in args]
+    res = run_cli(*other)
+    assert res.returncode == 2 and "other options" in res.stderr
+    res = run_cli(*other, "--force", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["stacks_resumed"] == 0
+    for o in doc["outputs"]:
+        assert header(o["path"])["nx"] == n - 2
+
+
+def test_verify_with_a_fourier_crop_checks_against_the_shrunk_sources(demo, monkeypatch):
+    import stacktools.consolidate.run as run_mod
+    from stacktools.errors import VerificationError
+
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    n = (box // 2) & ~1
+    res = consolidate(demo.selected_cs, demo.project_dir / "J8", project_dir=demo.project_dir,
+                      fourier_crop=n, dtype="float32", verify=True)
+    assert res.verified
+    real = run_mod.copy_to_file
+
+    def one_bit_off(fd, data_offset, *a, **kw):  # the written stack loses a bit of its last byte
+        real(fd, data_offset, *a, **kw)
+        end = os.fstat(fd).st_size - 1
+        os.pwrite(fd, bytes([os.pread(fd, 1, end)[0] ^ 1]), end)
+
+    monkeypatch.setattr(run_mod, "copy_to_file", one_bit_off)
+    with pytest.raises(VerificationError, match="differs from its source"):
+        consolidate(demo.selected_cs, demo.project_dir / "J9", project_dir=demo.project_dir,
+                    fourier_crop=n, dtype="float32", verify=True)
+    assert files_under(demo.project_dir / "J9") == []
+
+
+def _star_project(tmp_path: Path, box: int) -> Path:
+    """A stack of ``box``-pixel random particles and a RELION 3.1 STAR naming them."""
+    proj = tmp_path / f"proj{box}"
+    proj.mkdir()
+    with mrcfile.new(proj / "parts.mrcs") as m:
+        m.set_data(np.random.default_rng(box).normal(size=(3, box, box)).astype(np.float32))
+    import pandas as pd
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnImagePixelSize": [1.1], "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+    parts = pd.DataFrame({"rlnImageName": [f"{k:06d}@parts.mrcs" for k in (1, 2, 3)], "rlnOpticsGroup": [1] * 3})
+    starfile.write({"optics": optics, "particles": parts}, proj / "parts.star")
+    return proj
+
+
+@needs_relion
+@pytest.mark.parametrize("box", [256, 33])
+@pytest.mark.parametrize("parity", [0, 1])
+def test_crop_matches_relion_new_box(tmp_path, box, parity):
+    if box == 256:
+        proj, star, stack = _relion31_project(tmp_path), "relion31.star", "relion31.mrcs"
+    else:
+        proj, star, stack = _star_project(tmp_path, box), "parts.star", "parts.mrcs"
+    n = box - 13 - parity if box > 100 else 20 + parity
+    res = run_cli("consolidate", proj / star, "--project-dir", proj, "--out", proj / "out", "--quiet", "--json",
+                  "--crop", str(n))
+    assert res.returncode == 0, res.stderr
+    ours = _star_stack_particles(Path(json.loads(res.stdout)["star"]), proj)
+    subprocess.run(["relion_image_handler", "--i", stack, "--o", tmp_path / "relion.mrcs", "--new_box", str(n)],
+                   cwd=proj, check=True, capture_output=True)
+    theirs = np.stack([read_particle(tmp_path / "relion.mrcs", k) for k in range(len(ours))])
+    assert theirs.shape == ours.shape == (len(ours), n, n)
+    np.testing.assert_array_equal(ours, theirs)

@@ -28,7 +28,6 @@ from stacktools.errors import (
     Hint,
     ModeMismatchError,
     PathEscapeError,
-    ShrinkError,
     SourceOverwriteError,
 )
 from stacktools.formats import cs as csfile
@@ -44,7 +43,7 @@ from stacktools.formats.mrc import (
     mode_of_dtype,
 )
 from stacktools.particles import ParticleSet
-from stacktools.shrink import ShrinkSpec, shrink_fields
+from stacktools.shrink import ShrinkSpec, shrink_fields, shrink_star
 
 LAYOUTS = ("per-stack", "packed")
 # dtype option -> MRC mode written (None: each source's own). "auto" is "keep" for a
@@ -245,15 +244,9 @@ def _output_modes(dtype: str, star: bool, headers: list[StackHeader]):
     return mode_for, warnings
 
 
-def _shrink_spec(crop: int | None, fourier_crop: int | None, star: bool, headers: list[StackHeader],
-                 label: Path) -> ShrinkSpec:
+def _shrink_spec(crop: int | None, fourier_crop: int | None, headers: list[StackHeader]) -> ShrinkSpec:
     """The crop and Fourier crop asked for, checked against every stack's box."""
     shrink = ShrinkSpec(crop, fourier_crop)
-    if shrink and star:
-        # The optics table's rlnImageSize, rlnImagePixelSize and the origins would
-        # have to follow; until they do, refuse rather than write a wrong STAR.
-        raise ShrinkError(f"{label}: --crop and --fourier-crop take a .cs input; for a STAR, "
-                          "convert it with 'stacktools cs from-star' first")
     for h in headers:
         shrink.check(h.nx, h.path)
     return shrink
@@ -326,7 +319,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     star = pset.star is not None
     mrcs = mrcs or star  # RELION reads stacks only under .mrcs
     mode_for, warnings = _output_modes(dtype, star, headers)
-    shrink = _shrink_spec(crop, fourier_crop, star, headers, cs_path)
+    shrink = _shrink_spec(crop, fourier_crop, headers)
     outdir = Path(out)
     proj = _resolved(pset.project_dir)
     out_real = _resolved(outdir)
@@ -409,8 +402,9 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                              relative, key, layout, dtype, warnings=warnings, shrink=shrink,
                              cs_format=out_format, pt_format=pt_format)
     if star:
-        plan.new_star = pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
-                                                   keep_original=True)
+        plan.new_star = shrink_star(pset.star.with_image_names(new_paths, stack_of_row, idx_of_row,
+                                                               keep_original=True),
+                                    pset.star.particles_key, shrink, headers[0].nx if headers else 0, str(cs_path))
     if pt_path is not None:
         plan.pt_rows = _passthrough_rows(plan, new_paths, stack_of_row, idx_of_row)
     return plan

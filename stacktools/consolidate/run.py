@@ -39,10 +39,10 @@ from stacktools.consolidate.plan import (
 from stacktools.cs.result_group import write_result_group
 from stacktools.errors import (
     DiskFullError,
+    Float16RangeError,
     Hint,
     OutputError,
     OutputExistsError,
-    ShrinkError,
     StacktoolsError,
     VerificationError,
     describe_os_error,
@@ -122,6 +122,8 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
                 copy_to_file(fd, HEADER_BYTES, plan.headers, s.dtype, s.codes, s.indices,
                              chunk_bytes=chunk_bytes, progress=progress, cancel=cancel,
                              shrink=plan.shrink)
+            except Float16RangeError as err:  # name the row too, as every bad-input error does
+                raise Float16RangeError(f"{plan.pset.where(int(s.rows[err.position]))}: {err}") from None
             except OSError as err:
                 raise _disk_error(s.path, err) from err
     except OutputError as err:
@@ -231,7 +233,8 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
         keeps both blocks and every column, with only ``rlnImageName`` changed and
         the old names in ``rlnImageOriginalName`` when the file lacked it.
     verify
-        Compare every written particle with its source before writing the ``.cs``.
+        Compare every written particle with its source before writing the ``.cs``
+        (with a crop or Fourier crop: with the source shrunk again, bit for bit).
     dry_run
         Validate and plan only; write nothing.
     fsync
@@ -248,10 +251,11 @@ def consolidate(particles: str | os.PathLike, out: str | os.PathLike, *,
         :class:`~stacktools.particles.ParticleSet`.
     crop
         Crop every particle in real space to this box about its centre
-        (``stacktools.shrink``); ``blob/shape`` becomes it.
+        (``stacktools.shrink``); ``blob/shape`` becomes it (for a STAR, the optics
+        table's ``rlnImageSize``: :func:`stacktools.shrink.shrink_star`).
     fourier_crop
         Then Fourier-crop to this even box, smaller than the (cropped) box; the
-        pixel size grows by box/N and alignment shifts are rescaled to it.
+        pixel size grows by box/N and alignment shifts in pixels are rescaled to it.
 
     Returns
     -------
@@ -300,9 +304,6 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
     Raises:
         StacktoolsError: As for :func:`consolidate`.
     """
-    if verify and plan.shrink:
-        raise ShrinkError(f"{plan.cs_path}: verify compares bytes with the sources, "
-                          "which a crop or Fourier crop changes; run without it")
     if dry_run:
         # The same checks as a real run, short of reading the stacks already written.
         if plan.outdir.is_dir():
@@ -462,7 +463,7 @@ def _prepare(plan: ConsolidationPlan, *, force: bool, threads: int, fsync: bool)
         pending = {id(s) for s in _pending(plan, manifest)}
         present = [s for s in plan.stacks if id(s) not in pending]
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            checks = list(pool.map(lambda s: check_stack(s, plan.headers), present))
+            checks = list(pool.map(lambda s: check_stack(s, plan.headers, shrink=plan.shrink), present))
         resumed = [s for s, problem in zip(present, checks) if problem is None]
     return resumed
 
@@ -506,7 +507,7 @@ def _write_all(plan: ConsolidationPlan, todo: list[OutputStack], written: list[P
             with lock:
                 written.append(s.path)
             if verify:
-                problem = check_stack(s, plan.headers)
+                problem = check_stack(s, plan.headers, shrink=plan.shrink)
                 if problem is not None:
                     raise VerificationError(problem)
         except BaseException:
