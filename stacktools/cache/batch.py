@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
-import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Iterable
 from stacktools.cache.copy import (
     Progress,
     SourceChanged,
+    libc,
     remove_temp,
     rename_into_place,
     write_temp,
@@ -56,17 +56,6 @@ THREADED_BYTES = 1 << 20  # copies this large on average are written by several 
 RETRIES = 3  # a stack whose directory is removed by hand mid-copy is tried again
 
 
-@functools.lru_cache(maxsize=1)
-def _syncfs():
-    """libc's ``syncfs``, or ``None`` where there is none."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    return fn
-
-
 def make_durable(dir_fd: int, temps: Iterable[str]) -> None:
     """Make the data of ``temps`` (and everything else written on the SSD) durable.
 
@@ -74,9 +63,9 @@ def make_durable(dir_fd: int, temps: Iterable[str]) -> None:
     errors since ``dir_fd`` was opened; an ``fdatasync`` of each temporary where
     ``syncfs`` is missing.
     """
-    fn = _syncfs()
+    fn = getattr(libc(), "syncfs", None)
     if fn is not None:
-        if fn(dir_fd) != 0:
+        if fn(ctypes.c_int(dir_fd)) != 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
         return
@@ -157,7 +146,8 @@ class SetCopier:
                     held += lot
                     lot = self._still_missing(lot)
                     nbytes += sum(c.src.size for c in lot)
-                    self._write(lot, written)
+                    unwritten = self._write(lot, written, start + BATCH_SECONDS)
+                    queue.extendleft(reversed([(c.src, c.tries) for c in unwritten]))
             except BaseException as err:
                 error = err  # what was written before it still lands
             try:
@@ -210,29 +200,38 @@ class SetCopier:
                 self.cache._make_room_for(c.src, self.pin, self.on_wait, c.key)
         return out
 
-    def _write(self, lot: list[_Copy], written: list[_Copy]) -> None:
+    def _write(self, lot: list[_Copy], written: list[_Copy], deadline: float) -> list[_Copy]:
         """Claim and write the temporaries of ``lot``; each one written goes to
-        ``written`` (also when a later one fails)."""
+        ``written`` (also when a later one fails). Those not started by ``deadline``
+        are returned, for the next batch."""
         if not lot:
-            return
+            return []
+        late: list[_Copy] = []
         now = time.time()
         for c in lot:
-            self._dest_dir(os.path.dirname(c.dest))
-            c.tmp = os.path.dirname(c.dest) + "/" + tmp_name(os.path.basename(c.dest))
+            d, _, name = c.dest.rpartition("/")
+            self._dest_dir(d)
+            c.tmp = d + "/" + tmp_name(name)
             c.row = {"key": c.key, "size": c.src.size, "mtime_ns": c.src.mtime_ns, "ino": None,
                      "created": now, "last_access": now, "owner": self.owner,
                      "project": self.project, "digest": ""}
         self._ledger([self.ledger.tmp_record(c.row, os.path.basename(c.tmp)) for c in lot], lot[0])
         if self.pool is None:
             for c in lot:
+                if written and time.monotonic() > deadline:  # each batch lands one at least
+                    late.append(c)
+                    continue
                 self._write_one(c)
                 written.append(c)
-            return
+            return late
         failed: list[BaseException] = []
 
         def one(c: _Copy) -> None:
             if failed:
                 return  # a copy failed: start no more
+            if written and time.monotonic() > deadline:
+                late.append(c)
+                return
             try:
                 self._write_one(c)
             except BaseException as err:
@@ -242,6 +241,7 @@ class SetCopier:
         list(self.pool.map(one, lot))
         if failed:
             raise failed[0]
+        return late
 
     def _write_one(self, c: _Copy) -> None:
         for _ in range(8):
