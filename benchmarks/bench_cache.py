@@ -1,13 +1,16 @@
-"""SSD cache: cold sync against `cp -r`, and a warm check against a bare stat loop.
+"""SSD cache: cold fills against `cp -r && sync`, and a warm check against a bare stat loop.
 
-Run: python -m benchmarks.bench_cache [--stacks 100000] [--cold-mb 400] [--repeat 3] [--dir DIR]
-     [--cold-only]
+Run: python -m benchmarks.bench_cache [--cold SETS] [--repeat 5] [--stacks 100000]
+     [--dir DIR] [--cold-only]
 
-Cold: the same stacks copied by `cp -r`, by `cp -r` followed by `sync` (the
-cache fsyncs every copy, plain `cp` does not), and by `Cache.ensure` with 1, 2
-and 4 threads into an empty cache, with and without recording each copy's
-content digest (read back from the page cache). Page cache warm, same disk for
-source and SSD.
+Cold: sets of stacks (``--cold 60x6.5M,10000x2K``, add ``100000x2K`` for a large
+set) copied by `cp -r` followed by `sync` (the durability the cache gives: a copy
+is named only once its data is on disk) and by `Cache.ensure` (what `stacktools
+cache sync` runs once the set is read) into an empty cache, with the default
+threads and with one, content digests recorded. Rounds alternate the contenders
+and each ratio is the median of the rounds' own ratios; absolute times per stack
+are printed too (the machine is shared). Page cache warm, `sync` before each run,
+source and SSD on the same filesystem, up to 1,000 stacks per directory.
 
 Warm: an already-cached set of N tiny stacks. `Cache.ensure(paths)` (pin, stat
 each source, stat each copy, record the access as one row) against a bare
@@ -28,86 +31,91 @@ import tempfile
 import time
 from pathlib import Path
 
-import stacktools.cache.copy as cache_copy
-from benchmarks.common import Results, best_of, make_project, print_table, warm_page_cache
+from benchmarks.common import Results, best_of, print_table, warm_page_cache
 from stacktools.cache import Cache
+from stacktools.cache.config import DEFAULT_THREADS
+
+_UNITS = {"K": 1000, "M": 1000**2, "G": 1000**3}
 
 
-def cold(work: Path, mb: int, repeat: int, results: Results) -> None:
-    box = 128
-    per = 100
-    stack_bytes = per * box * box * 4
-    n = max(2, mb * 1_000_000 // stack_bytes)
-    made = make_project(work / "P1", stacks=n, per_stack=per, box=box)
-    src_dir = made.project_dir / "J5" / "extract"
-    paths = [str(p) for p in made.stacks]
-    total = sum(os.path.getsize(p) for p in paths)
+def parse_sets(text: str) -> list[tuple[int, int]]:
+    """``"60x6.5M,10000x2K"`` -> [(60, 6500000), (10000, 2000)] (decimal units)."""
+    out = []
+    for part in text.split(","):
+        n, _, size = part.strip().partition("x")
+        unit = _UNITS.get(size[-1:].upper(), 1)
+        out.append((int(n), int(float(size.rstrip("KMGkmg")) * unit)))
+    return out
+
+
+def make_stacks(root: Path, n: int, size: int, per_dir: int = 1000) -> list[str]:
+    """``n`` files of ``size`` random bytes, ``per_dir`` to a directory (as extract jobs)."""
+    paths = []
+    block = os.urandom(min(size, 8 << 20))
+    for i in range(n):
+        d = root / f"J{i // per_dir}" / "extract"
+        if i % per_dir == 0:
+            d.mkdir(parents=True)
+        p = d / f"{i:06d}_particles.mrc"
+        with open(p, "wb") as fh:
+            left = size
+            fh.write(i.to_bytes(8, "little"))  # no two stacks alike
+            left -= 8
+            while left > 0:
+                fh.write(block[:left])
+                left -= len(block[:left])
+        paths.append(str(p))
+    return paths
+
+
+def cold(work: Path, n: int, size: int, repeat: int, results: Results) -> None:
+    src = work / "src"
+    paths = make_stacks(src, n, size)
+    total = n * size
     warm_page_cache(paths)
 
     def fresh(name: str) -> Path:
+        """An empty destination, with no writeback left over to slow the next run (untimed)."""
         d = work / name
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
-        os.sync()  # no writeback left over from the previous run to slow this one
+        os.sync()
         return d
 
-    def cp():
-        d = fresh("cp")
-        subprocess.run(["cp", "-r", str(src_dir), str(d / "extract")], check=True)
-
-    def cp_sync():
-        d = fresh("cp")
-        subprocess.run(["cp", "-r", str(src_dir), str(d / "extract")], check=True)
+    def cp_sync(d: Path) -> None:
+        subprocess.run(["cp", "-r", str(src), str(d / "src")], check=True)
         subprocess.run(["sync"], check=True)
 
-    def ours(threads: int, digest: bool = True):
-        def run():
-            d = fresh("ssd")
-            real = cache_copy.new_hasher
-            if not digest:
-                cache_copy.new_hasher = lambda: None
-            try:
-                res = Cache(d, reserve_mb=0, threads=threads).ensure(paths)
-            finally:
-                cache_copy.new_hasher = real
+    def ours(threads: int):
+        def run(d: Path) -> None:
+            res = Cache(d, reserve_mb=0, threads=threads).ensure(paths)
             assert res.copied == len(paths)
         return run
 
-    # Rounds alternate every contender, so that a burst of load on a shared machine
-    # hits all alike; the ratios below are medians of each round's own ratios.
-    plain, synced = [], []
-    without: dict[int, list[float]] = {t: [] for t in (1, 2, 4)}
-    with_: dict[int, list[float]] = {t: [] for t in (1, 2, 4)}
+    names = {"cp -r && sync": cp_sync,
+             f"stacktools cache sync ({DEFAULT_THREADS} threads, the default)": ours(DEFAULT_THREADS),
+             "stacktools cache sync (1 thread)": ours(1)}
+    times: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(repeat):
-        plain.append(best_of(cp, 1))
-        synced.append(best_of(cp_sync, 1))
-        for t in (1, 2, 4):
-            without[t].append(best_of(ours(t, digest=False), 1))
-            with_[t].append(best_of(ours(t), 1))
-    rows = [("cp -r", min(plain)), ("cp -r; sync", min(synced))]
-    for t in (1, 2, 4):
-        name = f"stacktools cache sync, {t} thread{'s' if t > 1 else ''}"
-        rows.append((name + ", no digest", min(without[t])))
-        rows.append((name, min(with_[t])))
-    print_table(f"Cold sync of {len(paths)} stacks, {total / 1e6:,.0f} MB (best of {repeat})",
-                rows, "cp -r", results)
-    from stacktools.cache.digest import digest_file
-
-    def digest_only():
-        for p in paths:
-            digest_file(p)
-    hash_t = best_of(digest_only, repeat)
-    print(f"\nreading back and hashing {total / 1e6:,.0f} MB from the page cache alone (XXH3-128): "
-          f"{hash_t * 1e3:,.1f} ms, {total / hash_t / 1e6:,.0f} MB/s")
-    results.add("read back and hash (XXH3-128), page cache", hash_t, params={"bytes": total})
-    print("\nthroughput: " + ", ".join(f"{name}: {total / t / 1e6:,.0f} MB/s" for name, t in rows))
-    for t in (1, 2, 4):
-        cost = statistics.median(w / o for w, o in zip(with_[t], without[t])) - 1
-        vs_sync = statistics.median(w / c for w, c in zip(with_[t], synced))
-        print(f"{t} thread(s), paired medians of {repeat} rounds: digest cost {cost:+.1%}, "
-              f"{vs_sync:.2f}x cp -r; sync")
-        results.add(f"cache sync, {t} thread(s), with digest vs without, paired median",
-                    statistics.median(with_[t]), ratio=1 + cost, params={"rounds": repeat})
+        for name, fn in names.items():
+            d = fresh("out")
+            t = time.perf_counter()
+            fn(d)
+            times[name].append(time.perf_counter() - t)
+    label = f"{n:,} × {size / 1e3:,.4g} kB ({total / 1e6:,.0f} MB)"
+    base = times["cp -r && sync"]
+    print(f"\nCold fill of {label}, {repeat} rounds; load before: {os.getloadavg()[0]:.2f}\n")
+    print("| what | median time | per stack | paired median ratio to cp -r && sync | range |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, ts in times.items():
+        ratios = [t / b for t, b in zip(ts, base)]
+        med = statistics.median(ts)
+        print(f"| {name} | {med * 1e3:,.0f} ms | {med / n * 1e6:,.0f} µs | "
+              f"{statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f}× |")
+        results.add(f"cold fill {label}: {name}", med, "cp -r && sync", ratio=statistics.median(ratios),
+                    params={"stacks": n, "stack_bytes": size, "rounds": repeat,
+                            "per_stack_s": med / n, "ratios": ratios})
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def warm(work: Path, n: int, repeat: int, results: Results) -> None:
@@ -193,21 +201,24 @@ def _count_stats(ssd: Path, paths: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cold", default="60x6.5M,10000x2K",
+                    help="cold sets, COUNTxSIZE separated by commas (add 100000x2K for a large one)")
     ap.add_argument("--stacks", type=int, default=100_000, help="stacks in the warm check")
-    ap.add_argument("--cold-mb", type=int, default=400, help="MB in the cold sync")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--cold-only", action="store_true", help="skip the warm check")
     args = ap.parse_args()
-    results = Results("bench_cache", {"stacks": args.stacks, "cold_mb": args.cold_mb,
-                                      "repeat": args.repeat})
+    results = Results("bench_cache", {"cold": args.cold, "stacks": args.stacks, "repeat": args.repeat})
     work = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=args.dir))
+    print(f"load: {os.getloadavg()}")
     try:
-        cold(work / "cold", args.cold_mb, args.repeat, results)
+        for i, (n, size) in enumerate(parse_sets(args.cold)):
+            cold(work / f"cold{i}", n, size, args.repeat, results)
         if not args.cold_only:
-            warm(work / "warm", args.stacks, args.repeat, results)
+            warm(work / "warm", args.stacks, min(args.repeat, 3), results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"load after: {os.getloadavg()}")
     results.report()
 
 

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -141,8 +142,19 @@ def final_files(ssd: Path) -> list[Path]:
 
 
 def no_lock_held(ssd: Path) -> bool:
-    """Every lock and pin file can be taken right now (nobody holds one)."""
+    """Every lock and pin file can be taken right now (nobody holds one), and no byte
+    of the entry lock file is record-locked."""
     root = ssd / "stacktools-cache"
+    entries = root / "locks" / "entries.lock"
+    if entries.exists():
+        fd = os.open(entries, os.O_RDWR)
+        try:
+            flock = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len (0: to the end), pid
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, flock.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+            if flock.unpack(got)[0] != fcntl.F_UNLCK:
+                return False
+        finally:
+            os.close(fd)
     for p in [root / "space.lock", *(root / "locks").glob("*"), *(root / "pins").glob("*")]:
         try:
             fd = os.open(p, os.O_RDONLY)

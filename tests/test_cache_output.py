@@ -10,7 +10,7 @@ import pytest
 
 from cli.cache import shorten_middle
 from stacktools.cache import Cache
-from stacktools.cache.locks import FileLock, key_hash
+from stacktools.cache.locks import EntryLocks, PinFile, _entry_offset
 from tests.helpers import start_cli
 
 
@@ -52,14 +52,15 @@ def test_shorten_middle_keeps_the_file_name():
     assert shorten_middle("/a/b.mrc", 60) == "/a/b.mrc"
 
 
-def _blocked_inodes() -> set[int]:
-    """Inodes on which some process is blocked waiting for a flock (from /proc/locks)."""
+def _blocked_bytes() -> set[tuple[int, int]]:
+    """(inode, first byte) of each record lock some process is blocked waiting for
+    (from /proc/locks)."""
     out = set()
     with open("/proc/locks") as fh:
         for line in fh:
             parts = line.split()
-            if len(parts) > 5 and parts[1] == "->":
-                out.add(int(parts[6].rsplit(":", 1)[1]))
+            if len(parts) > 7 and parts[1] == "->":
+                out.add((int(parts[6].rsplit(":", 1)[1]), int(parts[7])))
     return out
 
 
@@ -69,11 +70,16 @@ def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
     ssd.mkdir()
     cache = Cache(ssd, reserve_mb=0)
     keys = [os.path.realpath(p) for p in demo.stacks]
+    # The holder, as a copying process is: its entry locks, and a pin reserving them.
+    locks = EntryLocks(cache.entry_locks_path)
+    pin = PinFile(cache.pins_dir, keys)
+    pin.reserved = {k: 1 for k in keys}
+    pin.write()
+    ino = os.fstat(locks.fd).st_ino
     held = {}
     for k in keys:
-        lk = FileLock(cache.locks_dir / f"{key_hash(k)}.lock")
-        lk.acquire(note=f"pid {os.getpid()} (test holder)")
-        held[os.fstat(lk.fd).st_ino] = lk
+        assert locks.try_lock(k)
+        held[(ino, _entry_offset(k))] = k
     proc = start_cli(*_sync_args(demo, ssd, "--threads", "1", "--json",
                                  *(["--quiet"] if quiet else [])))
     try:
@@ -81,14 +87,14 @@ def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
         # Release each entry lock only once the sync is blocked on it: every stack is a wait.
         while held:
             assert proc.poll() is None, proc.communicate()
-            for ino in _blocked_inodes() & set(held):
-                held.pop(ino).release()
+            for at in _blocked_bytes() & set(held):
+                locks.unlock(held.pop(at))
                 released += 1
             time.sleep(0.01)
         out, err = proc.communicate(timeout=120)
     finally:
-        for lk in held.values():
-            lk.release()
+        locks.close()
+        pin.close()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
@@ -99,4 +105,4 @@ def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
     else:
         assert len(lines) == 1, err
         assert "waiting for stacks being copied by another process" in lines[0]
-        assert f"pid {os.getpid()} (test holder)" in lines[0]
+        assert f"held by pid {os.getpid()} on " in lines[0]

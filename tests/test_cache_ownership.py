@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PY, final_files, kill_slow_worker, project, run_cli
+from stacktools.cache import Cache
+from tests.helpers import PY, final_files, kill_slow_worker, project, run_cli, same_stack
 
 # Kills itself with SIGKILL at one exact point of the first copy.
 POINT_WORKER = r"""
@@ -122,3 +123,54 @@ def test_sigkill_at_random_points_then_clear_leaves_nothing(proj, tmp_path):
         _clear_and_check(ssd, foreign)
     assert mid_work >= 4, f"only {mid_work} of 8 kills landed mid-work"
     assert final_files(ssd) == [foreign]
+
+
+# Copies a set, and once the batch's data is durable (before any rename) says so
+# and waits to be killed.
+DURABLE_WORKER = r"""
+import json, sys, time
+import stacktools.cache.batch as batch
+from stacktools.cache import Cache
+real = batch.make_durable
+def make_durable(fd, temps):
+    real(fd, temps)
+    print(json.dumps(sorted(temps)), flush=True)
+    time.sleep(600)
+batch.make_durable = make_durable
+Cache(sys.argv[1], reserve_mb=0, threads=int(sys.argv[3])).ensure(json.loads(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kill_between_the_batch_sync_and_its_renames(proj, tmp_path, threads):
+    made, pset = proj
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    paths = [str(p) for p in pset.stack_paths[:8]]
+    foreign = _plant_foreign(ssd, os.path.realpath(pset.stack_paths[9]))
+    p = subprocess.Popen([PY, "-c", DURABLE_WORKER, str(ssd), json.dumps(paths), str(threads)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line, p.communicate()[1]
+    synced = json.loads(line)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    # The kill landed after the sync, before any rename: every copy of the set is a
+    # complete temporary, recorded in the ledger; no final name was made.
+    left = [f for f in _cache_files(ssd) if f != foreign]
+    assert sorted(map(str, left)) == synced and len(synced) == len(paths)
+    assert final_files(ssd) == [foreign]
+    recorded = {r["tmp"]: r for r in _ledger(ssd) if r.get("op") == "copy"}
+    assert {recorded[t.name]["key"] for t in left} == {os.path.realpath(x) for x in paths}
+    for t in left:
+        assert recorded[t.name]["ino"] == t.stat().st_ino
+        assert t.read_bytes() == Path(recorded[t.name]["key"]).read_bytes()
+    # A rerun copies the set (sweeping the crashed temporaries) and serves only
+    # faithful copies; clear then removes what the cache made, and only that.
+    res = Cache(ssd, reserve_mb=0).ensure(paths)
+    assert res.copied == len(paths)
+    for src, dst in res.paths.items():
+        same_stack(src, dst)
+    assert [f for f in _cache_files(ssd) if f.name.endswith(".stacktools-tmp")] == []
+    _clear_and_check(ssd, foreign)

@@ -3,12 +3,14 @@
 The index is a record, not the truth: a file under the cache is its own only if the
 ledger names its path with the same inode and size. Each copy writes two lines, both
 before the file reaches its final name, so that a kill at any instant leaves nothing
-the cache made without an owner:
+the cache made without an owner (a sync writes each kind for a whole batch of copies
+in one append; see :mod:`stacktools.cache.batch`):
 
 * ``{"op": "tmp", "key", "tmp"}`` before the temporary file is created (with
   ``O_EXCL``): a temporary of that name is then provably the cache's;
 * ``{"op": "copy", "key", "tmp", "ino", "size", "mtime_ns", "digest", ...}`` after the
-  data is on disk and before the rename, so the renamed file is the cache's.
+  data is written and before the batch's data is made durable (so the line is
+  durable too) and renamed, so the renamed file is the cache's.
 
 Lines are appended whole (one ``write`` under ``O_APPEND`` and a shared ``flock``);
 a compaction rewrites the file under an exclusive ``flock`` and renames it into place.
@@ -29,8 +31,6 @@ from typing import Callable, Iterator
 
 from stacktools.cache.safefs import is_disk_full, open_own
 from stacktools.formats.atomic import TMP_SUFFIX
-
-Claim = Callable[[str, "int | None", "str | None"], None]
 
 
 def entry_row(rec: dict) -> dict:
@@ -53,7 +53,11 @@ class Ledger:
         self._id = (0, 0)
 
     def append(self, record: dict) -> None:
-        """Append one line; a single ``write`` under ``O_APPEND`` keeps lines whole.
+        """Append one record (see :meth:`append_many`)."""
+        self.append_many([record])
+
+    def append_many(self, records: list[dict]) -> None:
+        """Append one line per record; a single ``write`` under ``O_APPEND`` keeps lines whole.
 
         The write holds a shared ``flock`` on the ledger, so that a compaction (which
         holds it exclusively while it rewrites the file) never loses a line. Inside
@@ -63,7 +67,10 @@ class Ledger:
             CacheForeignPathError: ``ledger.jsonl`` is a symlink or not a file.
             OSError: The write failed (``ENOSPC`` on a full SSD).
         """
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        if not records:
+            return
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        line = "".join([dumps(r) + "\n" for r in records]).encode("utf-8", "surrogateescape")
         with self._mutex:
             try:
                 while True:
@@ -236,20 +243,18 @@ class Ledger:
         finally:
             os.close(fd)
 
-    def claim(self, rec: dict) -> Claim:
-        """The ``claim`` callback of :func:`~stacktools.cache.copy.start_copy` for entry ``rec``.
+    @staticmethod
+    def tmp_record(rec: dict, tmp: str) -> dict:
+        """The ``tmp`` line for entry row ``rec``: written before temporary ``tmp`` exists."""
+        return {"op": "tmp", "t": rec["created"], "key": rec["key"], "tmp": tmp}
 
-        Writes the ``tmp`` line before the temporary exists and the ``copy`` line (with
-        its inode and content digest) before it is renamed into place.
-        """
-        def claim(tmp: str, ino: int | None, digest: str | None = None) -> None:
-            if ino is None:
-                self.append({"op": "tmp", "t": rec["created"], "key": rec["key"], "tmp": tmp})
-            else:
-                self.append({"op": "copy", "t": rec["created"], "key": rec["key"], "tmp": tmp,
-                             "ino": ino, "size": rec["size"], "mtime_ns": rec["mtime_ns"],
-                             "owner": rec["owner"], "project": rec["project"], "digest": digest or ""})
-        return claim
+    @staticmethod
+    def copy_record(rec: dict, tmp: str) -> dict:
+        """The ``copy`` line for entry row ``rec`` (with its inode and digest), written
+        before temporary ``tmp`` is made durable and renamed into place."""
+        return {"op": "copy", "t": rec["created"], "key": rec["key"], "tmp": tmp,
+                "ino": rec["ino"], "size": rec["size"], "mtime_ns": rec["mtime_ns"],
+                "owner": rec["owner"], "project": rec["project"], "digest": rec["digest"]}
 
     def proven_temps(self, dirs: set[str] | None = None) -> dict[str, tuple[str, int | None]]:
         """Temporaries the ledger says the cache made: path -> (entry key, inode or None)."""

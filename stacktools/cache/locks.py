@@ -5,8 +5,12 @@ dies, so a crashed holder never leaves a stale lock. Three kinds are used:
 
 * the space lock (``root/space.lock``): exclusive while a process makes room and
   records its reservation, shared while a process registers a pin;
-* entry locks (``root/locks/<hash>.lock``): exclusive while one process copies
-  or evicts one entry; others block on it and go on when the copy lands;
+* entry locks: one byte each of ``root/locks/entries.lock`` (at an offset given by
+  the entry's key), held with open-file-description (OFD) record locks while one
+  process copies or evicts the entry; others wait and go on when the copy lands.
+  No file is made per entry, and taking or dropping one is one ``fcntl``. A process
+  waiting for one holds no other (it copies what it holds first), which rules out
+  deadlock between sets locked in different orders;
 * pin files (``root/pins/*.pin``): each process holds an exclusive lock on its own
   pin file, which lists the entries it uses and the bytes it has reserved. A pin
   file that can be locked by someone else belongs to a dead process.
@@ -26,6 +30,7 @@ import json
 import os
 import re
 import socket
+import struct
 import time
 import uuid
 from pathlib import Path
@@ -148,6 +153,136 @@ class FileLock:
         self.release()
 
 
+ENTRY_LOCKS = "entries.lock"
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock (Linux): type, whence, start, len, pid
+
+
+def _entry_offset(key: str) -> int:
+    """The byte of ``entries.lock`` that stands for entry ``key`` (62 bits of its hash)."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 2
+
+
+class EntryLocks:
+    """Entry locks held through one open description of ``locks/entries.lock``.
+
+    Locks taken through one ``EntryLocks`` are one owner's (one sync's, shared by
+    its threads); each ``EntryLocks`` conflicts with every other, in this process
+    or another. They vanish when the descriptor closes, or with the process.
+
+    Parameters
+    ----------
+    path
+        The lock file (created if missing, world-writable if ``shared``).
+    shared
+        The cache is shared by several users on this node.
+    """
+
+    def __init__(self, path: str | os.PathLike, shared: bool = False):
+        self.path = Path(path)
+        self.fd = open_own(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if shared:
+            try:
+                os.fchmod(self.fd, 0o666)
+            except OSError:
+                pass  # someone else's: they made it so
+
+    def _set(self, cmd: int, typ: int, key: str) -> None:
+        fcntl.fcntl(self.fd, cmd, _FLOCK.pack(typ, os.SEEK_SET, _entry_offset(key), 1, 0))
+
+    def try_lock(self, key: str) -> bool:
+        """Lock ``key`` without waiting; ``False`` if another owner holds it."""
+        try:
+            self._set(fcntl.F_OFD_SETLK, fcntl.F_WRLCK, key)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def lock(self, key: str) -> None:
+        """Lock ``key``, waiting for its holder (hold no other entry lock meanwhile)."""
+        self._set(fcntl.F_OFD_SETLKW, fcntl.F_WRLCK, key)
+
+    def unlock(self, key: str) -> None:
+        self._set(fcntl.F_OFD_SETLK, fcntl.F_UNLCK, key)
+
+    def close(self) -> None:
+        """Drop every lock held through this description."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> "EntryLocks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EntryLock:
+    """One entry's lock with :class:`FileLock`'s calls, for evicting and sweeping."""
+
+    def __init__(self, path: str | os.PathLike, key: str, shared: bool = False):
+        self.path, self.key, self.shared = path, key, shared
+        self._locks: EntryLocks | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        locks = EntryLocks(self.path, self.shared)
+        try:
+            if blocking:
+                locks.lock(self.key)
+            elif not locks.try_lock(self.key):
+                locks.close()
+                return False
+        except BaseException:
+            locks.close()
+            raise
+        self._locks = locks
+        return True
+
+    def release(self, unlink: bool = False) -> None:
+        """Drop the lock (``unlink`` is accepted for :class:`FileLock`'s callers: the
+        lock file is shared by every entry and stays)."""
+        locks, self._locks = self._locks, None
+        if locks is not None:
+            locks.close()
+
+
+def copying_holders(pins_dir: Path, key: str, skip: Path | None = None) -> list[str]:
+    """Who has reserved ``key`` to copy it: ``"pid N on HOST"`` of each live pin but ``skip``.
+
+    For waiting messages only (read without the space lock: a pin being rewritten
+    is passed over).
+    """
+    out = []
+    try:
+        names = sorted(os.listdir(pins_dir))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        p = pins_dir / name
+        if not name.endswith(".pin") or p == skip:
+            continue
+        try:
+            fd = open_own(p, os.O_RDONLY)
+        except (OSError, CacheForeignPathError):
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # lockable: its process is gone
+            except BlockingIOError:
+                pass
+            data = json.loads(os.pread(fd, 1 << 26, 0).partition(b"\n")[0] or b"{}")
+            if key in data.get("reserved", {}):
+                out.append(f"pid {data.get('pid')} on {data.get('host')}")
+        except (OSError, ValueError):
+            continue
+        finally:
+            os.close(fd)
+    return out
+
+
 class PinFile:
     """This process's record of the entries it uses and the bytes it has reserved.
 
@@ -163,7 +298,7 @@ class PinFile:
         self.blob = "\n".join(self.keys).encode("utf-8", "surrogateescape")
         self.reserved: dict[str, int] = {}
         self.job = False  # set once the entries are served to a running job
-        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
+        name = f"{_hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.pin"
         self.path = pins_dir / name
         self.fd = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -179,7 +314,7 @@ class PinFile:
 
     def write(self) -> None:
         """Rewrite the content (call with the space lock held)."""
-        head = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
+        head = json.dumps({"pid": os.getpid(), "host": _hostname(), "t": time.time(),
                            "reserved": self.reserved, "job": self.job}).encode() + b"\n"
         data = head + self.blob
         os.pwrite(self.fd, data, 0)  # then cut: the file is never empty once written

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from stacktools.cache import upkeep
-from stacktools.cache.locks import FileLock
+from stacktools.cache.locks import ENTRY_LOCKS, FileLock
 from stacktools.cache.plan import Entry, source_of
 from stacktools.cache.sources import named_path
 from stacktools.cache.validity import entry_problem
@@ -124,12 +124,12 @@ def clean(cache: Cache) -> Removal:
 
 
 def clear(cache: Cache) -> Removal:
-    """Remove every entry the cache owns that is not in use, and the free lock files.
-    Foreign files stay."""
+    """Remove every entry the cache owns that is not in use, and the free lock files
+    older versions made per entry. Foreign files stay."""
     out = remove_where(cache, lambda e: True)
     for name in os.listdir(cache.locks_dir):
-        if not name.endswith(".lock"):
-            continue
+        if not name.endswith(".lock") or name == ENTRY_LOCKS:
+            continue  # entries.lock stays: live record locks may be held on it
         lk = FileLock(cache.locks_dir / name)
         with contextlib.suppress(CacheForeignPathError, FileNotFoundError):
             if lk.acquire(blocking=False):

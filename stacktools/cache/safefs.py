@@ -35,6 +35,10 @@ def open_own(path: str | os.PathLike, flags: int, mode: int = 0o644, *, dir_fd: 
         CacheForeignPathError: ``path`` is a symlink or not a regular file.
         OSError: Any other failure (``ENOENT``, ``ENOSPC``, ...).
     """
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        # A name created here is a new regular file: nothing to check (a symlink or
+        # anything else already at the name fails with FileExistsError).
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
     except OSError as err:

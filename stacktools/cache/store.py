@@ -2,14 +2,15 @@
 
 It plans and carries out syncs (pins, space, copies). The rest lives beside it:
 :mod:`.sources` (stat-ing sources), :mod:`.validity` (what counts as a valid copy),
-:mod:`.plan` (the pure planner), :mod:`.copy` (one atomic copy), :mod:`.index` and
+:mod:`.plan` (the pure planner), :mod:`.batch` and :mod:`.copy` (copies, durable
+once per batch), :mod:`.index` and
 :mod:`.upkeep` (the record and the ledger), :mod:`.maintenance` (clean, clear,
 evict, verify, status) and :mod:`.cached_set` (a ``.cs`` that points at the copies).
 
 Layout under ``SSD_PATH/stacktools-cache/`` (the cache owns this directory)::
 
     files/<resolved source path>   the copies; a symlink placed here pre-populates
-    locks/<sha1 of key>.lock       entry locks (flock)
+    locks/entries.lock             entry locks (a byte per entry, OFD record locks)
     pins/<host>-<pid>-<rand>.pin   live processes' pins and reservations (flock)
     space.lock                     serialises making room and reserving space
     index.db                       SQLite record of owned entries (WAL)
@@ -26,25 +27,21 @@ the source and one of the copy, with no database access per file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import stat
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from stacktools.cache import maintenance, upkeep
+from stacktools.cache.batch import SetCopier
 from stacktools.cache.config import CACHE_DIRNAME, CacheConfig, missing_ssd_error, resolve_config
-from stacktools.cache.copy import Pending, SourceChanged, finish_copy, start_copy
 from stacktools.cache.index import Index
-from stacktools.cache.locks import FileLock, PinFile, WaitCallback, key_hash, live_pins
+from stacktools.cache.locks import ENTRY_LOCKS, EntryLock, FileLock, PinFile, WaitCallback, live_pins
 from stacktools.cache.peek import describe_set
 from stacktools.cache.plan import (
-    VERSIONS,
     CachePlan,
     Entry,
     Inventory,
@@ -57,13 +54,10 @@ from stacktools.cache.sources import DIR_FLAGS, no_gc, stat_sources
 from stacktools.cache.validity import content_matches, locate_copies
 from stacktools.errors import (
     CacheConfigError,
-    CacheError,
     CacheForeignPathError,
-    CacheFullError,
     DiskFullError,
     PathEscapeError,
 )
-from stacktools.formats.atomic import fsync_dir
 from stacktools.formats.mrc import FLOAT16_MODE, RELION_FLOAT16_WARNING
 
 Progress = Callable[[int], None]
@@ -189,6 +183,7 @@ class Cache:
         self.files_dir = self.root / "files"
         self.locks_dir = self.root / "locks"
         self.pins_dir = self.root / "pins"
+        self.entry_locks_path = self.locks_dir / ENTRY_LOCKS
         self._files = str(self.files_dir)
         self.index = Index(self.root, self.files_dir)
         self._dest_dirs: set[str] = set()
@@ -199,8 +194,9 @@ class Cache:
         """Where the entry for resolved source path ``key`` lives."""
         return self._files + key
 
-    def _lock(self, key: str, what: str = "") -> FileLock:
-        return FileLock(self.locks_dir / f"{key_hash(key)}.lock", what or f"{key} (being copied)")
+    def _lock(self, key: str) -> EntryLock:
+        """The lock of one entry (held while it is copied, evicted or swept)."""
+        return EntryLock(self.entry_locks_path, key, self.config.shared)
 
     def space_lock(self) -> FileLock:
         """The lock that serialises making room; hold it exclusively to plan + reserve."""
@@ -538,149 +534,15 @@ class Cache:
         plan = self.plan(pset, partial=partial, pinned=True, check_content=check_content)
         return self.execute(plan, hold=hold, progress=progress, on_wait=on_wait, threads=threads)
 
-    def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,  # noqa: C901 (its closures share one sync's state)
+    def _copy_all(self, todo: list[SourceFile], pin: PinFile, result: SyncResult,
                   progress: Progress | None, on_wait: WaitCallback | None, project: str,
                   threads: int | None, content: bool = False,
                   locations: dict[str, str] | None = None) -> None:
-        if not todo:
-            return
-        locations = locations or {}
-        mutex = threading.Lock()
-        records: list[dict] = []
-        dirs: set[str] = set()
-        owner = f"{socket.gethostname()}:{os.getpid()}"
-
-        n = max(1, threads or self.config.threads)
-        # Each copy's fdatasync and rename run on a finishing thread, so that the next
-        # copy's data moves while earlier ones reach the disk, and their journal commits
-        # and device flushes are shared. At most `window` copies wait there, each holding
-        # its entry lock until it is renamed into place.
-        finishers = min(2 * n, 8)
-        window = threading.BoundedSemaphore(2 * finishers)
-        failed: list[BaseException] = []
-
-        def done(s: SourceFile, lock: FileLock, waited: bool, rec: dict, dest: Path,
-                 pending: Pending) -> None:
-            try:
-                try:
-                    made = finish_copy(pending)
-                except FileNotFoundError:
-                    # Directory removed by hand under us: copy again, from the start.
-                    self._dest_dirs.discard(str(dest.parent))
-                    made = finish_copy(start(s, dest, rec))
-                rec["ino"] = made.ino
-                rec["digest"] = made.digest
-                with mutex:
-                    records.append(rec)
-                    dirs.add(str(dest.parent))
-                    result.copied += 1
-                    result.bytes_copied += s.size
-                    result.copies.append(s.key)
-            except BaseException as err:
-                with mutex:
-                    failed.append(err)
-                raise
-            finally:
-                with mutex:
-                    result.waited += waited
-                lock.release()
-                window.release()
-
-        def start(s: SourceFile, dest: Path, rec: dict) -> Pending:
-            claim = self.index.ledger.claim(rec)
-            owned_ino = self.index.owner_ino(rec["key"]) if os.path.lexists(dest) else None
-            for attempt in range(3):
-                try:
-                    if str(dest.parent) not in self._dest_dirs:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        self._check_dest_dir(str(dest.parent))
-                    return start_copy(s.key, dest, s.size, s.mtime_ns, progress,
-                                      claim=claim, owned_ino=owned_ino)
-                except FileNotFoundError:
-                    # Directory removed by hand under us: make it again.
-                    self._dest_dirs.discard(str(dest.parent))
-                    if attempt == 2:
-                        raise
-                except SourceChanged as err:
-                    raise CacheError(str(err)) from None
-                except OSError as err:
-                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise CacheFullError(f"SSD full while caching {s.path}: "
-                                             f"{os.strerror(err.errno)}") from err
-                    raise
-            raise AssertionError("unreachable")
-
-        def one(s: SourceFile, finisher: ThreadPoolExecutor, finishing: list) -> None:
-            if failed:
-                return  # a copy failed: start no more
-            if s.key.startswith(VERSIONS + "/"):
-                raise CacheError(f"{s.key}: sources under {VERSIONS} cannot be cached "
-                                 "(the cache keeps versions of stacks under that name)")
-            ek = locations.get(s.key, s.key)  # the entry this copy becomes
-            lock = self._lock(ek, "stacks being copied by another process")
-            waited = [False]
-
-            def told(msg: str) -> None:
-                waited[0] = True
-                if on_wait is not None:
-                    on_wait(msg)
-            lock.acquire(on_wait=told)
-            handed = False
-            try:
-                if ek in self.locate([s], content=content).values():
-                    return  # another process copied it while we waited
-                if ek not in pin.reserved:
-                    self._make_room_for(s, pin, on_wait, ek)
-                dest = Path(self.cached_path(ek))
-                now = time.time()
-                rec = {"key": ek, "size": s.size, "mtime_ns": s.mtime_ns, "ino": None,
-                       "created": now, "last_access": now, "owner": owner, "project": project,
-                       "digest": ""}
-                pending = start(s, dest, rec)
-                window.acquire()
-                try:
-                    fut = finisher.submit(done, s, lock, waited[0], rec, dest, pending)
-                except BaseException:
-                    window.release()
-                    pending.discard()
-                    raise
-                handed = True
-                with mutex:
-                    finishing.append(fut)
-            except BaseException as err:
-                with mutex:
-                    failed.append(err)
-                raise
-            finally:
-                if not handed:
-                    with mutex:
-                        result.waited += waited[0]
-                    lock.release()
-
-        finishing: list = []
-        try:
-            with self.index.ledger.kept_open(), \
-                    ThreadPoolExecutor(finishers, thread_name_prefix="cache-finish") as finisher:
-                try:
-                    if n == 1 or len(todo) == 1:
-                        for s in todo:
-                            one(s, finisher, finishing)
-                    else:
-                        with ThreadPoolExecutor(n) as pool:
-                            for f in [pool.submit(one, s, finisher, finishing) for s in todo]:
-                                f.result()
-                finally:
-                    for f in list(finishing):
-                        f.exception()  # wait for every handed-over copy (its lock, its temporary)
-            for f in finishing:
-                f.result()
-        finally:
-            for d in dirs:
-                fsync_dir(Path(d))
-            if records:
-                # On a full SSD the ledger already holds these: the next inventory absorbs them.
-                with contextlib.suppress(DiskFullError):
-                    self.index.record(records)
+        """Copy ``todo`` in batches, durable once per batch (see :mod:`.batch`)."""
+        if todo:
+            SetCopier(self, pin, result, progress=progress, on_wait=on_wait, project=project,
+                      threads=threads or self.config.threads, content=content,
+                      locations=locations or {}).run(todo)
 
     def _make_room_for(self, s: SourceFile, pin: PinFile, on_wait: WaitCallback | None,
                        entry_key: str) -> None:
