@@ -23,7 +23,8 @@ from stacktools.shrink import ShrinkSpec
 
 CHUNK_BYTES = 8 * 2**20
 # Runs of one source this close are read together and gathered in memory: reading
-# a gap this size from the page cache costs less than a system call per run.
+# a gap this size from the page cache costs less than a system call per run
+# (negative: never gather).
 GATHER_GAP_BYTES = 96 * 2**10
 
 Progress = Callable[[int], None]
@@ -289,7 +290,7 @@ def _gather_windows(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: 
     """
     runs = len(starts) - 1
     out = np.arange(1, runs + 1)
-    if runs < 2 or shrink:
+    if runs < 2 or shrink or GATHER_GAP_BYTES < 0:
         return out
     first = order[starts[:-1]]
     run_code = codes[first]
