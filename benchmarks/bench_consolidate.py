@@ -46,7 +46,8 @@ import numpy as np
 from benchmarks.common import Results, make_project, stacktools_command, warm_page_cache
 
 HERE = Path(__file__).resolve().parent
-SIZES = {"small": 40, "large": 160}
+# Stacks of 250 particles, 25% selected: 0.1/0.25/0.5 GB selected, then 0.66 and 2.6 GB.
+SIZES = {"0.1GB": 7, "0.25GB": 16, "0.5GB": 32, "small": 40, "large": 160}
 
 NAIVE = r'''
 import sys, numpy as np, mrcfile
@@ -183,6 +184,9 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     st = stacktools_command()
     tools = {
         "cp": ["cp", str(floor_src), str(out / "floor.bin")],
+        # The floor of any Python tool: the copy plus the interpreter and NumPy.
+        "cp + python -c 'import numpy'": ["sh", "-c", f"cp {floor_src} {out / 'floor2.bin'} && "
+                                          f"{py} -c 'import numpy'"],
         "stacktools consolidate": [*st, "consolidate", str(made.selected_cs), "--project-dir",
                                    str(made.project_dir), "--out", str(out / "st"), "--quiet", "--json"],
         "stacktools consolidate --dry-run": [*st, "consolidate", str(made.selected_cs),
@@ -317,7 +321,7 @@ def bench_scale(points: list[str], base: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="small,large", help="Comma list of: small, large.")
+    ap.add_argument("--sizes", default="small,large", help=f"Comma list of: {', '.join(SIZES)}.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=HERE / "data" / "consolidate",
                     help="Where to generate data (deleted afterwards).")
