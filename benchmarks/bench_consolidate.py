@@ -20,6 +20,13 @@ median and the best time with their ratios to ``cp``, and the peak RSS
 (``/usr/bin/time``). Usage::
 
     python -m benchmarks.bench_consolidate [--sizes small,large] [--repeats 5]
+    python -m benchmarks.bench_consolidate --scale stacks=1000,100000 --scale rows=100000,10000000
+
+``--scale`` instead times one whole-process run per point with its peak RSS, on
+sparse source stacks of tiny boxes (so the output, not the sources, takes disk):
+``stacks=N`` is N stacks of 8 particles of box 16 with a 25% subset (one output
+stack per source), ``rows=N`` is N/1000 stacks of 1000 particles of box 8, all
+selected. Check ``df -h`` first: ``rows=10000000`` writes about 7 GB.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ import numpy as np
 from benchmarks.common import Results, make_project, stacktools_command, warm_page_cache
 
 HERE = Path(__file__).resolve().parent
-SIZES = {"small": 40, "large": 160}
+# Stacks of 250 particles, 25% selected: 0.1/0.25/0.5 GB selected, then 0.66 and 2.6 GB.
+SIZES = {"0.1GB": 7, "0.25GB": 16, "0.5GB": 32, "small": 40, "large": 160}
 
 NAIVE = r'''
 import sys, numpy as np, mrcfile
@@ -176,6 +184,9 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     st = stacktools_command()
     tools = {
         "cp": ["cp", str(floor_src), str(out / "floor.bin")],
+        # The floor of any Python tool: the copy plus the interpreter and NumPy.
+        "cp + python -c 'import numpy'": ["sh", "-c", f"cp {floor_src} {out / 'floor2.bin'} && "
+                                          f"{py} -c 'import numpy'"],
         "stacktools consolidate": [*st, "consolidate", str(made.selected_cs), "--project-dir",
                                    str(made.project_dir), "--out", str(out / "st"), "--quiet", "--json"],
         "stacktools consolidate --dry-run": [*st, "consolidate", str(made.selected_cs),
@@ -253,9 +264,64 @@ def _rows(name, times, rss, report) -> list[dict]:
     return rows
 
 
+def make_scale_project(root: Path, stacks: int, per_stack: int, box: int, select: float) -> Path:
+    """A project of sparse float32 stacks and a selection ``.cs`` in a shuffled order."""
+    from stacktools.demo import ALIGN2D_DTYPE, BLOB_DTYPE, _fmt
+    from stacktools.formats.cs import write_cs
+    from stacktools.formats.mrc import make_header
+    rng = np.random.default_rng(0)
+    (root / "J5" / "extract").mkdir(parents=True, exist_ok=True)
+    (root / "J7").mkdir(exist_ok=True)
+    names = [f"J5/extract/{k:021d}_FoilHole_{k}_Data_{k}_fractions_patch_aligned_doseweighted_particles.mrc"
+             for k in range(stacks)]
+    hdr = make_header(box, box, per_stack, 2, 1.07, label="stacktools scale benchmark")
+    for name in names:
+        fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, hdr)
+        os.ftruncate(fd, len(hdr) + per_stack * box * box * 4)
+        os.close(fd)
+    total = stacks * per_stack
+    pick = np.sort(rng.permutation(total)[:int(round(total * select))])
+    rng.shuffle(pick)  # a selection's order is not stack order
+    w = max(len(n) for n in names)
+    a = np.zeros(len(pick), dtype=[("uid", "<u8")] + _fmt(BLOB_DTYPE, w=w) + ALIGN2D_DTYPE)
+    a["uid"] = rng.integers(1, 2**63, size=len(pick), dtype=np.uint64)
+    a["blob/path"] = np.array(names, dtype=f"S{w}")[pick // per_stack]
+    a["blob/idx"] = pick % per_stack
+    a["blob/shape"] = box
+    a["blob/psize_A"] = 1.07
+    cs = root / "J7" / "J7_particles_selected.cs"
+    write_cs(cs, a, fsync=False)
+    return cs
+
+
+def bench_scale(points: list[str], base: Path) -> None:
+    """One whole-process run per point: time and peak RSS (machine load beside it)."""
+    print("| point | output stacks | rows | input .cs | time | peak RSS | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for point in points:
+        kind, n = point.split("=")
+        n = int(n)
+        root = base / f"scale_{kind}_{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        if kind == "stacks":
+            cs = make_scale_project(root / "P1", n, 8, 16, 0.25)
+        else:
+            cs = make_scale_project(root / "P1", max(1, n // 1000), 1000, 8, 1.0)
+        os.sync()
+        load = os.getloadavg()[0]
+        dt, peak = run([*stacktools_command(), "consolidate", str(cs), "--out", str(root / "out"),
+                        "--quiet", "--json"], root)
+        made = len(os.listdir(root / "out" / "stacks"))
+        print(f"| {point} | {made:,} | {len(np.load(cs, mmap_mode='r')):,} | "
+              f"{cs.stat().st_size / 2**20:,.0f} MiB | {dt:.1f} s | {peak / 2**20:,.0f} MiB | {load:.1f} |",
+              flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="small,large", help="Comma list of: small, large.")
+    ap.add_argument("--sizes", default="small,large", help=f"Comma list of: {', '.join(SIZES)}.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=HERE / "data" / "consolidate",
                     help="Where to generate data (deleted afterwards).")
@@ -265,7 +331,13 @@ def main() -> None:
                     help="Keep the generated data for another run.")
     ap.add_argument("--no-relion-bulk", action="store_true",
                     help="Skip relion_stack_create's default bulk mode at the small size.")
+    ap.add_argument("--scale", action="append", default=[],
+                    help="stacks=N[,N..] or rows=N[,N..]: the scaling table instead.")
     args = ap.parse_args()
+    if args.scale:
+        points = [f"{k}={v}" for spec in args.scale for k, vs in [spec.split("=")] for v in vs.split(",")]
+        bench_scale(points, args.data)
+        return
     rows = []
     for name in args.sizes.split(","):
         rows += bench_size(name, SIZES[name], args.data, args.repeats,

@@ -20,9 +20,28 @@ def fmt_bytes(n: int) -> str:
 
 
 def emit_json(obj: Any) -> None:
-    """Print one JSON object on stdout."""
-    json.dump(obj, sys.stdout, indent=2, default=_json_default)
+    """Print one JSON object on stdout, indented, with each flat object or list on
+    one line (a consolidation's 100,000 outputs print in a fraction of a second:
+    ``indent`` alone would switch json to its pure-Python encoder)."""
+    sys.stdout.write(_encode(obj, 0))
     sys.stdout.write("\n")
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _encode(obj: Any, level: int) -> str:
+    if not isinstance(obj, (dict, list, tuple, *_SCALARS)):
+        obj = _json_default(obj)
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    nested = any(isinstance(v, (dict, list, tuple)) or not isinstance(v, _SCALARS) for v in values)
+    if not nested or (isinstance(obj, dict) and not all(isinstance(k, str) for k in obj)):
+        return json.dumps(obj, default=_json_default)
+    pad, inner = "\n" + "  " * level, "\n" + "  " * (level + 1)
+    if isinstance(obj, dict):
+        items = [f"{json.dumps(k)}: {_encode(v, level + 1)}" for k, v in obj.items()]
+        return "{" + inner + ("," + inner).join(items) + pad + "}"
+    return "[" + inner + ("," + inner).join(_encode(v, level + 1) for v in obj) + pad + "]"
 
 
 def _json_default(o: Any):

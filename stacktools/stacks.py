@@ -24,6 +24,10 @@ from stacktools.formats.mrc import StackHeader, open_stack
 from stacktools.shrink import ShrinkSpec
 
 CHUNK_BYTES = 8 * 2**20
+# Runs of one source this close are read together and gathered in memory: reading
+# a gap this size from the page cache costs less than a system call per run
+# (negative: never gather).
+GATHER_GAP_BYTES = 96 * 2**10
 
 Progress = Callable[[int], None]
 
@@ -236,6 +240,8 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
     shrink = shrink or ShrinkSpec()
     out_f16 = out_dtype.kind == "f" and out_dtype.itemsize == 2
     order, starts = coalesce(codes, idx, dst)
+    runs = len(starts) - 1
+    gather_to = _gather_windows(headers, out_dtype, codes, idx, order, starts, chunk_bytes, bool(shrink))
     sources = _SourceFiles(headers)
     scratch: memoryview | None = None
     # Shrunk or range-checked batches in flight on the pool, oldest first, written in
@@ -248,14 +254,23 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
             dpos, out_pb, fut = pending.popleft()
             _put(sink, dpos, memoryview(fut.result()).cast("B"), out_pb)
 
+    r = 0
     try:
-        for r in range(len(starts) - 1):
+        while r < runs:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             sel = order[starts[r]:starts[r + 1]]
             code = int(codes[sel[0]])
             h = headers[code]
             fd = sources.fd(code)
+            first = int(idx[sel[0]])
+            if gather_to[r] > r + 1:
+                drain(0)  # the sink takes writes in order
+                scratch = _gather(sink, fd, h, order, starts, idx, dst, r, int(gather_to[r]), scratch,
+                                  chunk_bytes)
+                r = int(gather_to[r])
+                continue
+            r += 1
             # A conversion to float16 is range-checked, never a silent infinity; a
             # float16 source is already float16 and is copied as it is.
             checked = bool(shrink) or (out_f16 and h.dtype.itemsize != 2)
@@ -264,7 +279,6 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
             box = shrink.out_box(h.nx)
             out_pb = box * box * out_dtype.itemsize if shrink else h.nx * h.ny * out_dtype.itemsize
             step = max(1, chunk_bytes // max(in_pb, out_pb))
-            first = int(idx[sel[0]])
             for p in range(0, len(sel), step):
                 part = sel[p:p + step]
                 m = len(part)
@@ -293,8 +307,8 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                     read_exact(fd, view, offset, h.path)
                     sink.commit(m)
                     continue
-                if scratch is None:
-                    scratch = _buffer("read", step * max(in_pb, out_pb))
+                if scratch is None or len(scratch) < step * max(in_pb, out_pb):
+                    scratch = _buffer("read", max(chunk_bytes, step * max(in_pb, out_pb)))
                 raw = scratch[:m * in_pb]
                 read_exact(fd, raw, offset, h.path)
                 if same:
@@ -320,6 +334,75 @@ def _shrunk(shrink: ShrinkSpec, batch: np.ndarray, out_dtype: np.dtype, path: st
     except Float16RangeError as err:
         err.position = int(dpos[err.particle])
         raise
+
+
+def _gather_windows(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: np.ndarray,
+                    idx: np.ndarray, order: np.ndarray, starts: np.ndarray, chunk_bytes: int,
+                    shrink: bool) -> np.ndarray:
+    """For each run, the run after the last one that one covering read serves with it.
+
+    Runs of one source whose gaps are at most :data:`GATHER_GAP_BYTES` and whose span
+    fits in a chunk are read with one ``pread`` and gathered in memory: for short runs
+    of small particles a system call per run costs more than reading the gaps. Only
+    copies without conversion or shrink are gathered. ``out[r] == r + 1`` means run
+    ``r`` is copied on its own.
+    """
+    runs = len(starts) - 1
+    out = np.arange(1, runs + 1)
+    if runs < 2 or shrink or GATHER_GAP_BYTES < 0:
+        return out
+    first = order[starts[:-1]]
+    run_code = codes[first]
+    lo = idx[first]
+    hi = lo + np.diff(starts)  # one past each run's last particle
+    pb = np.array([h.particle_bytes if h.dtype == out_dtype else 0 for h in headers], np.int64)[run_code]
+    joins = np.flatnonzero((run_code[1:] == run_code[:-1]) & (pb[1:] > 0)
+                           & ((lo[1:] - hi[:-1]) * pb[1:] <= GATHER_GAP_BYTES))
+    if not len(joins):
+        return out
+    # Walk the joinable pairs, closing a window where a pair does not join or the
+    # window's span would pass a chunk.
+    lo_l, hi_l, pb_l = lo.tolist(), hi.tolist(), pb.tolist()
+    joinable = np.zeros(runs, bool)
+    joinable[joins] = True
+    joinable_l = joinable.tolist()
+    r = int(joins[0])
+    while r < runs - 1:
+        if not joinable_l[r]:
+            r += 1
+            continue
+        w = r
+        cap = max(1, chunk_bytes // pb_l[r])
+        while w < runs - 1 and joinable_l[w] and hi_l[w + 1] - lo_l[r] <= cap:
+            w += 1
+        out[r] = w + 1
+        r = w + 1
+    return out
+
+
+def _gather(sink, fd: int, h: StackHeader, order: np.ndarray, starts: np.ndarray, idx: np.ndarray,
+            dst: np.ndarray, r0: int, r1: int, scratch: memoryview | None, chunk_bytes: int) -> memoryview:
+    """Copy runs ``r0..r1-1`` of one source with one read of the region covering them."""
+    pb = h.particle_bytes
+    lo = int(idx[order[starts[r0]]])
+    hi = int(idx[order[starts[r1] - 1]]) + 1
+    if scratch is None or len(scratch) < (hi - lo) * pb:
+        scratch = _buffer("read", max(chunk_bytes, (hi - lo) * pb))
+    region = scratch[:(hi - lo) * pb]
+    read_exact(fd, region, h.offset_of(lo), h.path)
+    for r in range(r0, r1):
+        sel = order[starts[r]:starts[r + 1]]
+        m = len(sel)
+        at = (int(idx[sel[0]]) - lo) * pb
+        dpos = dst[sel]
+        if m == 1 or bool(np.all(np.diff(dpos) == 1)):
+            sink.reserve(int(dpos[0]), m)[:] = region[at:at + m * pb]
+            sink.commit(m)
+        else:
+            for j in range(m):
+                sink.reserve(int(dpos[j]), 1)[:] = region[at + j * pb:at + (j + 1) * pb]
+                sink.commit(1)
+    return scratch
 
 
 def copy_to_file(fd: int, data_offset: int, headers: Sequence[StackHeader],

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import stacktools.consolidate.run as consolidate_mod
+import stacktools.stacks as stackcopy
 from stacktools.consolidate import MANIFEST, consolidate
 from stacktools.errors import (
     DiskFullError,
@@ -156,6 +157,8 @@ def test_injected_disk_full_removes_everything(demo, monkeypatch):
 
     real = real_cfr
     monkeypatch.setattr(os, "copy_file_range", full)
+    # Every run on its own, so that the kernel copy (not a gathered read) hits the full disk.
+    monkeypatch.setattr(stackcopy, "GATHER_GAP_BYTES", -1)
     out = demo.project_dir / "J8"
     with pytest.raises(DiskFullError, match="no space left"):
         consolidate(demo.selected_cs, out, project_dir=demo.project_dir, threads=2)

@@ -138,12 +138,30 @@ class ConsolidationPlan:
 
     def own_outputs(self) -> list[str]:
         """Every output of the plan, relative to OUTDIR."""
-        return [str(p.relative_to(self.outdir)) for p in
-                [s.path for s in self.stacks] + self.cs_outputs]
+        return [f"{STACKS_DIR}/{s.path.name}" for s in self.stacks] + [p.name for p in self.cs_outputs]
 
 
 def _resolved(p: Path) -> Path:
     return Path(os.path.realpath(p))
+
+
+def _real_paths(paths: list[str]) -> list[str]:
+    """``os.path.realpath`` of each path, resolving each distinct directory once.
+
+    A directory's real path joined with a name is already the file's real path
+    unless the file itself is a symlink (one ``lstat`` tells).
+    """
+    dirs: dict[str, str] = {}
+    out = []
+    split, join, islink = os.path.split, os.path.join, os.path.islink
+    for p in paths:
+        d, name = split(p)
+        real_dir = dirs.get(d)
+        if real_dir is None:
+            real_dir = dirs[d] = os.path.realpath(d or ".")
+        full = join(real_dir, name)
+        out.append(os.path.realpath(full) if name in ("", ".", "..") or islink(full) else full)
+    return out
 
 
 def _check_boxes(pset: ParticleSet, headers: list[StackHeader]) -> None:
@@ -182,37 +200,56 @@ def _out_name(source: str, ext: str, taken: set[str]) -> str:
     return name
 
 
-def _check_not_source(outputs: list[Path], outdir: Path, sources: list[Path],
-                      sources_real: list[Path]) -> None:
-    """Refuse outputs onto a source file (by path or by inode) or into a source directory."""
+def _check_not_source(outputs: list[Path], outdir: Path, sources: list[str],
+                      sources_real: list[str]) -> None:
+    """Refuse outputs onto a source file (by path or by inode) or into a source directory.
+
+    Outputs are plain names in OUTDIR or OUTDIR/stacks (``_check_inside``), so each
+    directory is resolved once and only the outputs already there are ``stat``-ed.
+    """
     src_real = set(sources_real)
-    src_dirs = {s.parent for s in src_real}
+    src_dirs = {os.path.dirname(s) for s in src_real}
     for d in (outdir, outdir / STACKS_DIR):
-        if _resolved(d) in src_dirs:
+        if os.path.realpath(d) in src_dirs:
             raise SourceOverwriteError(f"{d}: holds source stacks; choose an output "
                                        "directory that does not")
-    src_ids = set()
-    for src in sources:
+    by_dir: dict[Path, list[Path]] = {}
+    for p in outputs:
+        by_dir.setdefault(p.parent, []).append(p)
+    src_ids: set | None = None
+    for d, outs in by_dir.items():
+        real_dir = os.path.realpath(d)
+        try:
+            present = set(os.listdir(d))
+        except OSError:
+            present = set()
+        for p in outs:
+            if os.path.join(real_dir, p.name) in src_real:
+                raise SourceOverwriteError(f"{p}: is a source file; refusing to overwrite it")
+            if p.name not in present:
+                continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if src_ids is None:
+                src_ids = _file_ids(sources)
+            if (st.st_dev, st.st_ino) in src_ids:
+                raise SourceOverwriteError(f"{p}: is the same file as a source; "
+                                           "refusing to overwrite it")
+
+
+def _file_ids(paths: list[str]) -> set[tuple[int, int]]:
+    ids = set()
+    for src in paths:
         with contextlib.suppress(OSError):
             st = os.stat(src)
-            src_ids.add((st.st_dev, st.st_ino))
-    parents: dict[Path, Path] = {}
-    for p in outputs:
-        if p.parent not in parents:
-            parents[p.parent] = _resolved(p.parent)
-        if parents[p.parent] / p.name in src_real:
-            raise SourceOverwriteError(f"{p}: is a source file; refusing to overwrite it")
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in src_ids:
-            raise SourceOverwriteError(f"{p}: is the same file as a source; "
-                                       "refusing to overwrite it")
+            ids.add((st.st_dev, st.st_ino))
+    return ids
 
 
 def _plan_key(cs_path: Path, passthrough: Path | None, headers: list[StackHeader],
-              headers_real: list[Path], options: dict) -> str:
+              headers_real: list[str], options: dict) -> str:
     """A digest of everything the outputs depend on: inputs, source identities, options."""
     h = hashlib.sha256()
     for p in (cs_path, passthrough):
@@ -328,49 +365,37 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     data = pset.data
     n = len(data)
     idx_all = np.asarray(data["blob/idx"], np.int64)
-    stack_of_row = np.zeros(n, np.int64)
-    idx_of_row = np.zeros(n, np.int64)
-    stacks: list[OutputStack] = []
+    codes_all = pset.stack_codes
     stacks_dir = outdir / STACKS_DIR
 
     stacks_real = _resolved(stacks_dir)
+    headers_real = _real_paths([h.path for h in headers])
     if os.path.lexists(stacks_dir) and stacks_real.parent != out_real:
         # A symlinked OUTDIR/stacks would put the stacks outside OUTDIR.
-        _check_not_source([], outdir, [], [_resolved(Path(h.path)) for h in headers])
+        _check_not_source([], outdir, [], headers_real)
         raise PathEscapeError(f"{stacks_dir}: leads outside {outdir} (to {stacks_real}); "
                               "remove it or choose another output directory")
     prefix = os.path.relpath(stacks_real, proj) if relative else str(stacks_real)
 
-    def blob(path: Path) -> str:
-        return f"{prefix}/{path.name}"
-
     if layout == "per-stack":
-        taken: set[str] = set()
-        for k, g in enumerate(pset.groups()):
-            h = headers[k]
-            order = np.lexsort((g.rows, g.indices))
-            rows = g.rows[order]
-            path = stacks_dir / _out_name(g.blob_path, ext, taken)
-            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode_for(h),
-                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
-                                      np.full(len(rows), k, np.int64), g.indices[order]))
+        stacks, stack_of_row, idx_of_row = _per_stack(pset, headers, codes_all, idx_all, stacks_dir,
+                                                      ext, prefix, shrink, mode_for)
     else:
         modes = {mode_for(h) for h in headers}
         if len(modes) > 1:
             raise ModeMismatchError(
                 f"{cs_path}: stacks of mixed pixel modes ({', '.join(mode_name(m) for m in sorted(modes))}) "
                 "cannot share packed stacks", hints=[Hint("dtype", "; use {} or the per-stack layout", "float32")])
-        codes_all = pset.stack_codes
+        rows_all = np.arange(n)
+        stacks = []
         for j, start in enumerate(range(0, n, per)):
-            rows = np.arange(start, min(n, start + per))
-            h = headers[int(codes_all[rows[0]])]
+            end = min(n, start + per)
+            h = headers[int(codes_all[start])]
             path = stacks_dir / fit_name(_safe_stem(cs_path.stem), f"_packed_{j:06d}{ext}")
-            stacks.append(OutputStack(path, blob(path), shrink.out_box(h.nx), shrink.out_box(h.ny), mode_for(h),
-                                      h.voxel_size * shrink.pixel_factor(h.nx), rows,
-                                      codes_all[rows], idx_all[rows]))
-    for s_no, s in enumerate(stacks):
-        stack_of_row[s.rows] = s_no
-        idx_of_row[s.rows] = np.arange(s.count)
+            stacks.append(OutputStack(path, f"{prefix}/{path.name}", shrink.out_box(h.nx), shrink.out_box(h.ny),
+                                      mode_for(h), h.voxel_size * shrink.pixel_factor(h.nx),
+                                      rows_all[start:end], codes_all[start:end], idx_all[start:end]))
+        stack_of_row, idx_of_row = rows_all // per, rows_all % per
     new_paths = [s.blob_path for s in stacks]
     new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
     if shrink and headers:
@@ -385,13 +410,15 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_consolidated.cs")
         if out_pt.name == out_cs.name:
             out_pt = outdir / fit_name(_safe_stem(pt_path.stem), "_passthrough_consolidated.cs")
-    outputs = [s.path for s in stacks] + [out_cs] + ([] if star else [csg_path(out_cs)]) + ([out_pt] if out_pt else [])
-    for p in outputs:
+    meta = [out_cs] + ([] if star else [csg_path(out_cs)]) + ([out_pt] if out_pt else [])
+    for p in meta:
         _check_inside(p, outdir)
+    for s in stacks:  # all in stacks_dir by construction: only the names need checking
+        _check_name(s.path, outdir)
+    outputs = [s.path for s in stacks] + meta
     inputs = [cs_path] + ([pt_path] if pt_path else [])
-    headers_real = [_resolved(Path(h.path)) for h in headers]
-    _check_not_source(outputs, outdir, [Path(h.path) for h in headers] + inputs,
-                      headers_real + [_resolved(p) for p in inputs])
+    _check_not_source(outputs, outdir, [h.path for h in headers] + [os.fspath(p) for p in inputs],
+                      headers_real + _real_paths([os.fspath(p) for p in inputs]))
     options = {"layout": layout, "per": per, "dtype": dtype, "mrcs": mrcs,
                "project": str(proj), "outdir": str(out_real), "version": 1}
     if shrink:  # only then, so that earlier runs' keys stay valid
@@ -412,9 +439,46 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
 
 def _check_inside(path: Path, outdir: Path) -> None:
     """Every output is a plain name directly in OUTDIR or OUTDIR/stacks."""
-    if path.parent not in (outdir, outdir / STACKS_DIR) or path.name in ("", ".", "..") \
-            or path.name.startswith("."):
+    if path.parent not in (outdir, outdir / STACKS_DIR):
         raise PathEscapeError(f"{path}: output name would leave {outdir}")
+    _check_name(path, outdir)
+
+
+def _check_name(path: Path, outdir: Path) -> None:
+    """An output's name is a plain, visible name (never ``.``, ``..`` or hidden)."""
+    name = path.name
+    if name in ("", ".", "..") or name.startswith(".") or "/" in name:
+        raise PathEscapeError(f"{path}: output name would leave {outdir}")
+
+
+def _per_stack(pset: ParticleSet, headers: list[StackHeader], codes: np.ndarray, idx: np.ndarray,
+               stacks_dir: Path, ext: str, prefix: str, shrink: ShrinkSpec, mode_for):
+    """One output stack per source stack, its particles in source order (ties in row
+    order); returns the stacks and each row's new stack and index.
+
+    One sort of all rows; each stack holds views of the sorted arrays, so planning
+    costs a few NumPy passes and one small object per stack.
+    """
+    n = len(codes)
+    rows_all = np.arange(n)
+    order = np.lexsort((rows_all, idx, codes))
+    sorted_codes = codes[order]
+    sorted_idx = idx[order]
+    bounds = np.searchsorted(sorted_codes, np.arange(len(headers) + 1))
+    stack_of_row = np.empty(n, np.int64)
+    idx_of_row = np.empty(n, np.int64)
+    stack_of_row[order] = sorted_codes
+    idx_of_row[order] = rows_all - bounds[sorted_codes]
+    taken: set[str] = set()
+    stacks = []
+    stacks_dir_name = os.fspath(stacks_dir)
+    for k, (blob_path, h) in enumerate(zip(pset.blob_paths, headers)):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        name = _out_name(blob_path, ext, taken)
+        stacks.append(OutputStack(Path(stacks_dir_name, name), f"{prefix}/{name}", shrink.out_box(h.nx),
+                                  shrink.out_box(h.ny), mode_for(h), h.voxel_size * shrink.pixel_factor(h.nx),
+                                  order[lo:hi], sorted_codes[lo:hi], sorted_idx[lo:hi]))
+    return stacks, stack_of_row, idx_of_row
 
 
 def _passthrough_rows(plan: ConsolidationPlan, new_paths: list[str], stack_of_row: np.ndarray,
