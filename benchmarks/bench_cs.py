@@ -5,7 +5,9 @@ Run: python -m benchmarks.bench_cs [--rows 1000000] [--repeat 5]
 Data (generated in a temporary directory, deleted afterwards): A, a refinement-like
 particles file (uid, blob/*, ctf/*, alignments3D/*; 1M rows); B, a file of the same
 dtype sharing half of A's uids; P, a passthrough (location/*, pick_stats/*) for
-every uid of A, shuffled. Warm page cache, best of --repeat runs.
+every uid of A, shuffled. Warm page cache. Each of --repeat rounds runs every
+stacktools case and every np.load baseline once; a ratio is the median over rounds
+of (case / its baseline in the same round). cryosparc-tools: best of --repeat.
 
 "np.load" is the time to load what an operation reads (A, or A and B); the
 stacktools rows "read + op" include reading their inputs, as the CLI does (before
@@ -15,9 +17,12 @@ writing). cryosparc-tools rows use cryosparc.dataset.Dataset on the same files.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +96,15 @@ def wall(cmd: list[str], repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5, help="rounds (each runs every case once)")
+    ap.add_argument("--dir", default=None, help="where to generate the data (e.g. /dev/shm: "
+                    "a tmpfs keeps it in memory however busy the machine's page cache is)")
     args = ap.parse_args()
     from cryosparc.dataset import Dataset
 
     n, rep = args.rows, args.repeat
     rng = np.random.default_rng(0)
-    root = Path(tempfile.mkdtemp(prefix="bench-cs-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-cs-", dir=args.dir))
     try:
         ua = rng.integers(1, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
         ub = np.concatenate([ua[n // 2:], rng.integers(1, 2**64 - 1, n - n // 2, dtype=np.uint64)])
@@ -109,16 +116,8 @@ def main() -> None:
               f"({A.stat().st_size / 1e6:.0f} MB each); P: {P.stat().st_size / 1e6:.0f} MB; "
               f"B shares {n // 2:,} uids with A")
 
-        t = {}
-        t["np.load A"] = best_of(lambda: np.load(A), rep)
-        t["np.load A+B"] = best_of(lambda: (np.load(A), np.load(B)), rep)
-        t["np.load A+P"] = best_of(lambda: (np.load(A), np.load(P)), rep)
-        t["read_cs A"] = best_of(lambda: read_cs(A), rep)
-        t["info"] = best_of(lambda: cs_info(A), rep)
-        t["info --no-stats"] = best_of(lambda: cs_info(A, stats=False), rep)
-
-        ops, c = _time_operations(A, B, P, rep, Dataset)
-        t.update(ops)
+        t, ratio = _paired_rounds(A, B, P, rep)
+        c = _time_cryosparc(A, B, P, rep, Dataset)
 
         exe = stacktools_command()
         out = root / "out.cs"
@@ -134,27 +133,27 @@ def main() -> None:
             "stacktools cs info A --json": wall(exe + ["cs", "info", str(A), "--json"], rep),
         }
 
-        base = {"read_cs A": "np.load A", "info": "np.load A", "info --no-stats": "np.load A",
-                "join in memory": "np.load A+P", "join read + op": "np.load A+P"}
         ct = {"read_cs A": "load A"}
-        results = Results("bench_cs", {"rows": n, "repeat": rep})
+        results = Results("bench_cs", {"rows": n, "repeat": rep, "pairing": "median of per-round ratios"})
         for name in ("np.load A", "np.load A+B", "np.load A+P"):
             results.add(name, t[name], name, t[name])
-        print("\n| operation (1M rows) | stacktools | np.load of the inputs | ratio | cryosparc-tools | ratio |")
+        print(f"\nload: {os.getloadavg()[0]:.2f} (1-minute average, at the end of the rounds)")
+        print("\n| operation (1M rows) | stacktools (median) | np.load of the inputs (median) | ratio¹ "
+              "| cryosparc-tools (best) | ratio |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name, secs in t.items():
             if name.startswith("np.load"):
                 continue
-            ref = base.get(name, "np.load A+B" if name.split()[0] in ("union", "intersect", "subtract")
-                           else "np.load A")
+            ref = baseline(name)
             cname = ct.get(name, name)
             cs_t = c.get(cname)
             cs_cell = f"{cs_t * 1000:.0f} ms | {secs / cs_t:.2f}×" if cs_t else "— | —"
             print(f"| {name} | {secs * 1000:.0f} ms | {ref}: {t[ref] * 1000:.0f} ms | "
-                  f"{secs / t[ref]:.2f}× | {cs_cell} |")
-            results.add(name, secs, ref, t[ref], cryosparc_tools_seconds=cs_t)
+                  f"{ratio[name]:.2f}× | {cs_cell} |")
+            results.add(name, secs, ref, t[ref], ratio=ratio[name], cryosparc_tools_seconds=cs_t)
             if cs_t:
                 results.add(f"cryosparc-tools: {cname}", cs_t, ref, t[ref])
+        print("\n¹ median over rounds of (operation / np.load of its inputs in the same round)")
         print("\n| command, end to end (process start-up, read, op, write) | wall |")
         print("| --- | --- |")
         for name, secs in w.items():
@@ -165,22 +164,56 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _time_operations(A: Path, B: Path, P: Path, rep: int, Dataset: type
-                     ) -> tuple[dict[str, float], dict[str, float]]:
-    """stacktools (first) and cryosparc-tools (second) operation timings. The loaded
-    inputs are locals, so they are freed before the end-to-end commands run."""
-    t = {}
+def baseline(name: str) -> str:
+    """The np.load row an operation is compared with: what it reads."""
+    if name.startswith("join"):
+        return "np.load A+P"
+    if name.split()[0] in ("union", "intersect", "subtract"):
+        return "np.load A+B"
+    return "np.load A"
+
+
+def _paired_rounds(A: Path, B: Path, P: Path, rep: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Every stacktools case and every np.load baseline, once per round, ``rep`` rounds.
+
+    Returns the median time of each case and the median over rounds of its ratio to
+    its baseline in the same round, which cancels the drift of a shared machine.
+    The loaded inputs are locals, freed before the end-to-end commands run.
+    """
     a, b, p = np.load(A), np.load(B), np.load(P)
+    cases = {
+        "np.load A": lambda: np.load(A),
+        "np.load A+B": lambda: (np.load(A), np.load(B)),
+        "np.load A+P": lambda: (np.load(A), np.load(P)),
+        "read_cs A": lambda: read_cs(A),
+        "info": lambda: cs_info(A),
+        "info --no-stats": lambda: cs_info(A, stats=False),
+    }
     for op in ("union", "intersect", "subtract"):
         fn = getattr(ds, op)
-        t[f"{op} in memory"] = best_of(lambda fn=fn: fn(a, b), rep)
-        t[f"{op} read + op"] = best_of(lambda op=op: getattr(CsDataset.load(A, mmap=True), op)(
-            _uids_or_all(B, op)), rep)
-    t["join in memory"] = best_of(lambda: ds.join(a, p), rep)
-    t["join read + op"] = best_of(lambda: CsDataset.load(A, passthrough=P), rep)
-    t["query in memory"] = best_of(lambda: CsDataset(a).query(QUERY), rep)
-    t["query read + op"] = best_of(lambda: CsDataset.load(A, mmap=True).query(QUERY), rep)
+        cases[f"{op} in memory"] = lambda fn=fn: fn(a, b)
+        cases[f"{op} read + op"] = lambda op=op: getattr(CsDataset.load(A, mmap=True), op)(_uids_or_all(B, op))
+    cases["join in memory"] = lambda: ds.join(a, p)
+    cases["join read + op"] = lambda: CsDataset.load(A, passthrough=P)
+    cases["query in memory"] = lambda: CsDataset(a).query(QUERY)
+    cases["query read + op"] = lambda: CsDataset.load(A, mmap=True).query(QUERY)
+    cases["dedupe in memory"] = lambda: CsDataset(a).dedupe()
+    cases["split --into 4 in memory"] = lambda: CsDataset(a).split_random(4)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rep):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: statistics.median(x / y for x, y in zip(v, times[baseline(k)]))
+             for k, v in times.items() if not k.startswith("np.load")}
+    return med, ratio
 
+
+def _time_cryosparc(A: Path, B: Path, P: Path, rep: int, Dataset: type) -> dict[str, float]:
+    """cryosparc-tools' timings (best of ``rep``), each checked to give stacktools' answer."""
+    a, b, p = np.load(A), np.load(B), np.load(P)
     c = {}
     c["load A"] = best_of(lambda: Dataset.load(A), rep)
     da, db, dp = Dataset.load(A), Dataset.load(B), Dataset.load(P)
@@ -194,7 +227,7 @@ def _time_operations(A: Path, B: Path, P: Path, rep: int, Dataset: type
     assert len(da.union(db)) == len(ds.union(a, b))
     assert len(da.innerjoin(dp)) == len(ds.join(a, p))
     assert len(da.query(QUERY_DICT)) == len(CsDataset(a).query(QUERY))
-    return t, c
+    return c
 
 
 def _uids_or_all(path: Path, op: str) -> CsDataset:

@@ -85,9 +85,11 @@ class CsDataset:
         if fields is not None:
             data = _ds.select_fields(read_cs(path, mmap=True), fields, str(path))
         else:
-            data = read_cs(path, mmap=mmap and passthrough is None)
+            # With a passthrough the join copies every row into a new array, so both
+            # files are mapped and read once, straight into it.
+            data = read_cs(path, mmap=mmap or passthrough is not None)
         if passthrough is not None:
-            data = _ds.join(data, read_cs(passthrough), label=(str(path), str(passthrough)))
+            data = _ds.join(data, read_cs(passthrough, mmap=True), label=(str(path), str(passthrough)))
         return cls(data, path, detect_format(path))
 
     @classmethod

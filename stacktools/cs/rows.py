@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from stacktools.cs.arrays import KeyIndex
 from stacktools.errors import FieldError
 
 
@@ -51,52 +52,22 @@ def field_matrix(data: np.ndarray, name: str, dtype=None) -> np.ndarray:
     return np.asarray(data[name], dtype=dtype).reshape(len(data), k)
 
 
-_PARALLEL_ROWS = 200_000
-
-
-def _in_parallel(first, first_arg, second, second_arg):
-    """``(first(first_arg), second(second_arg))``, the first in a second thread if large.
-
-    NumPy sorts release the GIL, so two sorts of a million uids take the time of one.
-    """
-    if len(first_arg) + len(second_arg) < _PARALLEL_ROWS:
-        return first(first_arg), second(second_arg)
-    box: list = []
-    worker = threading.Thread(target=lambda: box.append(first(first_arg)), daemon=True)
-    worker.start()
-    try:
-        res2 = second(second_arg)
-    finally:
-        worker.join()
-    if not box:
-        return first(first_arg), res2  # the thread failed: redo here to raise its error
-    return box[0], res2
+def _keys(uids: np.ndarray, label: str = "uid") -> np.ndarray:
+    """uids as uint64 for :class:`KeyIndex` (other integer types keep their bits' order)."""
+    uids = np.asarray(uids)
+    if uids.dtype.kind not in "iu":
+        raise FieldError(f"{label}: uids must be integers, not {uids.dtype}")
+    return uids.astype(np.uint64, copy=False)
 
 
 def uid_membership(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
     """For each of ``uids``, whether it occurs in ``other_uids`` (a boolean mask).
 
-    Both sides are sorted once (in parallel) and matched with a single ordered
-    search, which is several times faster than :func:`numpy.isin` on 64-bit uids.
+    ``other_uids`` goes into a hash index (:class:`KeyIndex`) that ``uids`` are
+    looked up in: two random passes over a table, about three times faster than
+    sorting both sides (and several times faster than :func:`numpy.isin`).
     """
-    return _membership(uids, other_uids)[0]
-
-
-def _membership(uids: np.ndarray, other_uids: np.ndarray) -> tuple[np.ndarray, bool]:
-    """:func:`uid_membership`, and whether ``uids`` repeats a value (seen for free)."""
-    uids = np.asarray(uids)
-    found = np.zeros(len(uids), dtype=bool)
-    if len(uids) == 0 or len(other_uids) == 0:
-        return found, len(uids) > 1 and len(np.unique(uids)) < len(uids)
-    # Order among equal uids does not matter here, so the faster unstable sorts do.
-    sorted_other, order = _in_parallel(np.sort, np.asarray(other_uids, dtype=uids.dtype),
-                                       np.argsort, uids)
-    sorted_uids = uids[order]
-    pos = np.searchsorted(sorted_other, sorted_uids)
-    pos[pos == len(sorted_other)] = 0
-    found[order] = sorted_other[pos] == sorted_uids
-    repeats = bool(len(sorted_uids) > 1 and (sorted_uids[1:] == sorted_uids[:-1]).any())
-    return found, repeats
+    return uid_lookup(uids, other_uids) >= 0
 
 
 def uid_lookup(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
@@ -104,27 +75,14 @@ def uid_lookup(uids: np.ndarray, other_uids: np.ndarray) -> np.ndarray:
 
     If ``other_uids`` repeats a uid, its first row is given.
     """
-    uids = np.asarray(uids)
-    out = np.full(len(uids), -1, dtype=np.int64)
-    if len(uids) == 0 or len(other_uids) == 0:
-        return out
-    other_uids = np.asarray(other_uids)
-    order_other, order = _in_parallel(np.argsort, other_uids, np.argsort, uids)
-    sorted_other = other_uids[order_other]
-    if len(sorted_other) > 1 and (sorted_other[1:] == sorted_other[:-1]).any():
-        # Repeated uids: a stable sort makes the leftmost match the first row.
-        order_other = np.argsort(other_uids, kind="stable")
-        sorted_other = other_uids[order_other]
-    sorted_uids = uids[order]
-    pos = np.searchsorted(sorted_other, sorted_uids)  # leftmost: the first duplicate
-    pos_c = np.minimum(pos, len(sorted_other) - 1)
-    hit = sorted_other[pos_c] == sorted_uids
-    out[order[hit]] = order_other[pos_c[hit]]
-    return out
+    return KeyIndex(_keys(other_uids)).find(_keys(uids))
 
 
 def first_occurrences(values: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows holding the first occurrence of each value."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        return KeyIndex(values.astype(np.uint64, copy=False)).first_occurrences()
     keep = np.zeros(len(values), dtype=bool)
     if len(values):
         _, first = np.unique(values, return_index=True)
@@ -214,11 +172,11 @@ def union(a: np.ndarray, b: np.ndarray, label: Sequence[str] = ("A", "B")) -> np
     require_fields(a, ["uid"], label[0])
     require_fields(b, ["uid"], label[1])
     dtype = matching_dtype(a, b, label)
-    b_uid = b["uid"]
-    found, repeats = _membership(b_uid, a["uid"])
-    new = ~found
-    if repeats:
-        new &= first_occurrences(b_uid)
+    # Index B (which also finds B's repeated uids) and look A's uids up in it.
+    index = KeyIndex(_keys(b["uid"], label[1]))
+    in_a = index.find(_keys(a["uid"], label[0]))
+    new = index.first_occurrences()
+    new[in_a[in_a >= 0]] = False
     a_cast, b_cast = cast_rows(a, dtype), cast_rows(b, dtype)
     rows = np.flatnonzero(new)
     a_void, b_void = _as_void(a_cast), _as_void(b_cast)
@@ -279,28 +237,99 @@ def join(main: np.ndarray, other: np.ndarray,
     """
     require_fields(main, ["uid"], label[0])
     require_fields(other, ["uid"], label[1])
-    rows = uid_lookup(main["uid"], other["uid"])
-    keep = np.flatnonzero(rows >= 0)
-    other_rows = rows[keep]
     extra = [n for n in other.dtype.names if n not in main.dtype.names]
     descr = [(n, main.dtype.fields[n][0]) for n in main.dtype.names]
     descr += [(n, other.dtype.fields[n][0]) for n in extra]
-    out = np.empty(len(keep), dtype=descr)
+    dtype = np.dtype(descr)
+    main_void, other_void = _as_void(main), _as_void(other)
+    if not (_packed(main.dtype) and main_void is not None and other_void is not None):
+        return _join_fields(main, other, uid_lookup(main["uid"], other["uid"]), dtype, extra)
+    runs = _byte_runs(dtype, other.dtype, extra)
+    if len(main) >= _PARALLEL_ROWS:
+        # Usually every row is kept: copy main's records into the output while
+        # another thread matches the uids, then add the other's fields.
+        out = np.empty(len(main), dtype)
+        rows = _beside(lambda: uid_lookup(main["uid"], other["uid"]),
+                       lambda: _gather_joined(out, main_void, None, None, None, []))
+        if (rows >= 0).all():
+            _gather_joined(out, None, None, other_void, rows, runs)
+            return out
+        del out
+    else:
+        rows = uid_lookup(main["uid"], other["uid"])
+    keep = np.flatnonzero(rows >= 0)
+    out = np.empty(len(keep), dtype)
+    _gather_joined(out, main_void, None if len(keep) == len(main) else keep, other_void, rows[keep], runs)
+    return out
+
+
+def _join_fields(main: np.ndarray, other: np.ndarray, rows: np.ndarray, dtype: np.dtype,
+                 extra: list[str]) -> np.ndarray:
+    """:func:`join` field by field, for inputs whose records are not plain bytes."""
+    keep = np.flatnonzero(rows >= 0)
+    out = np.empty(len(keep), dtype)
     main_rows = main if len(keep) == len(main) else take(main, keep)
-    other_sel = take(other, other_rows)
-    if _packed(main.dtype) and _as_void(main_rows) is not None and _as_void(other_sel) is not None:
-        # Copy bytes, not fields: main's records whole, the extra fields in runs.
-        out_b = out.view(np.uint8).reshape(len(out), out.dtype.itemsize)
-        out_b[:, :main.dtype.itemsize] = main_rows.view(np.uint8).reshape(len(out), main.dtype.itemsize)
-        src_b = other_sel.view(np.uint8).reshape(len(out), other.dtype.itemsize)
-        for dst, src, size in _byte_runs(out.dtype, other.dtype, extra):
-            out_b[:, dst:dst + size] = src_b[:, src:src + size]
-        return out
+    other_sel = take(other, rows[keep])
     for n in main.dtype.names:
         out[n] = main_rows[n]
     for n in extra:
         out[n] = other_sel[n]
     return out
+
+
+_PARALLEL_ROWS = 200_000
+_JOIN_CHUNK_BYTES = 1 << 20
+
+
+def _beside(background, foreground):
+    """``background()``'s result, computed in a second thread while ``foreground()`` runs.
+
+    NumPy's copies, sorts and gathers release the GIL, so the two share both cores.
+    """
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(background()), daemon=True)
+    worker.start()
+    try:
+        foreground()
+    finally:
+        worker.join()
+    return box[0] if box else background()  # the thread failed: redo here to raise its error
+
+
+def _gather_joined(out: np.ndarray, main: np.ndarray | None, main_rows: np.ndarray | None,
+                   other: np.ndarray | None, other_rows: np.ndarray | None, runs) -> None:
+    """Fill ``out`` with ``main``'s records (all, or ``main_rows``) followed by the
+    byte ``runs`` of ``other``'s records ``other_rows``; both are opaque-record views,
+    and either may be None to fill only the other part.
+
+    Rows are copied straight into ``out``, a chunk of about a megabyte at a time: the
+    chunk's output lines are still in cache when the second part of each row lands,
+    and no whole-size temporary is made.
+    """
+    n, pitch = len(out), out.dtype.itemsize
+    if n == 0:
+        return
+
+    def column(base: np.ndarray, offset: int, size: int, count: int, stride: int) -> np.ndarray:
+        return np.ndarray(count, dtype=f"V{size}", buffer=base, offset=offset, strides=(stride,))
+
+    step = max(1, _JOIN_CHUNK_BYTES // pitch)
+    if main is not None:
+        dst_main = column(out, 0, main.dtype.itemsize, n, pitch)
+        buf_m = np.empty(min(step, n) if main_rows is not None else 0, main.dtype)
+    if other is not None:
+        dst_runs = [(column(out, d, size, n, pitch), s, size) for d, s, size in runs]
+        buf_o = np.empty(min(step, n), other.dtype)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        if main is not None and main_rows is None:
+            dst_main[start:stop] = main[start:stop]
+        elif main is not None:
+            dst_main[start:stop] = np.take(main, main_rows[start:stop], out=buf_m[:stop - start])
+        if other is not None:
+            got = np.take(other, other_rows[start:stop], out=buf_o[:stop - start])
+            for dst, s, size in dst_runs:
+                dst[start:stop] = column(got, s, size, stop - start, other.dtype.itemsize)
 
 
 def _packed(dtype: np.dtype) -> bool:
