@@ -236,19 +236,14 @@ def start_slow(args: list[str], delay: float = 0.25) -> subprocess.Popen:
                             env={**os.environ, "STACKTOOLS_TEST_DELAY": str(delay)})
 
 
-def test_kill_9_then_rerun_completes(demo, tmp_path):
-    out = demo.project_dir / "J8"
-    args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir),
-            "--out", str(out), "--passthrough", str(demo.passthrough_cs), "--threads", "1",
-            "--quiet"]
-    proc = start_slow(args)
-    stacks = out / "stacks"
+def kill_mid_run(proc: subprocess.Popen, stacks: Path, done: int = 1) -> None:
+    """SIGKILL a slowed run once ``done`` stacks are final and another is being written."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         names = os.listdir(stacks) if stacks.is_dir() else []
-        done = [n for n in names if not n.startswith(".")]
+        finished = [n for n in names if not n.startswith(".")]
         temps = [n for n in names if n.endswith(".stacktools-tmp")]
-        if len(done) >= 2 and temps:
+        if len(finished) >= done and temps:
             break
         time.sleep(0.01)
     else:
@@ -256,6 +251,16 @@ def test_kill_9_then_rerun_completes(demo, tmp_path):
         pytest.fail("the slowed run never got going")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_kill_9_then_rerun_completes(demo, tmp_path):
+    out = demo.project_dir / "J8"
+    args = ["consolidate", str(demo.selected_cs), "--project-dir", str(demo.project_dir),
+            "--out", str(out), "--passthrough", str(demo.passthrough_cs), "--threads", "1",
+            "--quiet"]
+    proc = start_slow(args)
+    stacks = out / "stacks"
+    kill_mid_run(proc, stacks, done=2)
     assert proc.returncode == -signal.SIGKILL
     manifest = json.loads((out / MANIFEST).read_text())
     expected = {Path(s["path"]).name: s["bytes"] for s in manifest["stacks"]}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import mrcfile
@@ -301,7 +299,7 @@ def _final_bytes(out: Path) -> dict[str, bytes]:
 
 
 def test_shrunk_consolidation_resumes_after_kill_9_bit_identical(demo):
-    from tests.test_consolidate_safety import start_slow
+    from tests.test_consolidate_safety import kill_mid_run, start_slow
 
     box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
     n = (box // 2) & ~1
@@ -314,17 +312,7 @@ def test_shrunk_consolidation_resumes_after_kill_9_bit_identical(demo):
 
     proc = start_slow(args)
     stacks = out / "stacks"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        names = os.listdir(stacks) if stacks.is_dir() else []
-        if [x for x in names if not x.startswith(".")] and [x for x in names if x.endswith(".stacktools-tmp")]:
-            break
-        time.sleep(0.01)
-    else:
-        proc.kill()
-        pytest.fail("the slowed run never got going")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(proc, stacks)
     kept = {p.name: p.stat().st_ino for p in stacks.iterdir() if not p.name.startswith(".")}
     n_stacks = sum(1 for k in want if k.startswith("stacks/"))
     assert 0 < len(kept) < n_stacks, "the kill did not land mid-work"
