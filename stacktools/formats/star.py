@@ -28,6 +28,7 @@ import io
 import mmap
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -76,6 +77,7 @@ class StarLoop:
 # The text of every 4-digit group, "0000" to "9999": one gather per group of digits
 # instead of a division per digit.
 _GROUPS = np.array([list(f"{k:04d}".encode()) for k in range(10_000)], dtype=np.uint8)
+_GROUPS32 = _GROUPS.view(np.uint32).ravel()
 _POWERS = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
@@ -91,14 +93,15 @@ def _positional(a: np.ndarray, neg: np.ndarray | None, min_digits: int, point: i
     signed = neg is not None and bool(neg.any())
     lead = 1 if signed else 0
     total = lead + width + (1 if point else 0)
-    out = np.empty((n, total), dtype=np.uint8)
-    digits = np.empty((n, -(-width // 4) * 4), dtype=np.uint8)
+    groups = -(-width // 4)
+    # Each 4-digit group is gathered as one uint32 of its text: one divmod per group.
+    packed = np.empty((n, groups), dtype=np.uint32)
     rest = a.astype(np.int64, copy=True)
-    for g in range(digits.shape[1] // 4):  # 4-digit groups from the right
-        lo = digits.shape[1] - 4 * (g + 1)
-        digits[:, lo:lo + 4] = _GROUPS[rest % 10_000]
-        rest //= 10_000
-    digits = digits[:, digits.shape[1] - width:]
+    for g in range(groups - 1, -1, -1):
+        rest, low = np.divmod(rest, 10_000)
+        packed[:, g] = _GROUPS32[low]
+    digits = packed.view(np.uint8)[:, 4 * groups - width:]
+    out = np.empty((n, total), dtype=np.uint8)
     if point:
         out[:, lead:lead + width - point] = digits[:, :width - point]
         out[:, lead + width - point] = _POINT
@@ -106,15 +109,15 @@ def _positional(a: np.ndarray, neg: np.ndarray | None, min_digits: int, point: i
     else:
         out[:, lead:] = digits
     if signed:
-        out[:, 0] = _SPACE
+        out[:, 0] = _SPACE if zero_pad else _ZERO  # the sign column is blanked below
     if zero_pad:
         return out
-    # Leading zeros become spaces, keeping min_digits (e.g. "0.500000").
+    # Leading zeros become spaces, keeping min_digits (e.g. "0.500000"): every column
+    # left of a row's first digit holds "0", and "0" - 16 is " ".
     count = np.maximum(np.searchsorted(_POWERS, a, side="right") + 1, min_digits)
     blank_to = lead + width - count  # columns before this one are blank
-    cols = np.arange(total)
-    blank = cols[None, :] < blank_to[:, None]
-    out[blank] = _SPACE
+    blank = np.arange(total, dtype=np.uint8)[None, :] < blank_to.astype(np.uint8)[:, None]
+    out -= blank.view(np.uint8) * np.uint8(_ZERO - _SPACE)
     if signed:
         rows = np.flatnonzero(neg)
         # The minus sits just left of the first digit.
@@ -426,13 +429,21 @@ def _write_loops(path: str | os.PathLike, blocks: dict, *, overwrite: bool, fsyn
                  progress: Callable[[int], None] | None) -> Path:
     loops = {name: b if isinstance(b, StarLoop) else _frame_loop(b) for name, b in blocks.items()}
     tables: dict = {}  # each coded column's text table, made once for all its chunks
-    with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
+    with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh, \
+            ThreadPoolExecutor(1, thread_name_prefix="star-write") as writer:
+        # The next chunk is formatted while the last one is written (both release the GIL).
+        pending = None
         for name, loop in loops.items():
             fh.write(_header(name, loop.columns))
             for chunk in loop.chunks():
                 text, rows = format_rows(loop.columns, chunk, tables)
-                fh.write(text)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(fh.write, text)
                 if progress is not None:
                     progress(rows)
+            if pending is not None:
+                pending.result()
+                pending = None
             fh.write(b"\n")
     return Path(path)
