@@ -199,7 +199,8 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
     results: list = [None] * len(futures)
     errors: list[tuple[int, BaseException]] = []
     try:
-        for f in distributed.as_completed(futures):
+        # Results come back in batches with their completions, not one round trip each.
+        for f, result in distributed.as_completed(futures, with_results=True, raise_errors=False):
             i = index[f.key]
             if f.status == "error":
                 err = f.exception()
@@ -207,7 +208,7 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
                     errors.append((i, err))
                 stop.set()
                 continue
-            results[i] = f.result()
+            results[i] = result
             if relay is not None:
                 relay.finish(i)
             if on_result is not None:
