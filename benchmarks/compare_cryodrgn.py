@@ -2,7 +2,7 @@
 
 cryoDRGN lives in its own environment (it pins torch); pass its ``cryodrgn``:
 
-    python -m benchmarks.compare_cryodrgn /work/bench/cryodrgn-venv/bin/cryodrgn [--box 128]
+    python -m benchmarks.compare_cryodrgn /path/to/cryodrgn-venv/bin/cryodrgn [--box 128]
 
 Prints, per particle, max |diff| / std and rms diff / std of cryoDRGN's image divided
 by (box/N)^2 against stacktools', on the whole image and with both images' Nyquist
