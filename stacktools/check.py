@@ -366,6 +366,20 @@ def bytes_to_read(pset: ParticleSet) -> int:
     return int(pset.header_table().particle_bytes[pset.stack_codes].sum()) if len(pset) else 0
 
 
+def require_positive_outliers(outliers: float | None) -> None:
+    """Raise :class:`CheckError` unless ``outliers`` is None or a positive number."""
+    if outliers is not None and not outliers > 0:
+        raise CheckError(f"outliers must be a positive number of deviations, not {outliers}")
+
+
+def stacks_largest_first(pset: ParticleSet) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(stack code, rows, indices)`` of each stack with selected rows, the largest
+    first, so that no worker is left with a big one at the end."""
+    # groups() are in stack order: a group's position is its stack's code.
+    return sorted(((k, g.rows, g.indices) for k, g in enumerate(pset.groups()) if len(g.rows)),
+                  key=lambda w: -len(w[1]))
+
+
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int = DEFAULT_THREADS,
                     chunk_bytes: int = CHUNK_BYTES, progress: Progress | None = None) -> CheckReport:
     """Read every selected particle once and report the bad ones and the bad stacks.
@@ -387,16 +401,12 @@ def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads
         MissingStackError, MrcHeaderError: A stack is missing or not a readable MRC
             stack (the set cannot be checked; nothing is reported).
     """
-    if outliers is not None and not outliers > 0:
-        raise CheckError(f"outliers must be a positive number of deviations, not {outliers}")
+    require_positive_outliers(outliers)
     if threads < 1:
         raise CheckError(f"threads must be 1 or more, not {threads}")
     headers = pset.stack_headers()
     chk = _Checker(pset, headers, chunk_bytes, progress)
-    # groups() are in stack order: a group's position is its stack's code. Largest
-    # stacks first, so that no thread is left with a big one at the end.
-    work = sorted(((k, g.rows, g.indices) for k, g in enumerate(pset.groups()) if len(g.rows)),
-                  key=lambda w: -len(w[1]))
+    work = stacks_largest_first(pset)
     if threads == 1 or len(work) < 2:
         for w in work:
             chk.stack(*w)

@@ -48,10 +48,6 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 class FileLock:
     """An ``flock`` on ``path``, re-checked against the inode so lock files may be deleted.
 

@@ -17,7 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from stacktools.check import CHUNK_BYTES, REASONS, CheckError, CheckReport, StackProblem, check_particles, finish_report
+from stacktools.check import (
+    CHUNK_BYTES,
+    REASONS,
+    CheckReport,
+    StackProblem,
+    check_particles,
+    finish_report,
+    require_positive_outliers,
+    stacks_largest_first,
+)
 from stacktools.cluster.tasks import Progress, TaskReporter, run_tasks
 from stacktools.particles import ParticleSet
 from stacktools.verify import Comparer, StackComparison, compare_stack
@@ -61,12 +70,10 @@ def check_on_cluster(client: Any, pset: ParticleSet, *, outliers: float | None =
         The errors of :func:`~stacktools.check.check_particles` (a missing or
         unreadable stack before any task runs).
     """
-    if outliers is not None and not outliers > 0:
-        raise CheckError(f"outliers must be a positive number of deviations, not {outliers}")
+    require_positive_outliers(outliers)
     headers = pset.stack_headers()
     n = len(pset)
-    # Largest stacks first, so that no worker is left with a big one at the end.
-    work = sorted(((k, g.rows) for k, g in enumerate(pset.groups()) if len(g.rows)), key=lambda w: -len(w[1]))
+    work = [(k, rows) for k, rows, _ in stacks_largest_first(pset)]
     jobs = [StackRows(_stack_rows(pset, rows), os.fspath(pset.project_dir), pset.source,
                       pset.allow_outside_project) for _, rows in work]
     outcomes = run_tasks(client, check_stack_task, jobs, label="check", what=lambda i: str(headers[work[i][0]].path),

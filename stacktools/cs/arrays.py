@@ -80,18 +80,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return h
 
 
-def as_uint64_keys(values: np.ndarray) -> np.ndarray | None:
-    """``values`` as native uint64 with the same numbers, or None if some cannot be."""
-    values = np.asarray(values)
-    if values.dtype.kind == "u" and values.dtype.itemsize <= 8:
-        return values.astype(np.uint64, copy=False)
-    if values.dtype.kind == "i" and values.dtype.itemsize <= 8:
-        if len(values) and values.min() < 0:
-            return None
-        return values.astype(np.uint64)
-    return None
-
-
 class KeyIndex:
     """A hash index of uint64 keys: where each key first occurs, for many keys at once.
 

@@ -82,7 +82,7 @@ def first_occurrences(values: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows holding the first occurrence of each value."""
     values = np.asarray(values)
     if values.dtype.kind in "iu":
-        return KeyIndex(values.astype(np.uint64, copy=False)).first_occurrences()
+        return KeyIndex(_keys(values)).first_occurrences()
     keep = np.zeros(len(values), dtype=bool)
     if len(values):
         _, first = np.unique(values, return_index=True)
