@@ -394,14 +394,7 @@ def _gather(sink, fd: int, h: StackHeader, order: np.ndarray, starts: np.ndarray
         sel = order[starts[r]:starts[r + 1]]
         m = len(sel)
         at = (int(idx[sel[0]]) - lo) * pb
-        dpos = dst[sel]
-        if m == 1 or bool(np.all(np.diff(dpos) == 1)):
-            sink.reserve(int(dpos[0]), m)[:] = region[at:at + m * pb]
-            sink.commit(m)
-        else:
-            for j in range(m):
-                sink.reserve(int(dpos[j]), 1)[:] = region[at + j * pb:at + (j + 1) * pb]
-                sink.commit(1)
+        _put(sink, dst[sel], region[at:at + m * pb], pb)
     return scratch
 
 
