@@ -216,20 +216,12 @@ class SetCopier:
                      "created": now, "last_access": now, "owner": self.owner,
                      "project": self.project, "digest": ""}
         self._ledger([self.ledger.tmp_record(c.row, os.path.basename(c.tmp)) for c in lot], lot[0])
-        if self.pool is None:
-            for c in lot:
-                if written and time.monotonic() > deadline:  # each batch lands one at least
-                    late.append(c)
-                    continue
-                self._write_one(c)
-                written.append(c)
-            return late
         failed: list[BaseException] = []
 
         def one(c: _Copy) -> None:
             if failed:
                 return  # a copy failed: start no more
-            if written and time.monotonic() > deadline:
+            if written and time.monotonic() > deadline:  # each batch lands one at least
                 late.append(c)
                 return
             try:
@@ -238,7 +230,11 @@ class SetCopier:
                 failed.append(err)
                 return
             written.append(c)
-        list(self.pool.map(one, lot))
+        if self.pool is None:
+            for c in lot:
+                one(c)
+        else:
+            list(self.pool.map(one, lot))
         if failed:
             raise failed[0]
         return late
