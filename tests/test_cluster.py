@@ -194,6 +194,36 @@ def test_a_task_error_stops_the_run_and_leaves_nothing_under_a_final_name(client
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+def test_a_float16_overflow_on_a_worker_names_its_row(client, tmp_path):
+    from stacktools.errors import Float16RangeError
+    from tests.independent import blob_file
+    from tests.test_consolidate_shrink import _overwrite_particle
+
+    demo = make_demo_project(tmp_path / "P1", seed=13)
+    data = read_cs(demo.selected_cs)
+    row = next(r for r in range(3, len(data))
+               if header(blob_file(demo.project_dir, data["blob/path"][r]))["dtype"].itemsize == 4)
+    path = blob_file(demo.project_dir, data["blob/path"][row])
+    idx = int(data["blob/idx"][row])
+    _overwrite_particle(path, idx, 1e6)
+    out = demo.project_dir / "out"
+    with pytest.raises(Float16RangeError) as caught:
+        api.consolidate_particles(demo.selected_cs, out, client=client, dtype="float16")
+    assert f"{demo.selected_cs} row {row}:" in str(caught.value)
+    assert f"{path}: particle {idx}:" in str(caught.value)
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file() and p.suffix in (".mrc", ".cs")]
+
+
+def test_verify_of_a_shrunk_set_on_the_cluster_passes_as_locally(client, tmp_path):
+    demo = make_demo_project(tmp_path / "P1", seed=14)
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    out, ref = demo.project_dir / "out", tmp_path / "ref"
+    kw = {"crop": box - 2, "fourier_crop": (box // 2) & ~1, "verify": True}
+    local_reference(demo.selected_cs, out, ref, **kw)
+    api.consolidate_particles(demo.selected_cs, out, client=client, **kw)
+    assert_same_tree(out, ref)
+
+
 def report_from_a_pool(item: int, report) -> int:
     """A task whose progress comes from its own threads, past a report interval (as a cache sync's)."""
     errors = []

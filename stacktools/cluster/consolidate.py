@@ -55,7 +55,7 @@ def write_stack_task(job: StackJob, report: TaskReporter, *, fsync: bool, verify
     """On a worker: write one stack atomically (and with ``verify`` check it); its path."""
     _write_stack(job, job.stack, fsync=fsync, progress=report, cancel=report, chunk_bytes=chunk_bytes)
     if verify:
-        problem = check_stack(job.stack, job.headers)
+        problem = check_stack(job.stack, job.headers, shrink=job.shrink)
         if problem is not None:
             raise VerificationError(problem)
     return str(job.stack.path)

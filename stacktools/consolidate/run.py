@@ -126,8 +126,9 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
                 copy_to_file(fd, HEADER_BYTES, plan.headers, s.dtype, s.codes, s.indices,
                              chunk_bytes=chunk_bytes, progress=progress, cancel=cancel,
                              shrink=plan.shrink)
-            except Float16RangeError as err:  # name the row too, as every bad-input error does
-                raise Float16RangeError(f"{plan.pset.where(int(s.rows[err.position]))}: {err}") from None
+            except Float16RangeError as err:
+                err.row = int(s.rows[err.position])  # run_plan names it, where the set is known
+                raise
             except OSError as err:
                 raise _disk_error(s.path, err) from err
     except OutputError as err:
@@ -338,6 +339,13 @@ def run_plan(plan: ConsolidationPlan, *, threads: int = DEFAULT_THREADS, verify:
                                chunk_bytes=chunk_bytes, write_stacks=write_stacks or _write_all)
     except KeyboardInterrupt:
         raise  # complete stacks stay for a rerun to keep, as after kill -9
+    except Float16RangeError as err:
+        _remove_dirs(created)
+        row = getattr(err, "row", None)
+        if row is None:
+            raise
+        # Name the row too, as every bad-input error does (also for a stack a Dask worker wrote).
+        raise Float16RangeError(f"{plan.pset.where(row)}: {err}") from None
     except BaseException:
         _remove_dirs(created)
         raise
