@@ -43,3 +43,10 @@ def test_floats_read_back_within_their_last_digit(values, other):
         assert abs(float(r[0]) - want) <= step / 2 + abs(want) * 1e-15
         assert int(r[1]) == k
         assert r[0].count(b"-") == (1 if float(r[0]) < 0 else 0)
+
+
+def test_every_digit_group_reads_as_python_prints_it():
+    # Both groups of an 8-digit number walk through "0000".."9999".
+    a = np.arange(10_000, dtype=np.int64) * 10_001
+    text, n = format_rows(["i"], {"i": a})
+    assert [f[0] for f in _fields(text, n)] == [str(v).encode() for v in a.tolist()]

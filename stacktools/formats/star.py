@@ -75,8 +75,9 @@ class StarLoop:
 
 
 # The text of every 4-digit group, "0000" to "9999": one gather per group of digits
-# instead of a division per digit.
-_GROUPS = np.array([list(f"{k:04d}".encode()) for k in range(10_000)], dtype=np.uint8)
+# instead of a division per digit. Built by arithmetic: a list of 10,000 strings took
+# milliseconds of every command's start-up.
+_GROUPS = (np.arange(10_000)[:, None] // np.array([1000, 100, 10, 1]) % 10 + ord("0")).astype(np.uint8)
 _GROUPS32 = _GROUPS.view(np.uint32).ravel()
 _POWERS = 10 ** np.arange(1, 19, dtype=np.int64)
 
