@@ -11,13 +11,18 @@ subprocesses:
 * ``relion_stack_create --one_by_one`` and ``--split_per_micrograph`` fed the
   equivalent STAR file (``.mrcs`` symlinks to the ``.mrc`` stacks), and its default
   bulk mode at the small size only (it holds the whole output in memory);
-* a naive script: ``np.load`` + ``mrcfile.mmap`` + fancy index + ``mrcfile.new``.
+* a naive script: ``np.load`` + ``mrcfile.mmap`` + fancy index + ``mrcfile.new``;
+* ``stacktools consolidate`` and the API call again on a float16 twin of the project
+  (as many stacks, twice the particles per stack, so the same bytes selected), unless
+  ``--no-float16``.
 
 Each tool runs ``--repeats`` times, round robin, after one uncounted round. Before
 every run, untimed: outputs are deleted, the selected particles (and the ``cp``
 source) are read back into the page cache, and ``sync`` is run. The table gives the
 median and the best time with their ratios to ``cp``, and the peak RSS
-(``/usr/bin/time``). Usage::
+(``/usr/bin/time``); a second table pairs the rounds: the command against RELION's
+one-by-one mode and against ``cp`` + ``python -c 'import numpy'``, and float16
+sources against float32 of the same bytes. Usage::
 
     python -m benchmarks.bench_consolidate [--sizes small,large] [--repeats 5]
     python -m benchmarks.bench_consolidate --scale stacks=1000,100000 --scale rows=100000,10000000
@@ -149,20 +154,29 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, int]:
     return dt, rss
 
 
+def _project(proj: Path, micrographs: int, *, float16: bool):
+    """The benchmark's project, or (``float16``) its float16 twin: as many stacks, twice
+    the particles, so that the 25% subset selects the same bytes."""
+    if (proj / "done").exists():  # kept from an earlier --keep-data run
+        return reuse_data(proj)
+    shutil.rmtree(proj, ignore_errors=True)
+    print(f"[{proj}] generating {micrographs} {'float16' if float16 else 'float32'} stacks ...",
+          file=sys.stderr, flush=True)
+    made = make_project(proj, stacks=micrographs, per_stack=500 if float16 else 250, box=256,
+                        select_fraction=0.25, float16_every=1 if float16 else 0)
+    (proj / "done").touch()
+    return made
+
+
 def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bulk: bool,
-               only: list[str] | None = None, keep: bool = False) -> list[dict]:
+               only: list[str] | None = None, keep: bool = False,
+               float16: bool = True) -> tuple[list[dict], dict[str, list[float]]]:
     from stacktools.particles import ParticleSet
     from stacktools.size import size_particles
 
     root = base / name
-    if (root / "P1" / "done").exists():  # kept from an earlier --keep-data run
-        made = reuse_data(root / "P1")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-        print(f"[{name}] generating {micrographs} stacks ...", file=sys.stderr, flush=True)
-        made = make_project(root / "P1", stacks=micrographs, per_stack=250, box=256,
-                            select_fraction=0.25)
-        (root / "P1" / "done").touch()
+    made = _project(root / "P1", micrographs, float16=False)
+    twin = _project(root / "F16", micrographs, float16=True) if float16 else None
     report = size_particles(ParticleSet.open(made.selected_cs, made.project_dir))
     out_bytes = report.consolidated_bytes
     star = root / "selected.star"
@@ -202,6 +216,11 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
         "naive mmap script": [py, str(naive), str(made.selected_cs), str(made.project_dir),
                               str(out / "naive")],
     }
+    if twin is not None:
+        tools[F16_CLI] = [*st, "consolidate", str(twin.selected_cs), "--project-dir",
+                          str(twin.project_dir), "--out", str(out / "st16"), "--quiet", "--json"]
+        tools[F16_API] = [py, "-c", API_RUN, str(twin.selected_cs), str(twin.project_dir),
+                          str(out / "api16")]
     if relion_bulk:
         tools["relion_stack_create (bulk)"] = ["relion_stack_create", "--i", str(star), "--o",
                                                str(out / "relion")]
@@ -219,6 +238,8 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             warm_selected(made)
+            if twin is not None:
+                warm_selected(twin)
             warm_page_cache([floor_src])
             os.sync()
             dt, peak = run(cmd, root)
@@ -229,7 +250,7 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
             print(f"[{name}] {tool}: {dt:.2f} s", file=sys.stderr, flush=True)
     # One extra run with --verify, and the standalone check, for information.
     if "stacktools consolidate" not in tools:
-        return _rows(name, times, rss, report)
+        return _rows(name, times, rss, report), times
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     warm_selected(made)
@@ -245,7 +266,29 @@ def bench_size(name: str, micrographs: int, base: Path, repeats: int, relion_bul
     rss["stacktools verify"] = peak
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    return _rows(name, times, rss, report)
+    return _rows(name, times, rss, report), times
+
+
+CLI = "stacktools consolidate"
+API = "stacktools, Python API (no start-up)"
+F16_CLI = "stacktools consolidate, float16 sources (same bytes)"
+F16_API = "stacktools, Python API, float16 sources (same bytes)"
+CP_PY = "cp + python -c 'import numpy'"
+ONE_BY_ONE = "relion_stack_create --one_by_one"
+# The paired table: (what, numerator, denominator).
+PAIRS = [(f"`{CLI}` ÷ `{ONE_BY_ONE}`", CLI, ONE_BY_ONE),
+         (f"`{CLI}` ÷ `{CP_PY}`", CLI, CP_PY),
+         ("float16 ÷ float32, whole process", F16_CLI, CLI),
+         ("float16 ÷ float32, Python API (copy only)", F16_API, API)]
+
+
+def paired(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float] | None:
+    """Median, least and greatest over rounds of num's time / den's time in that round."""
+    a, b = times.get(num), times.get(den)
+    if not a or not b or len(a) != len(b):
+        return None
+    r = [x / y for x, y in zip(a, b)]
+    return statistics.median(r), min(r), max(r)
 
 
 def _rows(name, times, rss, report) -> list[dict]:
@@ -329,6 +372,8 @@ def main() -> None:
                     help="Comma list of tool names to run (cp always runs).")
     ap.add_argument("--keep-data", action="store_true",
                     help="Keep the generated data for another run.")
+    ap.add_argument("--no-float16", action="store_true",
+                    help="Skip the float16 twin of each project.")
     ap.add_argument("--no-relion-bulk", action="store_true",
                     help="Skip relion_stack_create's default bulk mode at the small size.")
     ap.add_argument("--scale", action="append", default=[],
@@ -339,11 +384,15 @@ def main() -> None:
         bench_scale(points, args.data)
         return
     rows = []
+    rounds: dict[str, dict[str, list[float]]] = {}
+    load = [os.getloadavg()[0]]
     for name in args.sizes.split(","):
-        rows += bench_size(name, SIZES[name], args.data, args.repeats,
-                           relion_bulk=name == "small" and not args.no_relion_bulk,
-                           only=args.tools.split(",") if args.tools else None,
-                           keep=args.keep_data)
+        got, rounds[name] = bench_size(name, SIZES[name], args.data, args.repeats,
+                                       relion_bulk=name == "small" and not args.no_relion_bulk,
+                                       only=args.tools.split(",") if args.tools else None,
+                                       keep=args.keep_data, float16=not args.no_float16)
+        rows += got
+    load.append(os.getloadavg()[0])
     if not args.keep_data:
         shutil.rmtree(args.data, ignore_errors=True)
     results = Results("bench_consolidate", {"repeats": args.repeats})
@@ -364,6 +413,21 @@ def main() -> None:
                   f"{r['best']:.2f} s | {r['best_ratio']:.2f}× | {r['rss'] / 2**20:.0f} MiB |")
         print("\n¹ median over rounds of (tool time / cp time in the same round); rows run "
               "once: median time / median cp time. ² best time / best cp time.")
+    print(f"\nPaired per round (median, range over {args.repeats} rounds; 1-minute load "
+          f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end)\n")
+    print("| selected | " + " | ".join(p[0] for p in PAIRS) + " |")
+    print("| --- |" + " --- |" * len(PAIRS))
+    for name, times in rounds.items():
+        sub = [r for r in rows if r["size"] == name]
+        cells = []
+        for what, num, den in PAIRS:
+            got = paired(times, num, den)
+            cells.append("-" if got is None else f"{got[0]:.2f}× ({got[1]:.2f}–{got[2]:.2f})")
+            if got is not None:
+                results.add(f"paired: {what}", statistics.median(times[num]), den, ratio=got[0],
+                            params={"size": name, "output_bytes": sub[0]["output_bytes"]},
+                            ratio_min=got[1], ratio_max=got[2])
+        print(f"| {sub[0]['output_bytes'] / 1e9:.2f} GB | " + " | ".join(cells) + " |")
     results.report()
 
 

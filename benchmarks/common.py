@@ -46,11 +46,13 @@ def stacktools_command() -> list[str]:
 
 def make_project(root: Path, *, stacks: int, per_stack: int, box: int, **kw):
     """A CryoSPARC-shaped project (stacktools.demo) of ``stacks`` float32 stacks of
-    ``per_stack`` particles each; ``kw`` goes to make_demo_project."""
+    ``per_stack`` particles each (``float16_every=1``: float16 stacks); ``kw`` goes to
+    make_demo_project."""
     from stacktools.demo import make_demo_project
     kw.setdefault("extended_header_stack", None)
+    kw.setdefault("float16_every", 0)
     return make_demo_project(root, micrographs=stacks, particles_per_micrograph=(per_stack, per_stack),
-                             box=box, float16_every=0, **kw)
+                             box=box, **kw)
 
 
 def warm_page_cache(paths) -> None:
