@@ -241,7 +241,18 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
     out_f16 = out_dtype.kind == "f" and out_dtype.itemsize == 2
     order, starts = coalesce(codes, idx, dst)
     runs = len(starts) - 1
-    gather_to = _gather_windows(headers, out_dtype, codes, idx, order, starts, chunk_bytes, bool(shrink))
+    gather_to = _gather_windows(headers, out_dtype, codes, idx, order, starts, chunk_bytes, bool(shrink)).tolist()
+    # Each run's source, first index, bounds and whether its destinations follow one
+    # another, computed once: NumPy calls and header properties per run cost as much
+    # as the kernel's copy of a short run of small particles.
+    heads = order[starts[:-1]]
+    run_code, run_first = codes[heads].tolist(), idx[heads].tolist()
+    run_start = starts.tolist()
+    dst_sorted = dst[order]
+    breaks = np.zeros(len(order), np.int64)  # destinations not one after the previous, so far
+    np.cumsum(dst_sorted[1:] != dst_sorted[:-1] + 1, out=breaks[1:])
+    run_consecutive = (breaks[starts[1:] - 1] == breaks[starts[:-1]]).tolist()
+    per_source: dict[int, tuple] = {}
     sources = _SourceFiles(headers)
     scratch: memoryview | None = None
     # Shrunk or range-checked batches in flight on the pool, oldest first, written in
@@ -259,31 +270,33 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
         while r < runs:
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            sel = order[starts[r]:starts[r + 1]]
-            code = int(codes[sel[0]])
-            h = headers[code]
-            fd = sources.fd(code)
-            first = int(idx[sel[0]])
+            code = run_code[r]
+            src = per_source.get(code)
+            if src is None:
+                h = headers[code]
+                # A conversion to float16 is range-checked, never a silent infinity; a
+                # float16 source is already float16 and is copied as it is.
+                checked = bool(shrink) or (out_f16 and h.dtype.itemsize != 2)
+                same = h.dtype == out_dtype and not shrink
+                in_pb = h.particle_bytes
+                box = shrink.out_box(h.nx)
+                out_pb = box * box * out_dtype.itemsize if shrink else h.nx * h.ny * out_dtype.itemsize
+                step = max(1, chunk_bytes // max(in_pb, out_pb))
+                src = per_source[code] = (h, sources.fd(code), checked, same, in_pb, out_pb, step,
+                                          h.data_offset)
+            h, fd, checked, same, in_pb, out_pb, step, data_offset = src
             if gather_to[r] > r + 1:
                 drain(0)  # the sink takes writes in order
-                scratch = _gather(sink, fd, h, order, starts, idx, dst, r, int(gather_to[r]), scratch,
+                scratch = _gather(sink, fd, h, order, starts, idx, dst, r, gather_to[r], scratch,
                                   chunk_bytes)
-                r = int(gather_to[r])
+                r = gather_to[r]
                 continue
+            first, lo, hi, consecutive = run_first[r], run_start[r], run_start[r + 1], run_consecutive[r]
             r += 1
-            # A conversion to float16 is range-checked, never a silent infinity; a
-            # float16 source is already float16 and is copied as it is.
-            checked = bool(shrink) or (out_f16 and h.dtype.itemsize != 2)
-            same = h.dtype == out_dtype and not shrink
-            in_pb = h.particle_bytes
-            box = shrink.out_box(h.nx)
-            out_pb = box * box * out_dtype.itemsize if shrink else h.nx * h.ny * out_dtype.itemsize
-            step = max(1, chunk_bytes // max(in_pb, out_pb))
-            for p in range(0, len(sel), step):
-                part = sel[p:p + step]
-                m = len(part)
-                dpos = dst[part]
-                offset = h.offset_of(first + p)
+            for p in range(0, hi - lo, step):
+                dpos = dst_sorted[lo + p:min(hi, lo + p + step)]
+                m = len(dpos)
+                offset = data_offset + (first + p) * in_pb
                 if checked:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled()
@@ -298,7 +311,7 @@ def _transfer(sink, headers: Sequence[StackHeader], out_dtype: np.dtype,
                     drain(SHRINK_WORKERS)
                     continue
                 drain(0)
-                contiguous = m == 1 or bool(np.all(np.diff(dpos) == 1))
+                contiguous = consecutive or m == 1 or bool(np.all(np.diff(dpos) == 1))
                 if same and contiguous:
                     if sink.copy_from(fd, offset, int(dpos[0]), m, h.path):
                         continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,9 +14,11 @@ from mrcfile.utils import machine_stamp_from_byte_order
 import stacktools.stacks as stackcopy
 from stacktools.consolidate import consolidate
 from stacktools.formats.cs import read_cs
-from stacktools.formats.mrc import make_header, read_header, read_particle
+from stacktools.formats.mrc import HEADER_BYTES, make_header, read_header, read_headers, read_particle
 from stacktools.particles import resolve_blob_path
 from stacktools.stacks import coalesce, read_to_array
+from tests import independent
+from tests.test_consolidate_gather import _stacks
 
 
 @settings(max_examples=50, deadline=None)
@@ -74,3 +78,36 @@ def test_big_endian_source_is_written_little_endian_with_same_values(demo, tmp_p
         assert np.array_equal(read_particle(out, int(new["blob/idx"][k])), data[i])
     got = read_to_array([h], np.dtype("<f4"), np.zeros(5, np.int64), np.arange(5))
     assert np.array_equal(got, data[[0, 1, 3, 4, 6]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+       picks=st.lists(st.tuples(st.integers(0, 2), st.floats(0, 1, exclude_max=True)), min_size=1, max_size=40),
+       mode=st.sampled_from([2, 12]), widen=st.booleans(), kernel=st.booleans(),
+       chunk_particles=st.integers(1, 5), order=st.sampled_from(["source", "shuffled", "reversed"]))
+def test_run_by_run_copy_is_bit_exact(tmp_path_factory, sizes, picks, mode, widen, kernel, chunk_particles,
+                                      order):
+    """Runs copied one by one (no covering read): runs longer than a buffer, destinations
+    that do and do not follow one another, duplicates, both copy paths, float16 widened."""
+    tmp = tmp_path_factory.mktemp("r")
+    paths = _stacks(tmp, sizes, box=8, mode=mode)
+    codes = [c % len(sizes) for c, _ in picks]
+    idx = [int(f * sizes[c]) for c, (_, f) in zip(codes, picks)]
+    keys = sorted(range(len(codes)), key=lambda k: (codes[k], idx[k]))
+    perm = {"source": keys, "reversed": keys[::-1],
+            "shuffled": np.random.default_rng(len(codes)).permutation(len(codes)).tolist()}[order]
+    codes, idx = [codes[k] for k in perm], [idx[k] for k in perm]
+    out_dtype = np.dtype("<f4") if mode == 2 or widen else np.dtype("<f2")
+    headers = read_headers(paths)
+    out = tmp / "out.bin"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stackcopy, "GATHER_GAP_BYTES", -1)
+        mp.setattr(stackcopy, "_COPY_FILE_RANGE", kernel)
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            stackcopy.copy_to_file(fd, HEADER_BYTES, headers, out_dtype, np.asarray(codes), np.asarray(idx),
+                                   chunk_bytes=chunk_particles * 8 * 8 * out_dtype.itemsize)
+        finally:
+            os.close(fd)
+    want = b"".join(independent.read_particle(paths[c], i).astype(out_dtype).tobytes() for c, i in zip(codes, idx))
+    assert out.read_bytes()[HEADER_BYTES:] == want
