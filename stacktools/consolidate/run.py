@@ -503,7 +503,7 @@ def _record(plan: ConsolidationPlan, stale: list[str], *, fsync: bool) -> None:
                    passthrough=plan.out_passthrough.name if plan.out_passthrough else None,
                    stacks=[{"path": f"{STACKS_DIR}/{s.path.name}", "bytes": s.nbytes,
                             "particles": s.count} for s in plan.stacks],
-                   stale=stale, fsync=fsync)
+                   stale=stale, fsync=fsync, shrink=plan.shrink)
 
 
 def _write_all(plan: ConsolidationPlan, todo: list[OutputStack], written: list[Path], *,
