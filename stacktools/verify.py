@@ -449,7 +449,7 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     box = old_list[0].nx if old_list else 0
     # The source rows as the consolidation rewrote them; a consolidation checks that
     # every stack has one box, so one box is enough.
-    od_rows = shrink_fields(od[old_rows], shrink, box)
+    od_rows = shrink_fields(od[old_rows], shrink, box, copy=False)  # od[old_rows] is a copy already
     _check_shrink(shrink, jobs, nd, od_rows, new_cs)
 
     field_bad = 0
