@@ -11,9 +11,10 @@ default), the NumPy script one stack after another in one process. Run:
         [--source-particles S] [--contenders stacktools numpy relion] [--tmp DIR]
 
 With ``--source-particles S``, a set of more than S particles is S source particles
-selected over and over (rows with fresh uids, cycling through the sources), so that
-a set of 10^5 particles or more needs only S particles' bytes of sources; every
-row is still read, shrunk and written.
+selected over and over, each time through hard links to their stacks (rows with
+fresh uids; see :func:`tiled_set`), so that a set of 10^5 particles or more needs
+only S particles' bytes of sources; every row is still read, shrunk and written,
+and each copy is read in runs of adjacent particles as distinct particles would be.
 """
 
 from __future__ import annotations
@@ -55,12 +56,30 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return wall, int(res.stderr.strip().splitlines()[-1]) * 1024
 
 
-def tiled_cs(src: Path, rows: int, out: Path) -> Path:
-    """``src``'s rows repeated up to ``rows`` rows, each with a fresh uid."""
+def tiled_set(project: Path, src_cs: Path, rows: int, out: Path) -> Path:
+    """A ``.cs`` of ``rows`` rows: ``src_cs``'s rows again and again, each time
+    through hard links to its stacks (``J5/ext0001/...`` beside ``J5/extract/...``,
+    names of the same length) and with fresh uids.
+
+    Each copy of the set reads its own stack paths in runs of adjacent particles,
+    as a set of that many distinct particles does, while the disk holds the
+    sources once.
+    """
     import numpy as np
-    with open(src, "rb") as fh:
+    with open(src_cs, "rb") as fh:
         data = np.load(fh, allow_pickle=False)
-    tiled = data[np.arange(rows) % len(data)]
+    tiles = []
+    for t in range(-(-rows // len(data))):
+        tile = data.copy()
+        if t:
+            for stack in sorted({bytes(p) for p in data["blob/path"]}):
+                rel = stack.decode().replace("/extract/", f"/ext{t:04d}/", 1)
+                (project / rel).parent.mkdir(exist_ok=True)
+                if not (project / rel).exists():
+                    os.link(project / stack.decode(), project / rel)
+            tile["blob/path"] = np.char.replace(data["blob/path"], b"/extract/", b"/ext%04d/" % t, count=1)
+        tiles.append(tile)
+    tiled = np.concatenate(tiles)[:rows]
     tiled["uid"] = np.arange(1, rows + 1, dtype=tiled["uid"].dtype)
     with open(out, "wb") as fh:
         np.save(fh, tiled)
@@ -91,7 +110,7 @@ def main() -> None:
                                 select_fraction=1.0)
             particles_cs = proj.extracted_cs
             if n_src < n:
-                particles_cs = tiled_cs(proj.extracted_cs, n, Path(tmp) / "tiled.cs")
+                particles_cs = tiled_set(proj.project_dir, proj.extracted_cs, n, Path(tmp) / "tiled.cs")
             stacks = [str(s) for s in proj.stacks]
             warm_page_cache(stacks)
             psize = 1.07 * args.box / args.new_box
@@ -123,8 +142,8 @@ def main() -> None:
                     w, m = timed(cmds[name])
                     walls[name].append(w)
                     rss[name] = max(rss[name], m)
-            print(f"  {n} particles ({n_src} distinct) in {len(stacks)} stacks; "
-                  f"load after: {os.getloadavg()[0]:.1f}")
+            print(f"  {n} particles in {len(stacks) * -(-n // n_src)} stacks ({n_src} distinct particles in "
+                  f"{len(stacks)} files); load after: {os.getloadavg()[0]:.1f}")
             for name in names:
                 ratio = statistics.median(b / a for a, b in zip(walls["stacktools"], walls[name]))
                 print(f"{n:>9} {name:>12} {statistics.median(walls[name]):>7.1f}s "
