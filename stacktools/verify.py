@@ -18,7 +18,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from stacktools.cs.rows import uid_lookup
-from stacktools.errors import FieldError, ShrinkError, StacktoolsError
+from stacktools.errors import FieldError, Hint, ShrinkError, StacktoolsError
 from stacktools.formats.mrc import StackHeader, read_header
 from stacktools.particles import ParticleSet, default_project_dir
 from stacktools.shrink import ShrinkSpec, shrink_fields, shrink_star
@@ -350,7 +350,8 @@ def _check_shrink(shrink: ShrinkSpec, jobs: list[StackComparison], nd: np.ndarra
     particle as different."""
     def refuse(what: str, got, want, src: str) -> None:
         raise ShrinkError(f"{what} is {got} but {src} with {describe_shrink(shrink)} gives {want}; "
-                          "verify with the crop and Fourier crop it was consolidated with")
+                          "give the sizes it was consolidated with",
+                          hints=[Hint("crop", " ({}", None), Hint("fourier_crop", ", {})", None)])
 
     for job in jobs:
         h = job.new

@@ -471,7 +471,7 @@ def test_verify_refuses_a_shrink_the_output_contradicts_in_one_line(demo):
     manifest.unlink()
     res = run_cli(*base)
     assert res.returncode == 2
-    assert_one_line_error(res, f"the box is {n}x{n}", f"gives {box}x{box}")
+    assert_one_line_error(res, f"the box is {n}x{n}", f"gives {box}x{box}", "(--crop, --fourier-crop)")
     res = run_cli(*base, "--crop", c, "--fourier-crop", n, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["ok"], res.stderr
 
