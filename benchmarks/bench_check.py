@@ -63,7 +63,7 @@ def main() -> None:
     try:
         if (root / "P1").exists():
             from types import SimpleNamespace
-            cs = next((root / "P1").glob("J7/*_selected.cs"))
+            cs = root / "P1" / "J7" / "J7_particles_selected.cs"  # as make_project names it
             proj = SimpleNamespace(selected_cs=cs, stacks=sorted((root / "P1").glob("J5/extract/*.mrc*")))
         else:
             proj = make_project(root / "P1", stacks=args.stacks, per_stack=args.per_stack, box=args.box,
