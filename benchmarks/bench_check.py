@@ -1,17 +1,22 @@
-"""`stacktools check` against `cat` of the same stacks to /dev/null.
+"""`stacktools check` against `cat` of the same stacks to /dev/null, warm and cold.
 
-Run: python -m benchmarks.bench_check [--stacks 40] [--per-stack 250] [--box 256] [--repeat 5]
+Run: python -m benchmarks.bench_check [--stacks 48] [--per-stack 250] [--box 256] [--repeat 5]
+     [--threads N] [--no-cold] [--keep DIR]
 
 A CryoSPARC-shaped project of float32 stacks in which every particle is selected, so
-that `check` reads the same bytes `cat` does (headers aside). Warm page cache: both
-read from memory, so this measures the cost of the checks, not the disk. Each round
-runs both once; the ratio is the median over rounds of check / cat in that round.
-Peak RSS from /usr/bin/time.
+that `check` reads the same bytes `cat` does (headers aside). Each round times, one
+after the other: `cat`, the whole `stacktools check` process and `check_particles`
+in this process (no start-up) from a warm page cache, then `cat` and the whole
+command again from a cold one (`sync; echo 3 > /proc/sys/vm/drop_caches` before
+each side; needs root, and empties the page cache of everything on the machine).
+Ratios are paired: tool / `cat` in the same round, and the median of those. Peak
+RSS from /usr/bin/time; the load average (`/proc/loadavg`) is printed per round.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,48 +37,91 @@ def _timed(cmd: list[str]) -> tuple[float, int]:
     return dt, int(res.stderr.strip().splitlines()[-1])
 
 
+def _drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stacks", type=int, default=40)
+    ap.add_argument("--stacks", type=int, default=48)
     ap.add_argument("--per-stack", type=int, default=250)
     ap.add_argument("--box", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="check's --threads [default: its own]")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache rounds")
+    ap.add_argument("--keep", type=Path, default=None, help="make (or reuse) the project here and keep it")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-check-"))
+    from stacktools.check import DEFAULT_THREADS, check_particles
+    from stacktools.particles import ParticleSet
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-check-"))
     try:
-        proj = make_project(root / "P1", stacks=args.stacks, per_stack=args.per_stack, box=args.box,
-                            select_fraction=1.0)
+        if (root / "P1").exists():
+            from types import SimpleNamespace
+            cs = root / "P1" / "J7" / "J7_particles_selected.cs"  # as make_project names it
+            proj = SimpleNamespace(selected_cs=cs, stacks=sorted((root / "P1").glob("J5/extract/*.mrc*")))
+        else:
+            proj = make_project(root / "P1", stacks=args.stacks, per_stack=args.per_stack, box=args.box,
+                                select_fraction=1.0)
         stacks = [str(s) for s in proj.stacks]
         nbytes = sum(Path(s).stat().st_size for s in stacks)
-        print(f"{proj.selected:,} particles in {len(stacks)} stacks, {nbytes / 1e9:.2f} GB")
-        cases = {
-            "cat stacks > /dev/null": ["cat", *stacks],
-            "stacktools check --quiet": [*stacktools_command(), "check", str(proj.selected_cs), "--quiet"],
-            "stacktools check --outliers 6 --quiet": [*stacktools_command(), "check", str(proj.selected_cs),
-                                                      "--outliers", "6", "--quiet"],
-        }
+        threads = args.threads or DEFAULT_THREADS
+        print(f"{len(stacks)} stacks, {nbytes:,} bytes ({nbytes / 1e9:.2f} GB); check on {threads} threads, "
+              f"{os.cpu_count()} cores")
+        cat = ["cat", *stacks]
+        check = [*stacktools_command(), "check", str(proj.selected_cs), "--quiet", "--threads", str(threads)]
+        pset = ParticleSet.open(proj.selected_cs)
         warm_page_cache(stacks)
-        for cmd in cases.values():  # one uncounted round
-            _timed(cmd)
-        times = {k: [] for k in cases}
-        rss = {k: 0 for k in cases}
-        for _ in range(args.repeat):
-            for k, cmd in cases.items():
-                dt, kb = _timed(cmd)
-                times[k].append(dt)
-                rss[k] = max(rss[k], kb)
-        base = "cat stacks > /dev/null"
-        results = Results("bench_check", vars(args))
-        print("\n| what | median time | ratio to `cat`¹ | throughput | peak RSS |\n| --- | --- | --- | --- | --- |")
-        for k in cases:
-            ratio = statistics.median(t / b for t, b in zip(times[k], times[base]))
-            med = statistics.median(times[k])
-            print(f"| `{k}` | {med:.2f} s | {ratio:.2f}× | {nbytes / med / 1e9:.2f} GB/s | {rss[k] // 1024} MiB |")
-            results.add(k, med, base, ratio=ratio, peak_rss_kib=rss[k])
-        print("\n¹ median over rounds of (time / cat's time in the same round).")
+        _timed(cat), _timed(check)  # one uncounted round
+        rows = []
+        rss = 0
+        for r in range(args.repeat):
+            load = _load()
+            t_cat, _ = _timed(cat)
+            t_chk, kb = _timed(check)
+            rss = max(rss, kb)
+            t0 = time.perf_counter()
+            check_particles(pset, threads=threads)
+            t_in = time.perf_counter() - t0
+            row = {"load": load, "cat": t_cat, "check": t_chk, "in_process": t_in}
+            if not args.no_cold:
+                _drop_caches()
+                row["cold_cat"], _ = _timed(cat)
+                _drop_caches()
+                row["cold_check"], _ = _timed(check)
+                warm_page_cache(stacks)
+            rows.append(row)
+            cold = (f"  cold: cat {row['cold_cat']:.2f} s, check {row['cold_check']:.2f} s "
+                    f"({row['cold_check'] / row['cold_cat']:.2f}x)") if not args.no_cold else ""
+            print(f"round {r + 1} (load {load}): warm: cat {t_cat:.2f} s, check {t_chk:.2f} s "
+                  f"({t_chk / t_cat:.2f}x), in process {t_in:.2f} s ({t_in / t_cat:.2f}x){cold}")
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(x[a] / x[b] for x in rows)
+
+        results = Results("bench_check", {**vars(args), "keep": str(args.keep), "threads": threads,
+                                           "bytes": nbytes})
+        print("\n| what | median time | median ratio to `cat` in its round | throughput |\n| --- | --- | --- | --- |")
+        cases = [("warm: `cat stacks > /dev/null`", "cat", "cat"),
+                 ("warm: `stacktools check --quiet`", "check", "cat"),
+                 ("warm: `check_particles` in process", "in_process", "cat")]
+        if not args.no_cold:
+            cases += [("cold: `cat stacks > /dev/null`", "cold_cat", "cold_cat"),
+                      ("cold: `stacktools check --quiet`", "cold_check", "cold_cat")]
+        for name, key, base in cases:
+            med = statistics.median(x[key] for x in rows)
+            print(f"| {name} | {med:.2f} s | {ratio(key, base):.2f}× | {nbytes / med / 1e9:.2f} GB/s |")
+            results.add(name, med, None, ratio=ratio(key, base))
+        print(f"\npeak RSS of `stacktools check`: {rss // 1024} MiB; load {_load()} at the end")
         results.report()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

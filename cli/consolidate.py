@@ -147,11 +147,19 @@ def verify(
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks checked at the same time "
                                                                   "(with --dask: the workers decide)."),
     dask: Optional[str] = DASK,
+    crop: Optional[int] = typer.Option(None, "--crop", help="The --crop it was consolidated with "
+                                       "[default: as its output directory's manifest records]."),
+    fourier_crop: Optional[int] = typer.Option(None, "--fourier-crop",
+                                               help="The --fourier-crop it was consolidated with "
+                                                    "[default: as its output directory's manifest records]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     allow_outside_project: bool = ALLOW_OUTSIDE_PROJECT,
 ) -> None:
     """Check every particle and field of a consolidated set against its source set.
+
+    A set written with --crop, --fourier-crop or --dtype float16 is compared with its
+    sources shrunk and converted the same way, bit for bit.
 
     Exit status: 0 when everything matches, 1 when something differs, 2 on bad input.
     """
@@ -163,7 +171,8 @@ def verify(
                                          allow_outside_project=allow_outside_project)
     with dask_client(dask) as client, byte_progress("verifying", total, quiet) as advance:
         result = run(new_cs, against, project_dir=project_dir, threads=threads, progress=advance,
-                     allow_outside_project=allow_outside_project, client=client)
+                     allow_outside_project=allow_outside_project, client=client, crop=crop,
+                     fourier_crop=fourier_crop)
     if as_json:
         emit_json(result.to_dict())
     else:

@@ -19,6 +19,8 @@ FLAGS = {
     "micrograph_shape": "--micrograph-shape",
     "allow_premultiplied": "--allow-premultiplied",
     "link_mrcs": "--link-mrcs",
+    "crop": "--crop",
+    "fourier_crop": "--fourier-crop",
 }
 
 ALLOW_OUTSIDE_PROJECT = typer.Option(

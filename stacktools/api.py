@@ -436,8 +436,13 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
 
 def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: PathLike | None = None,
                         threads: int = 4, progress: Callable[[int], None] | None = None,
-                        allow_outside_project: bool = False, client: DaskClient | None = None) -> VerifyResult:
+                        allow_outside_project: bool = False, client: DaskClient | None = None,
+                        crop: int | None = None, fourier_crop: int | None = None) -> VerifyResult:
     """Check every particle and field of a consolidated set against the set it came from.
+
+    A set consolidated with a crop, a Fourier crop or float16 is checked against its
+    sources shrunk and converted the same way, bit for bit; the crop and Fourier
+    crop are read from the manifest consolidate left beside ``new_cs``.
 
     Args:
         new_cs: The consolidated ``.cs`` or STAR.
@@ -447,20 +452,27 @@ def verify_consolidated(new_cs: PathLike, against: PathLike, *, project_dir: Pat
         progress: Called with byte counts as particles are compared.
         client: A ``distributed.Client`` (``stacktools[dask]``): compare each new
             stack as one task on its cluster (the fields are compared here).
+        crop, fourier_crop: The sizes the set was consolidated with, for a set whose
+            manifest is gone (a copy elsewhere); given beside a manifest, they must
+            be the ones it records.
 
     Returns:
         :class:`~stacktools.verify.VerifyResult`: ``ok``, mismatches, problems.
 
     Raises:
+        ShrinkError: The crop and Fourier crop (given or recorded) disagree with the
+            new stacks' box or pixel size, or with the manifest.
         The input errors of :func:`open_particles` (missing or truncated stacks).
     """
-    from stacktools.verify import verify
+    from stacktools.consolidate import recorded_shrink
+    from stacktools.verify import claimed_shrink, verify
+    shrink = claimed_shrink(crop, fourier_crop, recorded_shrink(new_cs), new_cs)
     compare = None
     if client is not None:
         from stacktools.cluster.inspect import stack_comparer
         compare = stack_comparer(client)
     return verify(new_cs, against, project_dir=project_dir, threads=threads, progress=progress,
-                  allow_outside_project=allow_outside_project, compare=compare)
+                  allow_outside_project=allow_outside_project, compare=compare, shrink=shrink)
 
 
 def check_particles(pset: ParticleSet, *, outliers: float | None = None, threads: int | None = None,

@@ -4,10 +4,11 @@ Particles" job does, for a ``.cs`` or a RELION STAR.
 Every selected particle is read once: each thread takes whole stacks, reads a
 batch of a few MiB (one ``pread`` per run of adjacent particles) into a reused
 buffer, and runs NumPy's reductions on it while it is still in cache (they release
-the GIL). Per particle one pass each gives the exact minimum and maximum (and with
-them the NaN/inf test), then the sum and the sum of squares of the pixels less the
-particle's mid-range, in float32 blocks added in float64. float16 pixels are
-widened to float32 through their bits, never through float64.
+the GIL). Per particle one pass of two dot products gives the sum and the sum of
+squares, in float32 blocks added in float64; they carry the NaN/inf and zero tests
+too, and only the rare particles they leave in doubt (a mean large against the
+spread, a constant, NaN/inf, squares out of float32's range) are looked at again.
+float16 pixels are widened to float32 through their bits, never through float64.
 
 A particle is bad when it
 
@@ -162,38 +163,86 @@ def _sums(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, q
 
 
+# A particle whose squared mean is at most this share of its mean square is summed
+# as it is: E[y²] − mean² then keeps all but 2 bits of the sums' precision. Others
+# (raw counts, a constant) are summed less an estimate of their mean.
+_UNSHIFTED_MAX = 0.25
+_SAMPLE = 512  # pixels per particle that estimate its mean, to choose that shift
+_TINY_MEAN_SQUARE = 1e-30  # float32's smallest normal is 1.2e-38: squares below it lose bits
+
+
+def _shift_of(y: np.ndarray) -> np.ndarray:
+    """Per particle, what to subtract before summing: 0 for a particle whose mean is
+    small against its spread, else its mean estimated from its first pixels (a
+    constant particle's own value, exactly). A sample with NaN or inf gives 0."""
+    sample = y[:, :_SAMPLE]  # contiguous: a strided sample costs a cache miss a pixel
+    with np.errstate(invalid="ignore", over="ignore"):
+        smean = sample.mean(axis=1, dtype=np.float64)
+        smeansq = np.einsum("ij,ij->i", sample, sample, dtype=np.float64) / sample.shape[1]
+        c = np.where(smean * smean > _UNSHIFTED_MAX * smeansq, smean, 0.0).astype(np.float32)
+    c[~np.isfinite(c)] = 0.0
+    return c
+
+
 def _row_stats(y: np.ndarray, d: np.ndarray, finite: np.ndarray | None = None
                ) -> tuple[np.ndarray, ...]:
-    """Per particle of ``y`` (n, pixels) float32: mean, std, min and max, and which
-    particles are finite; ``d`` is scratch of ``y``'s shape.
+    """Per particle of ``y`` (n, pixels) float32: mean, std, whether it is all zeros,
+    one value throughout, and finite; ``d`` is scratch of ``y``'s shape.
 
-    The minimum and maximum are exact and give the NaN/inf test for free (both
-    propagate NaN, and an infinity is one of them). The sums run on the pixels less
-    the particle's mid-range, so that a large mean does not cancel the variance
-    away; a particle of one value has ``d == 0`` and so a std of exactly 0. Only a
-    particle whose float32 sums overflow (values past ~1e19) is summed again in
-    float64. ``finite`` overrides the test (float16 converted with its bits, whose
+    One pass of two dot products gives the sum and the sum of squares, of the pixels
+    as they are or (a batch with a particle whose mean is large against its spread)
+    less each such particle's estimated mean, so that the mean does not cancel the
+    variance away. The sums carry the NaN/inf test (a NaN or an infinity makes one
+    of them non-finite; a particle whose squares overflow float32, past ~1e19, is
+    then told apart and summed in float64) and the zero and constant tests (a sum of
+    squares of 0, confirmed on the pixels; pixels so small that their squares
+    underflow are summed in float64). A constant particle's std is exactly 0.
+    ``finite`` overrides the NaN/inf test (float16 converted through its bits, whose
     infinities are not infinities in ``y``).
     """
-    n = y.shape[1]
-    lo = np.minimum.reduce(y, axis=1)
-    hi = np.maximum.reduce(y, axis=1)
-    if finite is None:
-        finite = np.isfinite(lo) & np.isfinite(hi)
+    m, n = y.shape
+    zeros = np.zeros(m, bool)
+    constant = np.zeros(m, bool)
+    finite = np.ones(m, bool) if finite is None else finite.copy()  # until shown otherwise
+    c = _shift_of(y)
     with np.errstate(invalid="ignore", over="ignore"):
-        mid = ((lo.astype(np.float64) + hi) * 0.5)
-        mid[~finite] = 0.0
-        c = mid.astype(np.float32)
-        np.subtract(y, c[:, None], out=d)
-        s, q = _sums(d)
-        mean = c + s / n
-        std = np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0))
-    for k in np.flatnonzero(finite & ~(np.isfinite(s) & np.isfinite(q))).tolist():
-        v = y[k].astype(np.float64)  # float32 sums overflowed; float64 does not
+        if c.any():
+            np.subtract(y, c[:, None], out=d)  # exact for the rows whose shift is 0
+            z = d
+        else:
+            z = y
+        s, q = _sums(z)
+        summed = np.isfinite(s) & np.isfinite(q)
+        mean = s / n
+        meansq = q / n
+        # A shift the sample chose badly (rare): sum that particle again less its mean.
+        for k in np.flatnonzero(summed & finite & (mean * mean > _UNSHIFTED_MAX * meansq)).tolist():
+            c[k] = np.float32(c[k] + mean[k])
+            row = d[k]
+            np.subtract(y[k], c[k], out=row)
+            sk, qk = _sums(row[None])
+            mean[k], meansq[k], s[k], q[k] = sk[0] / n, qk[0] / n, sk[0], qk[0]
+        std = np.sqrt(np.maximum(meansq - mean * mean, 0.0))
+        mean += c
+    # rare: a constant (less its shift, all zeros), all zeros, or pixels so small
+    # (below ~1e-19) that their float32 squares underflow; float64 has the range
+    for k in np.flatnonzero(finite & summed & (meansq < _TINY_MEAN_SQUARE)).tolist():
+        v = y[k].astype(np.float64)
         mean[k], std[k] = v.mean(), v.std()
+        zeros[k] = not y[k].any()
+        constant[k] = not zeros[k] and bool((v == v[0]).all())
+        if constant[k]:
+            std[k] = 0.0
+    for k in np.flatnonzero(finite & ~summed).tolist():  # rare: NaN or inf, or float32 squares overflowed
+        v = y[k].astype(np.float64)
+        if np.isfinite(v).all():
+            mean[k], std[k] = v.mean(), v.std()
+            constant[k] = bool((v == v[0]).all())
+        else:
+            finite[k] = False
     mean[~finite] = np.nan
     std[~finite] = np.nan
-    return mean, std, lo, hi, finite
+    return mean, std, zeros, constant, finite
 
 
 def _float16_to_float32(u: np.ndarray, out: np.ndarray, mag: np.ndarray) -> np.ndarray:
@@ -283,10 +332,12 @@ class _Checker:
         order = np.argsort(idx, kind="stable")
         rows, idx = rows[order], idx[order]
         dtype, pb, npix = h.dtype, h.particle_bytes, h.nx * h.ny
-        as_is = dtype == np.dtype("=f4")  # read straight into the buffer the sums run on
         f16 = dtype == np.dtype("=f2")
-        # Rows of the difference array start 64-byte aligned, so that a particle's sums
-        # never depend on where in a batch it lands.
+        # The sums run on rows that start 64-byte aligned, so that a particle's sums
+        # never depend on where in a batch it lands: float32 whose particles are a
+        # multiple of 64 bytes are summed where they were read, the rest converted
+        # into such rows first.
+        as_is = dtype == np.dtype("=f4") and pb % 64 == 0
         stride = -(-npix // 16) * 16
         step = max(1, self.chunk_bytes // pb)
         fd = open_stack(h.path)
@@ -301,14 +352,14 @@ class _Checker:
                 if as_is:
                     y = x
                 else:
-                    y = _scratch("work", m * npix * 4).view(np.float32).reshape(m, npix)
+                    y = _scratch("work", m * stride * 4).view(np.float32).reshape(m, stride)[:, :npix]
                     if f16:
                         mag = _scratch("diff", m * stride * 4).view(np.uint32).reshape(m, stride)[:, :npix]
                         finite = _float16_to_float32(x.view(np.uint16), y, mag)
                     else:
                         np.copyto(y, x)  # exact: int8/int16/uint16 and any byte order fit float32
                 d = _scratch("diff", m * stride * 4).view(np.float32).reshape(m, stride)[:, :npix]
-                mean, std, lo, hi, finite = _row_stats(y, d, finite)
+                mean, std, zeros, constant, finite = _row_stats(y, d, finite)
                 nan = np.zeros(m, bool)
                 inf = np.zeros(m, bool)
                 for k in np.flatnonzero(~finite).tolist():  # rare: which of NaN and inf
@@ -320,8 +371,8 @@ class _Checker:
                 self.mean[r], self.std[r] = mean, std
                 self.flags["nan"][r] = nan
                 self.flags["inf"][r] = inf
-                self.flags["zeros"][r] = finite & (lo == 0) & (hi == 0)
-                self.flags["constant"][r] = finite & (lo == hi) & (hi != 0)
+                self.flags["zeros"][r] = zeros
+                self.flags["constant"][r] = constant
                 nbytes = m * pb
                 with self._lock:
                     self.bytes_read += nbytes

@@ -208,8 +208,9 @@ class ShrinkSpec:
         return np.ascontiguousarray(x, dtype=out_dtype)
 
 
-def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
-    """The ``.cs`` rows as they describe particles shrunk by ``spec`` from ``box``.
+def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int, *, copy: bool = True) -> np.ndarray:
+    """The ``.cs`` rows as they describe particles shrunk by ``spec`` from ``box``
+    (with ``copy=False``, ``data`` itself, rewritten in place).
 
     ``blob/shape`` becomes the written box and ``blob/psize_A`` grows by
     ``box/N`` for a Fourier crop; alignment shifts (in pixels) shrink by the same
@@ -218,7 +219,7 @@ def shrink_fields(data: np.ndarray, spec: ShrinkSpec, box: int) -> np.ndarray:
     """
     if not spec:
         return data
-    out = data.copy()
+    out = data.copy() if copy else data
     names = out.dtype.names or ()
     factor = spec.pixel_factor(box)
     if "blob/shape" in names:

@@ -11,6 +11,7 @@ with NumPy. Memory stays within a few chunks whatever the size of the stacks.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 from collections import deque
@@ -89,10 +90,15 @@ _local = threading.local()
 
 
 def _buffer(name: str, nbytes: int) -> memoryview:
-    """A per-thread reusable buffer: fresh pages for every stack cost page faults."""
+    """A per-thread reusable buffer: fresh pages for every stack cost page faults.
+
+    Mapped anonymously rather than allocated: when its thread ends, the pages go back
+    to the system at once, where malloc would keep them in its heap for later (and
+    a consolidation's next step, writing the new ``.cs``, would add to them).
+    """
     buf = getattr(_local, name, None)
     if buf is None or len(buf) < nbytes:
-        buf = memoryview(bytearray(nbytes))
+        buf = memoryview(mmap.mmap(-1, max(nbytes, 1)))
         setattr(_local, name, buf)
     return buf[:nbytes]
 

@@ -1,9 +1,10 @@
 """Check a consolidated particle set against the set it was made from.
 
 Every particle of the new set is read and compared, bit for bit, with its source
-particle (converted to the new stack's pixel mode when the two differ), and every
-field other than ``blob/path`` and ``blob/idx`` is compared row by row. Rows are
-matched on ``uid``. Reads are coalesced and memory stays bounded.
+particle (shrunk as the set was, then converted to the new stack's pixel mode when
+the two differ), and every field other than ``blob/path`` and ``blob/idx`` is
+compared row by row (with the source's box, pixel size and shifts as the shrink
+makes them). Rows are matched on ``uid``. Reads are coalesced and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from stacktools.cs.rows import uid_lookup
-from stacktools.errors import FieldError, StacktoolsError
+from stacktools.errors import FieldError, Hint, ShrinkError, StacktoolsError
 from stacktools.formats.mrc import StackHeader, read_header
 from stacktools.particles import ParticleSet, default_project_dir
-from stacktools.shrink import ShrinkSpec
+from stacktools.shrink import ShrinkSpec, shrink_fields, shrink_star
 from stacktools.stacks import read_to_array
 
 MAX_PROBLEMS = 20
@@ -216,16 +217,18 @@ def _same_values(a, b) -> np.ndarray:
     return (pd.Series(a).astype(str).to_numpy() == pd.Series(b).astype(str).to_numpy())
 
 
-def _star_differences(new: ParticleSet, old: ParticleSet, old_rows: np.ndarray,
-                      note: Callable[[str], None]) -> tuple[int, list[str]]:
+def _star_differences(new: ParticleSet, old: ParticleSet, old_rows: np.ndarray, shrink: ShrinkSpec,
+                      box: int, note: Callable[[str], None]) -> tuple[int, list[str]]:
     """Compare two STARs' blocks: every particles column but the names, row by row, and
-    every other block whole. Returns the number of differing columns and the columns compared."""
+    every other block whole (the old blocks as ``shrink`` rewrites them from ``box``).
+    Returns the number of differing columns and the columns compared."""
     if new.star is None or old.star is None:
         note(f"{new.source}: one of the two sets is a STAR and the other is not; "
              "only particles were compared")
         return 1, []
     bad, compared = 0, []
-    for key, old_block in old.star.blocks.items():
+    old_blocks = shrink_star(old.star.blocks, old.star.particles_key, shrink, box, str(old.source))
+    for key, old_block in old_blocks.items():
         new_key = new.star.particles_key if key == old.star.particles_key else key
         new_block = new.star.blocks.get(new_key)
         if new_block is None:
@@ -260,7 +263,7 @@ class StackComparison:
 
     ``rows`` are the new set's rows in the stack, ``positions`` their ``blob/idx`` in
     it; ``codes`` index ``sources`` (the old stacks they come from) and ``indices``
-    are the particles there.
+    are the particles there; ``shrink`` is what the consolidation did to them.
     """
 
     new: StackHeader
@@ -269,6 +272,7 @@ class StackComparison:
     sources: list[StackHeader]
     codes: np.ndarray
     indices: np.ndarray
+    shrink: ShrinkSpec = field(default_factory=ShrinkSpec)
 
 
 def compare_stack(job: StackComparison, *, chunk_bytes: int = VERIFY_CHUNK_BYTES,
@@ -280,7 +284,8 @@ def compare_stack(job: StackComparison, *, chunk_bytes: int = VERIFY_CHUNK_BYTES
         the bytes of the new stack compared.
     """
     h = job.new
-    bad = mismatched_particles(h, job.positions, job.sources, job.codes, job.indices, chunk_bytes=chunk_bytes)
+    bad = mismatched_particles(h, job.positions, job.sources, job.codes, job.indices, chunk_bytes=chunk_bytes,
+                               shrink=job.shrink or None)
     nbytes = len(job.rows) * h.particle_bytes
     if progress:
         progress(nbytes)
@@ -308,11 +313,79 @@ def compare_here(jobs: list[StackComparison], *, threads: int, chunk_bytes: int,
     return [one(j) for j in jobs]
 
 
+def claimed_shrink(crop: int | None, fourier_crop: int | None, recorded: ShrinkSpec | None,
+                   where: str | os.PathLike) -> ShrinkSpec:
+    """The shrink to verify a set against: as given, else as its consolidation recorded it.
+
+    Args:
+        crop, fourier_crop: Given by the user (``None``: not given).
+        recorded: What the output directory's manifest records
+            (:func:`stacktools.consolidate.recorded_shrink`), or ``None``.
+        where: The new set, for the message.
+
+    Raises:
+        ShrinkError: The sizes given are not the ones recorded.
+    """
+    given = ShrinkSpec(crop, fourier_crop)
+    if crop is None and fourier_crop is None:
+        return recorded or ShrinkSpec()
+    if recorded is not None and recorded != given:
+        raise ShrinkError(f"{where}: consolidated with {describe_shrink(recorded)} (its manifest says so), "
+                          f"not {describe_shrink(given)}")
+    return given
+
+
+def describe_shrink(spec: ShrinkSpec) -> str:
+    """``crop 200, Fourier crop 64``, or ``no crop or Fourier crop``."""
+    parts = ([f"crop {spec.crop}"] if spec.crop else []) + \
+        ([f"Fourier crop {spec.fourier_crop}"] if spec.fourier_crop else [])
+    return ", ".join(parts) or "no crop or Fourier crop"
+
+
+def _check_shrink(shrink: ShrinkSpec, jobs: list[StackComparison], nd: np.ndarray, want_rows: np.ndarray,
+                  new_cs: str | os.PathLike) -> None:
+    """Refuse a claimed shrink that the new stacks' box and pixel size, or the new
+    rows' ``blob/shape`` and ``blob/psize_A`` (``want_rows``: the source rows as the
+    shrink rewrites them), contradict: comparing pixels then would only report every
+    particle as different."""
+    def refuse(what: str, got, want, src: str) -> None:
+        raise ShrinkError(f"{what} is {got} but {src} with {describe_shrink(shrink)} gives {want}; "
+                          "give the sizes it was consolidated with",
+                          hints=[Hint("crop", " ({}", None), Hint("fourier_crop", ", {})", None)])
+
+    for job in jobs:
+        h = job.new
+        for src in job.sources:
+            box = shrink.out_box(src.nx)
+            if (h.nx, h.ny) != (box, shrink.out_box(src.ny)):
+                refuse(f"{h.path}: the box", f"{h.nx}x{h.ny}", f"{box}x{shrink.out_box(src.ny)}", str(src.path))
+            # Only a Fourier crop changes the pixel size; other writers' headers may not
+            # carry one, so without it the box alone is checked.
+            want = src.voxel_size * shrink.pixel_factor(src.nx)
+            if shrink.fourier_crop and h.voxel_size > 0 and src.voxel_size > 0 \
+                    and not np.isclose(h.voxel_size, want, rtol=1e-4):
+                refuse(f"{h.path}: the pixel size", f"{h.voxel_size:.6g} Å", f"{want:.6g} Å", str(src.path))
+    names = set(nd.dtype.names) & set(want_rows.dtype.names)
+    if shrink and "blob/shape" in names:  # else compared with the other fields
+        got, want = np.asarray(nd["blob/shape"]), np.asarray(want_rows["blob/shape"])
+        differ = (got != want).reshape(len(nd), -1).any(axis=1)
+        if differ.any():
+            r = int(np.flatnonzero(differ)[0])
+            refuse(f"{new_cs}: blob/shape at row {r}", got[r].tolist(), want[r].tolist(), "its source row")
+    if shrink.fourier_crop and "blob/psize_A" in names:  # else compared with the other fields
+        got, want = np.asarray(nd["blob/psize_A"], np.float64), np.asarray(want_rows["blob/psize_A"], np.float64)
+        differ = ~np.isclose(got, want, rtol=1e-4)
+        if differ.any():
+            r = int(np.flatnonzero(differ)[0])
+            refuse(f"{new_cs}: blob/psize_A at row {r}", f"{got[r]:.6g} Å", f"{want[r]:.6g} Å", "its source row")
+
+
 def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
            project_dir: str | os.PathLike | None = None, threads: int = 4,
            chunk_bytes: int = VERIFY_CHUNK_BYTES,
            progress: Callable[[int], None] | None = None,
-           allow_outside_project: bool = False, compare: Comparer | None = None) -> VerifyResult:
+           allow_outside_project: bool = False, compare: Comparer | None = None,
+           shrink: ShrinkSpec | None = None) -> VerifyResult:
     """Check every particle and field of a consolidated set against the original.
 
     Parameters
@@ -338,12 +411,19 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     compare
         What compares the stacks' particles, in place of :func:`compare_here`
         (``stacktools.cluster`` compares them on a Dask cluster).
+    shrink
+        The crop and Fourier crop the set was consolidated with (see
+        :func:`claimed_shrink`): sources are shrunk the same way and compared bit
+        for bit, and their box, pixel size and shifts are compared as it changes them.
 
     Returns
     -------
     VerifyResult
-        Bad input (missing stacks, truncated files) raises instead.
+        Bad input (missing stacks, truncated files) raises instead; so does a
+        ``shrink`` that the new stacks' box or pixel size contradict
+        (:class:`~stacktools.errors.ShrinkError`).
     """
+    shrink = shrink or ShrinkSpec()
     project_dir = _project_of(against, project_dir)
     new = ParticleSet.open(new_cs, project_dir, allow_outside_project=allow_outside_project)
     old = ParticleSet.open(against, project_dir, allow_outside_project=allow_outside_project)
@@ -361,23 +441,6 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     if len(nd) != len(od):
         note(f"{new_cs}: {len(nd)} rows, {against} has {len(od)}")
 
-    field_bad = 0
-    fields = [n for n in od.dtype.names if n not in ("blob/path", "blob/idx")]
-    for name in fields:
-        if name not in names_new:
-            field_bad += 1
-            note(f"{new_cs}: field {name!r} of {against} is missing")
-            continue
-        differ = _rows_differ(nd[name], od[name][old_rows])
-        if differ.any():
-            field_bad += 1
-            note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")
-
-    if new.star is not None or old.star is not None:
-        star_bad, star_fields = _star_differences(new, old, old_rows, note)
-        field_bad += star_bad
-        fields += star_fields
-
     old_codes = old.stack_codes[old_rows]
     old_idx = np.asarray(od["blob/idx"], np.int64)[old_rows]
     new_idx = np.asarray(nd["blob/idx"], np.int64)
@@ -386,7 +449,30 @@ def verify(new_cs: str | os.PathLike, against: str | os.PathLike, *,
     for k, g in enumerate(groups):
         used, codes = np.unique(old_codes[g.rows], return_inverse=True)
         jobs.append(StackComparison(new_list[k], g.rows, new_idx[g.rows], [old_list[c] for c in used],
-                                    codes.reshape(-1).astype(np.int64), old_idx[g.rows]))
+                                    codes.reshape(-1).astype(np.int64), old_idx[g.rows], shrink))
+    box = old_list[0].nx if old_list else 0
+    # The source rows as the consolidation rewrote them; a consolidation checks that
+    # every stack has one box, so one box is enough.
+    od_rows = shrink_fields(od[old_rows], shrink, box, copy=False)  # od[old_rows] is a copy already
+    _check_shrink(shrink, jobs, nd, od_rows, new_cs)
+
+    field_bad = 0
+    fields = [n for n in od.dtype.names if n not in ("blob/path", "blob/idx")]
+    for name in fields:
+        if name not in names_new:
+            field_bad += 1
+            note(f"{new_cs}: field {name!r} of {against} is missing")
+            continue
+        differ = _rows_differ(nd[name], od_rows[name])
+        if differ.any():
+            field_bad += 1
+            note(f"{new_cs}: field {name!r} differs at row {int(np.flatnonzero(differ)[0])}")
+
+    if new.star is not None or old.star is not None:
+        star_bad, star_fields = _star_differences(new, old, old_rows, shrink, box, note)
+        field_bad += star_bad
+        fields += star_fields
+
     outcomes = (compare or compare_here)(jobs, threads=threads, chunk_bytes=chunk_bytes, progress=progress)
     particle_bad = 0
     for n_bad, msg, _ in outcomes:

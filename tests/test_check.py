@@ -269,3 +269,52 @@ def test_statistics_match_float64_for_every_pixel_type_and_an_odd_box(tmp_path):
     np.testing.assert_allclose(rep.mean, want_mean, rtol=1e-6, atol=1e-6 * want_std.max())
     np.testing.assert_allclose(rep.std, want_std, rtol=1e-5)
     assert abs(rep.std[r] - 3) < 1e-3
+
+
+def _float64_truth(y: np.ndarray):
+    v = y.astype(np.float64)
+    finite = np.isfinite(v).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        mean, std = v.mean(axis=1), v.std(axis=1)
+    zeros = finite & (v == 0).all(axis=1)
+    constant = finite & (v == v[:, :1]).all(axis=1) & ~zeros
+    return mean, std, zeros, constant, finite
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 7, 1023, 1024, 1025, 3000, 4096]),
+       st.floats(-1e6, 1e6), st.sampled_from([1e-3, 1.0, 3.0, 1e4]),
+       st.sampled_from(["none", "nan", "inf", "-inf", "zeros", "constant", "huge", "tiny", "one-big"]),
+       st.integers(0, 2**32 - 1))
+def test_row_statistics_agree_with_float64_numpy(m, n, loc, scale, damage, seed):
+    """The kernel's mean, std and flags, against float64 NumPy on the same float32
+    pixels: particles with a mean far from their spread, constants, zeros, NaN and
+    ±inf anywhere, squares that overflow or underflow float32, partial sum blocks."""
+    from stacktools.check import _row_stats
+
+    rng = np.random.default_rng(seed)
+    y = (loc + scale * rng.standard_normal((m, n))).astype(np.float32)
+    k, p = int(rng.integers(m)), int(rng.integers(n))
+    if damage in ("nan", "inf", "-inf"):
+        y[k, p] = float(damage)
+    elif damage == "zeros":
+        y[k] = 0.0
+        y[k, ::2] = -0.0
+    elif damage == "constant":
+        y[k] = np.float32(loc)
+    elif damage == "huge":  # squares past float32's range
+        y[k] = (rng.standard_normal(n) * 1e25 + 3e25).astype(np.float32)
+    elif damage == "tiny":  # squares below it
+        y[k] = (rng.standard_normal(n) * 1e-25).astype(np.float32)
+    elif damage == "one-big":
+        y[k, p] = np.float32(1e30)
+    mean, std, zeros, constant, finite = _row_stats(y, np.empty_like(y))
+    t_mean, t_std, t_zeros, t_constant, t_finite = _float64_truth(y)
+    np.testing.assert_array_equal(finite, t_finite)
+    np.testing.assert_array_equal(zeros, t_zeros)
+    np.testing.assert_array_equal(constant, t_constant)
+    f = t_finite
+    assert np.isnan(mean[~f]).all() and np.isnan(std[~f]).all()
+    np.testing.assert_allclose(mean[f], t_mean[f], rtol=1e-6, atol=1e-6 * t_std[f].max(initial=0) + 1e-37)
+    np.testing.assert_allclose(std[f], t_std[f], rtol=2e-5, atol=1e-37)
+    assert (std[t_constant | t_zeros] == 0).all()

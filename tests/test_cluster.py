@@ -222,6 +222,17 @@ def test_verify_of_a_shrunk_set_on_the_cluster_passes_as_locally(client, tmp_pat
     local_reference(demo.selected_cs, out, ref, **kw)
     api.consolidate_particles(demo.selected_cs, out, client=client, **kw)
     assert_same_tree(out, ref)
+    # stacktools verify on the cluster learns the shrink from the manifest, and finds a flipped bit
+    new_cs = next(out.glob("*_consolidated.cs"))
+    assert api.verify_consolidated(new_cs, demo.selected_cs, client=client).ok
+    stack = next((out / "stacks").iterdir())
+    with open(stack, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 1]))
+    result = api.verify_consolidated(new_cs, demo.selected_cs, client=client)
+    assert result.particle_mismatches == 1 and str(stack) in result.problems[0]
 
 
 def report_from_a_pool(item: int, report) -> int:

@@ -392,3 +392,96 @@ def test_crop_matches_relion_new_box(tmp_path, box, parity):
     theirs = np.stack([read_particle(tmp_path / "relion.mrcs", k) for k in range(len(ours))])
     assert theirs.shape == ours.shape == (len(ours), n, n)
     np.testing.assert_array_equal(ours, theirs)
+
+
+# --- stacktools verify of a shrunk set ---------------------------------------------
+
+
+def _shrink_args(box: int, which: str) -> list[str]:
+    n = (box // 2) & ~1
+    return {"fourier": ["--fourier-crop", n, "--dtype", "float32"],
+            "crop+fourier": ["--crop", box - 6, "--fourier-crop", ((box - 6) // 2) & ~1, "--dtype", "float32"],
+            "float16": ["--dtype", "float16"],
+            "crop+fourier+float16": ["--crop", box - 2, "--fourier-crop", n, "--dtype", "float16"]}[which]
+
+
+def _consolidated(demo, which: str, out: str = "J9") -> Path:
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    res = run_cli("consolidate", demo.selected_cs, "--out", demo.project_dir / out, "--project-dir", demo.project_dir,
+                  *_shrink_args(box, which), "--quiet", "--json", check=True)
+    return Path(json.loads(res.stdout)["cs"])
+
+
+@pytest.mark.parametrize("which", ["fourier", "crop+fourier", "float16", "crop+fourier+float16"])
+def test_verify_of_a_shrunk_set_learns_the_shrink_from_its_manifest(demo, which):
+    new_cs = _consolidated(demo, which)
+    res = run_cli("verify", new_cs, "--against", demo.selected_cs, "--project-dir", demo.project_dir, "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ok"] and doc["particles"] == len(read_cs(demo.selected_cs))
+    # every pixel byte of the new stacks was compared
+    new = read_cs(new_cs)
+    h = header(blob_file(demo.project_dir, new["blob/path"][0]))
+    assert doc["bytes_checked"] == len(new) * h["nx"] * h["ny"] * h["dtype"].itemsize
+
+
+@pytest.mark.parametrize("which", ["crop+fourier", "crop+fourier+float16"])
+def test_verify_of_a_shrunk_set_finds_and_names_a_tampered_pixel(demo, which):
+    new_cs = _consolidated(demo, which)
+    new = read_cs(new_cs)
+    row = len(new) // 2
+    stack = blob_file(demo.project_dir, new["blob/path"][row])
+    idx = int(new["blob/idx"][row])
+    h = header(stack)
+    pb = h["nx"] * h["ny"] * h["dtype"].itemsize
+    where = h["offset"] + idx * pb + pb // 2 + 1  # one byte inside the particle: a low bit of one pixel
+    fd = os.open(stack, os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes([os.pread(fd, 1, where)[0] ^ 1]), where)
+    finally:
+        os.close(fd)
+    res = run_cli("verify", new_cs, "--against", demo.selected_cs, "--project-dir", demo.project_dir, "--json")
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["particle_mismatches"] == 1 and doc["field_mismatches"] == 0
+    src = blob_file(demo.project_dir, read_cs(demo.selected_cs)["blob/path"][row])
+    assert doc["problems"] == [f"{stack}: particle {idx} (row {row}) differs from particle "
+                               f"{int(read_cs(demo.selected_cs)['blob/idx'][row])} of {src}"]
+
+
+def test_verify_refuses_a_shrink_the_output_contradicts_in_one_line(demo):
+    new_cs = _consolidated(demo, "crop+fourier")
+    box = int(read_cs(demo.selected_cs)["blob/shape"][0][0])
+    c, n = box - 6, ((box - 6) // 2) & ~1
+    base = ("verify", new_cs, "--against", demo.selected_cs, "--project-dir", demo.project_dir)
+    # given sizes that are not the recorded ones
+    res = run_cli(*base, "--fourier-crop", n - 2)
+    assert res.returncode == 2
+    assert_one_line_error(res, str(new_cs), f"crop {c}, Fourier crop {n}", f"not Fourier crop {n - 2}")
+    # a manifest that records another shrink than the stacks and metadata show
+    manifest = new_cs.parent / ".stacktools-consolidate.json"
+    doc = json.loads(manifest.read_text())
+    assert doc["shrink"] == {"crop": c, "fourier_crop": n}
+    doc["shrink"] = {"crop": None, "fourier_crop": n}
+    manifest.write_text(json.dumps(doc))
+    res = run_cli(*base)
+    assert res.returncode == 2
+    assert_one_line_error(res, "the pixel size", "Fourier crop", "consolidated with")
+    # no manifest at all (a copied set): the box says it was shrunk; the right sizes verify it
+    manifest.unlink()
+    res = run_cli(*base)
+    assert res.returncode == 2
+    assert_one_line_error(res, f"the box is {n}x{n}", f"gives {box}x{box}", "(--crop, --fourier-crop)")
+    res = run_cli(*base, "--crop", c, "--fourier-crop", n, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["ok"], res.stderr
+
+
+def test_verify_api_of_a_shrunk_star(tmp_path):
+    import stacktools
+
+    proj = _star_project(tmp_path, 64)
+    res = consolidate(proj / "parts.star", proj / "out", project_dir=proj, crop=60, fourier_crop=32,
+                      dtype="float16")
+    result = stacktools.verify_consolidated(res.star, proj / "parts.star", project_dir=proj)
+    assert result.ok, result.problems
+    assert result.fields > 0 and result.bytes_checked == 3 * 32 * 32 * 2

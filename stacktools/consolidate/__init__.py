@@ -10,7 +10,7 @@ field, the row order and the ``uid`` values are kept. It is :func:`plan_consolid
 lock in :mod:`~stacktools.consolidate.outdir`.
 """
 
-from stacktools.consolidate.outdir import MANIFEST, STACKS_DIR, read_manifest
+from stacktools.consolidate.outdir import MANIFEST, STACKS_DIR, read_manifest, recorded_shrink
 from stacktools.consolidate.plan import (
     DEFAULT_PARTICLES_PER_STACK,
     DTYPES,
@@ -41,5 +41,6 @@ __all__ = [
     "consolidate",
     "plan_consolidation",
     "read_manifest",
+    "recorded_shrink",
     "run_plan",
 ]

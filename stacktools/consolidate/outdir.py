@@ -19,10 +19,11 @@ from pathlib import Path
 
 from stacktools.errors import OutputError, describe_os_error
 from stacktools.formats.atomic import TMP_SUFFIX, atomic_output, tmp_name_for
+from stacktools.shrink import ShrinkSpec
 
 MANIFEST = ".stacktools-consolidate.json"
 STACKS_DIR = "stacks"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: the shrink is recorded
 
 
 def read_manifest(outdir: Path) -> dict | None:
@@ -47,7 +48,7 @@ def is_run(manifest: dict | None, key: str) -> bool:
 
 def write_manifest(outdir: Path, *, key: str, cs: str | None, passthrough: str | None,
                    stacks: list[dict], stale: list[str], fsync: bool, csg: str | None = None,
-                   star: str | None = None) -> None:
+                   star: str | None = None, shrink: ShrinkSpec | None = None) -> None:
     """Record atomically what a run writes, and what earlier runs left that it will remove.
 
     Args:
@@ -58,6 +59,8 @@ def write_manifest(outdir: Path, *, key: str, cs: str | None, passthrough: str |
         star: File name of the run's STAR output (a STAR input's run), in OUTDIR.
         stacks: One ``{"path", "bytes", "particles"}`` per stack, ``path`` relative to OUTDIR.
         stale: Files of earlier runs to remove, relative to OUTDIR.
+        shrink: The crop and Fourier crop every particle was written with, recorded
+            so that ``verify`` can shrink the sources the same way.
         fsync: Flush the manifest to the device before renaming it into place.
 
     Raises:
@@ -67,9 +70,33 @@ def write_manifest(outdir: Path, *, key: str, cs: str | None, passthrough: str |
            "cs": cs, "csg": csg, "passthrough": passthrough, "stacks": stacks, "stale": stale}
     if star is not None:
         doc["star"] = star
+    if shrink:
+        doc["shrink"] = {"crop": shrink.crop, "fourier_crop": shrink.fourier_crop}
     with atomic_output(outdir / MANIFEST, fsync=fsync) as fh:
         # Compact: an indent switches json to its pure-Python encoder, seconds at 10^5 stacks.
         fh.write(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def recorded_shrink(cs: str | os.PathLike) -> ShrinkSpec | None:
+    """The crop and Fourier crop the manifest beside ``cs`` says its particles were written with.
+
+    Args:
+        cs: A consolidated ``.cs`` or STAR.
+
+    Returns:
+        The recorded shrink (an empty :class:`~stacktools.shrink.ShrinkSpec` for a run
+        without one), or ``None`` when no manifest there names ``cs`` (a set copied
+        elsewhere, or one from a version of stacktools that did not record it and
+        wrote no shrink either: the two cannot be told apart, so nothing is assumed).
+    """
+    path = Path(cs)
+    manifest = read_manifest(path.parent)
+    if manifest is None or path.name not in (manifest.get("cs"), manifest.get("star")):
+        return None
+    rec = manifest.get("shrink")
+    if not isinstance(rec, dict):
+        return None if manifest.get("version", 1) < 3 else ShrinkSpec()
+    return ShrinkSpec(rec.get("crop"), rec.get("fourier_crop"))
 
 
 def listed_outputs(outdir: Path, manifest: dict) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -94,8 +95,9 @@ class ConsolidationPlan:
     """Everything a consolidation decided before writing.
 
     ``stacks`` are the output stacks in the order their rows appear in ``new_data``
-    (the new ``.cs`` rows); ``key`` is a digest of the inputs and options, recorded
-    in OUTDIR's manifest so that a rerun of the same plan can keep its stacks.
+    (the new ``.cs`` rows: row ``r`` in ``new_paths[stack_of_row[r]]`` at
+    ``idx_of_row[r]``); ``key`` is a digest of the inputs and options, recorded in
+    OUTDIR's manifest so that a rerun of the same plan can keep its stacks.
     """
 
     pset: ParticleSet
@@ -105,7 +107,9 @@ class ConsolidationPlan:
     project_dir: Path
     headers: list[StackHeader]
     stacks: list[OutputStack]
-    new_data: np.ndarray
+    new_paths: list[str]  # the output stacks' blob/path values
+    stack_of_row: np.ndarray  # each row's output stack, an index into new_paths
+    idx_of_row: np.ndarray  # each row's blob/idx in it
     out_cs: Path
     out_passthrough: Path | None
     relative: bool
@@ -118,6 +122,15 @@ class ConsolidationPlan:
     shrink: ShrinkSpec = field(default_factory=ShrinkSpec)  # crop / Fourier crop of every particle
     cs_format: str = "numpy"  # of the new .cs ("numpy" or "csdat")
     pt_format: str = "numpy"  # of the new passthrough
+
+    @functools.cached_property
+    def new_data(self) -> np.ndarray:
+        """The new ``.cs`` rows, made when first asked for: a run asks once the stacks
+        are written, so that a large set's rows are not held twice while pixels move."""
+        data = with_blob_paths(self.pset.data, self.new_paths, self.stack_of_row, self.idx_of_row)
+        if self.shrink and self.headers:
+            data = shrink_fields(data, self.shrink, self.headers[0].nx, copy=False)
+        return data
 
     @property
     def nbytes(self) -> int:
@@ -397,9 +410,6 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                                       rows_all[start:end], codes_all[start:end], idx_all[start:end]))
         stack_of_row, idx_of_row = rows_all // per, rows_all % per
     new_paths = [s.blob_path for s in stacks]
-    new_data = with_blob_paths(data, new_paths, stack_of_row, idx_of_row)
-    if shrink and headers:
-        new_data = shrink_fields(new_data, shrink, headers[0].nx)
 
     # One byte short of the limit, so that the .csg beside a .cs fits too.
     out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.star" if star else "_consolidated.cs",
@@ -425,7 +435,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         options["shrink"] = [crop, fourier_crop]
     out_format, pt_format = _output_formats(None if star else cs_path, pt_path, cs_format, options)
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
-    plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_data, out_cs, out_pt,
+    plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_paths,
+                             np.asarray(stack_of_row, np.int64), np.asarray(idx_of_row, np.int64), out_cs, out_pt,
                              relative, key, layout, dtype, warnings=warnings, shrink=shrink,
                              cs_format=out_format, pt_format=pt_format)
     if star:

@@ -164,7 +164,7 @@ def _result(plan: ConsolidationPlan, *, resumed: list[OutputStack], verified: bo
         passthrough=pt,
         outdir=os.path.abspath(plan.outdir), project_dir=str(plan.project_dir), layout=plan.layout,
         dtype=plan.dtype, paths="relative" if plan.relative else "absolute",
-        stacks=len(plan.stacks), particles=len(plan.new_data),
+        stacks=len(plan.stacks), particles=len(plan.stack_of_row),
         bytes_written=plan.nbytes,
         source_bytes=sum(h.file_size for h in plan.headers),
         stacks_resumed=len(resumed), bytes_resumed=sum(s.nbytes for s in resumed),
@@ -503,7 +503,7 @@ def _record(plan: ConsolidationPlan, stale: list[str], *, fsync: bool) -> None:
                    passthrough=plan.out_passthrough.name if plan.out_passthrough else None,
                    stacks=[{"path": f"{STACKS_DIR}/{s.path.name}", "bytes": s.nbytes,
                             "particles": s.count} for s in plan.stacks],
-                   stale=stale, fsync=fsync)
+                   stale=stale, fsync=fsync, shrink=plan.shrink)
 
 
 def _write_all(plan: ConsolidationPlan, todo: list[OutputStack], written: list[Path], *,
