@@ -145,8 +145,7 @@ def no_lock_held(ssd: Path) -> bool:
     """Every lock and pin file can be taken right now (nobody holds one), and no byte
     of the entry lock file is record-locked."""
     root = ssd / "stacktools-cache"
-    entries = root / "locks" / "entries.lock"
-    if entries.exists():
+    for entries in (root / "locks").glob("entries*.lock"):
         fd = os.open(entries, os.O_RDWR)
         try:
             flock = struct.Struct("hhqqi4x")  # struct flock: type, whence, start, len (0: to the end), pid

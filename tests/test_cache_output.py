@@ -10,7 +10,7 @@ import pytest
 
 from cli.cache import shorten_middle
 from stacktools.cache import Cache
-from stacktools.cache.locks import EntryLocks, PinFile, _entry_offset
+from stacktools.cache.locks import EntryLocks, PinFile
 from tests.helpers import start_cli
 
 
@@ -75,11 +75,10 @@ def test_one_line_per_wait_naming_the_holder(tmp_path, demo, quiet):
     pin = PinFile(cache.pins_dir, keys)
     pin.reserved = {k: 1 for k in keys}
     pin.write()
-    ino = os.fstat(locks.fd).st_ino
     held = {}
     for k in keys:
         assert locks.try_lock(k)
-        held[(ino, _entry_offset(k))] = k
+        held[locks.where(k)] = k
     proc = start_cli(*_sync_args(demo, ssd, "--threads", "1", "--json",
                                  *(["--quiet"] if quiet else [])))
     try:

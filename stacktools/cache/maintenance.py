@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from stacktools.cache import upkeep
-from stacktools.cache.locks import ENTRY_LOCKS, FileLock
+from stacktools.cache.locks import FileLock, is_entry_lock_name
 from stacktools.cache.plan import Entry, source_of
 from stacktools.cache.sources import named_path
 from stacktools.cache.validity import entry_problem
@@ -128,8 +128,8 @@ def clear(cache: Cache) -> Removal:
     older versions made per entry. Foreign files stay."""
     out = remove_where(cache, lambda e: True)
     for name in os.listdir(cache.locks_dir):
-        if not name.endswith(".lock") or name == ENTRY_LOCKS:
-            continue  # entries.lock stays: live record locks may be held on it
+        if not name.endswith(".lock") or is_entry_lock_name(name):
+            continue  # entry lock files stay: live record locks may be held on them
         lk = FileLock(cache.locks_dir / name)
         with contextlib.suppress(CacheForeignPathError, FileNotFoundError):
             if lk.acquire(blocking=False):

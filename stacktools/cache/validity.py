@@ -13,7 +13,7 @@ import stat
 from typing import Callable, Sequence
 
 from stacktools.cache.digest import digest_file
-from stacktools.cache.plan import Entry, SourceFile, source_of, version_key
+from stacktools.cache.plan import VERSIONS, Entry, SourceFile, source_of, version_key
 
 
 def check_copies(files: str, stacks: Sequence[SourceFile],
@@ -64,7 +64,8 @@ def locate_copies(files: str, stacks: Sequence[SourceFile],
     valid. Arguments as :func:`check_copies`; reads only.
     """
     found = {k: k for k in check_copies(files, stacks, open_dir)}
-    if len(found) < len(stacks):
+    # Each version has a directory of its own: look only if any version exists.
+    if len(found) < len(stacks) and os.path.lexists(files + VERSIONS):
         others = [s._replace(key=version_key(s.key, s.size, s.mtime_ns))
                   for s in stacks if s.key not in found]
         for k in check_copies(files, others, open_dir):

@@ -70,13 +70,24 @@ _FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 _MAX_LEVELS = 40
 
 
+_S33 = np.uint64(33)
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: a bijection, so distinct keys stay distinct."""
-    h = x ^ (x >> np.uint64(33))
+    """MurmurHash3's 64-bit finaliser: a bijection, so distinct keys stay distinct.
+
+    ``x`` (often a column of wide records) is read once, into the new array the
+    rest works on in place.
+    """
+    h = np.array(x, dtype=np.uint64, order="C")
+    t = h >> _S33
+    h ^= t
     h *= _FMIX1
-    h ^= h >> np.uint64(33)
+    np.right_shift(h, _S33, out=t)
+    h ^= t
     h *= _FMIX2
-    h ^= h >> np.uint64(33)
+    np.right_shift(h, _S33, out=t)
+    h ^= t
     return h
 
 
@@ -165,10 +176,11 @@ class KeyIndex:
         at: np.ndarray | None = None  # positions in ``out`` of the pending queries (None: all)
         for table, k, r, rows in self._levels:
             slot, e = _slot_and_entry(g, k, r)
-            held = table[slot]
+            held = np.take(table, slot)
             low = np.uint64((1 << r) - 1)
-            found = (held & ~low) == e
-            local = (held[found] & low).astype(np.int64)
+            np.bitwise_and(held, ~low, out=slot.view(np.uint64))
+            found = slot.view(np.uint64) == e
+            local = (held[found] & low).view(np.int64)
             value = local if rows is None else rows[local]
             if at is None:
                 out[found] = value

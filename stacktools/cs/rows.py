@@ -246,13 +246,13 @@ def join(main: np.ndarray, other: np.ndarray,
         return _join_fields(main, other, uid_lookup(main["uid"], other["uid"]), dtype, extra)
     runs = _byte_runs(dtype, other.dtype, extra)
     if len(main) >= _PARALLEL_ROWS:
-        # Usually every row is kept: copy main's records into the output while
-        # another thread matches the uids, then add the other's fields.
+        # Usually every row is kept, so the output can be made before the match.
         out = np.empty(len(main), dtype)
-        rows = _beside(lambda: uid_lookup(main["uid"], other["uid"]),
-                       lambda: _gather_joined(out, main_void, None, None, None, []))
+        rows = _lookup_beside(main["uid"], other["uid"], out)
         if (rows >= 0).all():
-            _gather_joined(out, None, None, other_void, rows, runs)
+            half = len(out) // 2
+            _beside(lambda: _gather_joined(out[half:], main_void[half:], None, other_void, rows[half:], runs),
+                    lambda: _gather_joined(out[:half], main_void[:half], None, other_void, rows[:half], runs))
             return out
         del out
     else:
@@ -279,6 +279,27 @@ def _join_fields(main: np.ndarray, other: np.ndarray, rows: np.ndarray, dtype: n
 
 _PARALLEL_ROWS = 200_000
 _JOIN_CHUNK_BYTES = 1 << 20
+_PAGE = 4096
+
+
+def _lookup_beside(uids: np.ndarray, other_uids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`uid_lookup` on two threads, faulting in the fresh ``out`` meanwhile.
+
+    While one thread builds the index of ``other_uids``, the other touches a byte of
+    each page of ``out`` (the kernel zeroes a fresh page on its first write, as much
+    work as the index); then each thread looks up half of ``uids``. The gather that
+    follows writes into memory that is already there.
+    """
+    raw = np.ndarray(out.nbytes, np.uint8, buffer=out)
+    index = _beside(lambda: KeyIndex(_keys(other_uids)), lambda: raw[::_PAGE].fill(0))
+    keys = _keys(uids)
+    half = len(keys) // 2
+    rows = np.empty(len(keys), np.int64)
+
+    def find(sl: slice) -> None:
+        rows[sl] = index.find(keys[sl])
+    _beside(lambda: find(slice(half, None)), lambda: find(slice(0, half)))
+    return rows
 
 
 def _beside(background, foreground):
