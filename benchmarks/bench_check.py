@@ -7,8 +7,12 @@ A CryoSPARC-shaped project of float32 stacks in which every particle is selected
 that `check` reads the same bytes `cat` does (headers aside). Each round times, one
 after the other: `cat`, the whole `stacktools check` process and `check_particles`
 in this process (no start-up) from a warm page cache, then `cat` and the whole
-command again from a cold one (`sync; echo 3 > /proc/sys/vm/drop_caches` before
-each side; needs root, and empties the page cache of everything on the machine).
+command again with the stacks cold: before each side the stacks' pages are dropped
+from the page cache (`sync`, then `posix_fadvise(POSIX_FADV_DONTNEED)` on each
+stack), so that both read the stacks from the disk while the programs themselves
+stay cached, as they are on a node that has run them once. `--drop-all` instead
+empties the whole page cache (`echo 3 > /proc/sys/vm/drop_caches`, root), which
+also makes the interpreter and NumPy load from the disk.
 Ratios are paired: tool / `cat` in the same round, and the median of those. Peak
 RSS from /usr/bin/time; the load average (`/proc/loadavg`) is printed per round.
 """
@@ -37,9 +41,17 @@ def _timed(cmd: list[str]) -> tuple[float, int]:
     return dt, int(res.stderr.strip().splitlines()[-1])
 
 
-def _drop_caches() -> None:
+def _drop_caches(stacks: list[str], everything: bool) -> None:
     subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    if everything:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
+    for s in stacks:
+        fd = os.open(s, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def _load() -> str:
@@ -54,6 +66,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="check's --threads [default: its own]")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache rounds")
+    ap.add_argument("--drop-all", action="store_true",
+                    help="cold rounds empty the whole page cache, programs included [default: the stacks only]")
     ap.add_argument("--keep", type=Path, default=None, help="make (or reuse) the project here and keep it")
     args = ap.parse_args()
     from stacktools.check import DEFAULT_THREADS, check_particles
@@ -90,9 +104,9 @@ def main() -> None:
             t_in = time.perf_counter() - t0
             row = {"load": load, "cat": t_cat, "check": t_chk, "in_process": t_in}
             if not args.no_cold:
-                _drop_caches()
+                _drop_caches(stacks, args.drop_all)
                 row["cold_cat"], _ = _timed(cat)
-                _drop_caches()
+                _drop_caches(stacks, args.drop_all)
                 row["cold_check"], _ = _timed(check)
                 warm_page_cache(stacks)
             rows.append(row)
