@@ -355,7 +355,10 @@ def _gather_windows(headers: Sequence[StackHeader], out_dtype: np.dtype, codes: 
     run_code = codes[first]
     lo = idx[first]
     hi = lo + np.diff(starts)  # one past each run's last particle
-    pb = np.array([h.particle_bytes if h.dtype == out_dtype else 0 for h in headers], np.int64)[run_code]
+    # Only the sources this copy reads: a plan's stacks share one list of every source.
+    used, used_at = np.unique(run_code, return_inverse=True)
+    pb = np.array([headers[k].particle_bytes if headers[k].dtype == out_dtype else 0
+                   for k in used.tolist()], np.int64)[used_at.reshape(-1)]
     joins = np.flatnonzero((run_code[1:] == run_code[:-1]) & (pb[1:] > 0)
                            & ((lo[1:] - hi[:-1]) * pb[1:] <= GATHER_GAP_BYTES))
     if not len(joins):
