@@ -335,7 +335,7 @@ GAPS = (-1, 16 << 10, 96 << 10, 512 << 10)
 def bench_small_boxes(base: Path, repeats: int, boxes=(32, 64), fractions=(0.25, 0.5)) -> None:
     """Small boxes against ``cp`` of the same bytes, for each covering-read gap.
 
-    Per case: 100 float32 stacks of 100 MiB of particles in all, a random subset;
+    Per case: 100 float32 stacks of 800 MiB of particles in all, a random subset;
     the Python API run (no start-up) with ``GATHER_GAP_BYTES`` set to each of
     :data:`GAPS` (-1: never gather), and the CLI at the default, all paired with
     ``cp`` of one file of the output's size in the same round (page cache warm).
@@ -349,7 +349,7 @@ def bench_small_boxes(base: Path, repeats: int, boxes=(32, 64), fractions=(0.25,
         for frac in fractions:
             root = base / f"small_{box}_{frac}"
             shutil.rmtree(root, ignore_errors=True)
-            per = (100 << 20) // (box * box * 4) // 100
+            per = (800 << 20) // (box * box * 4) // 100
             made = make_project(root / "P1", stacks=100, per_stack=per, box=box, select_fraction=frac)
             out_bytes = size_particles(ParticleSet.open(made.selected_cs, made.project_dir)).consolidated_bytes
             floor_src = root / "floor_src.bin"
