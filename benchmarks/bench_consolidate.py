@@ -26,6 +26,7 @@ sources against float32 of the same bytes. Usage::
 
     python -m benchmarks.bench_consolidate [--sizes small,large] [--repeats 5]
     python -m benchmarks.bench_consolidate --scale stacks=1000,100000 --scale rows=100000,10000000
+    python -m benchmarks.bench_consolidate --small-boxes --repeats 5
 
 ``--scale`` instead times one whole-process run per point with its peak RSS, on
 sparse source stacks of tiny boxes (so the output, not the sources, takes disk):
@@ -362,6 +363,74 @@ def bench_scale(points: list[str], base: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+GAP_RUN = r"""
+import sys, time
+import stacktools.stacks
+stacktools.stacks.GATHER_GAP_BYTES = int(sys.argv[4])
+from stacktools.consolidate import consolidate
+t = time.perf_counter()
+consolidate(sys.argv[1], sys.argv[3], project_dir=sys.argv[2])
+print(f"SECONDS {time.perf_counter() - t}")
+"""
+GAPS = (-1, 16 << 10, 96 << 10, 512 << 10)
+
+
+def bench_small_boxes(base: Path, repeats: int, boxes=(32, 64), fractions=(0.25, 0.5)) -> None:
+    """Small boxes against ``cp`` of the same bytes, for each covering-read gap.
+
+    Per case: 100 float32 stacks of 800 MiB of particles in all, a random subset;
+    the Python API run (no start-up) with ``GATHER_GAP_BYTES`` set to each of
+    :data:`GAPS` (-1: never gather), and the CLI at the default, all paired with
+    ``cp`` of one file of the output's size in the same round (page cache warm).
+    """
+    from stacktools.particles import ParticleSet
+    from stacktools.size import size_particles
+    print("| box | subset | output | `cp` | " + " | ".join(
+        f"gap {'off' if g < 0 else f'{g >> 10} KiB'}" for g in GAPS) + " | CLI (default) | load |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in GAPS) + " | --- | --- |")
+    for box in boxes:
+        for frac in fractions:
+            root = base / f"small_{box}_{frac}"
+            shutil.rmtree(root, ignore_errors=True)
+            per = (800 << 20) // (box * box * 4) // 100
+            made = make_project(root / "P1", stacks=100, per_stack=per, box=box, select_fraction=frac)
+            out_bytes = size_particles(ParticleSet.open(made.selected_cs, made.project_dir)).consolidated_bytes
+            floor_src = root / "floor_src.bin"
+            with open(floor_src, "wb") as fh, open(made.stacks[0], "rb") as one:
+                block = one.read(1 << 20)
+                left = out_bytes
+                while left:
+                    fh.write(block[:left])
+                    left -= min(left, len(block))
+            out = root / "out"
+            tools = {"cp": ["cp", str(floor_src), str(out / "floor.bin")]}
+            for g in GAPS:
+                tools[g] = [sys.executable, "-c", GAP_RUN, str(made.selected_cs), str(made.project_dir),
+                            str(out / "api"), str(g)]
+            tools["cli"] = [*stacktools_command(), "consolidate", str(made.selected_cs), "--project-dir",
+                            str(made.project_dir), "--out", str(out / "st"), "--quiet", "--json"]
+            times: dict = {k: [] for k in tools}
+            load = os.getloadavg()[0]
+            for rep in range(-1, repeats):
+                for tool, cmd in tools.items():
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir(parents=True)
+                    warm_selected(made)
+                    warm_page_cache([floor_src])
+                    os.sync()
+                    dt, _ = run(cmd, root)
+                    if rep >= 0:
+                        times[tool].append(dt)
+            cp_t = times["cp"]
+            cells = []
+            for k in [*GAPS, "cli"]:
+                ratio = statistics.median(t / c for t, c in zip(times[k], cp_t))  # paired per round
+                cells.append(f"{statistics.median(times[k]):.2f} s ({ratio:.2f}×)")
+            print(f"| {box} | {frac:.0%} | {out_bytes / 2**20:.0f} MiB | {statistics.median(cp_t):.3f} s | "
+                  + " | ".join(cells) + f" | {load:.1f} |", flush=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="small,large", help=f"Comma list of: {', '.join(SIZES)}.")
@@ -378,7 +447,12 @@ def main() -> None:
                     help="Skip relion_stack_create's default bulk mode at the small size.")
     ap.add_argument("--scale", action="append", default=[],
                     help="stacks=N[,N..] or rows=N[,N..]: the scaling table instead.")
+    ap.add_argument("--small-boxes", action="store_true",
+                    help="Boxes 32 and 64, 25%% and 50%% subsets, against cp, per gather gap.")
     args = ap.parse_args()
+    if args.small_boxes:
+        bench_small_boxes(args.data, args.repeats)
+        return
     if args.scale:
         points = [f"{k}={v}" for spec in args.scale for k, vs in [spec.split("=")] for v in vs.split(",")]
         bench_scale(points, args.data)

@@ -171,6 +171,18 @@ def resolve_blob_path(project_dir: Path, blob_path: bytes | str) -> Path:
     return p if p.is_absolute() else project_dir / p
 
 
+def _stack_codes(values: list, codes: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes into the sorted :func:`stack_key` spellings of distinct ``blob/path``
+    ``values`` (``codes`` index ``values``), and those spellings."""
+    # ">J1/x.mrc", "./J1/x.mrc" and "J1//x.mrc" name the same stack: merge them.
+    stripped = [stack_key(u) for u in values]
+    names = sorted(set(stripped))
+    if names != stripped:
+        pos = {n: i for i, n in enumerate(names)}
+        codes = np.array([pos[n] for n in stripped], np.int64)[codes]
+    return codes, names
+
+
 @dataclass(frozen=True)
 class StackGroup:
     """The rows of a set that live in one stack.
@@ -214,8 +226,12 @@ class ParticleSet:
 
     def __init__(self, data: np.ndarray, project_dir: str | os.PathLike,
                  source: str | os.PathLike | None = None, *,
-                 allow_outside_project: bool = False):
-        missing = [f for f in BLOB_FIELDS if f not in (data.dtype.names or ())]
+                 allow_outside_project: bool = False,
+                 stacks: tuple[list, np.ndarray] | None = None):
+        # ``stacks``: the distinct blob/path values and each row's code into them,
+        # for a ``data`` without its blob/path column (:meth:`open_lean`).
+        need = BLOB_FIELDS if stacks is None else ("blob/idx",)
+        missing = [f for f in need if f not in (data.dtype.names or ())]
         where = source or "dataset"
         if missing:
             raise FieldError(f"{where}: missing field {', '.join(missing)} "
@@ -231,6 +247,8 @@ class ParticleSet:
         self._stack_names: list[str] | None = None
         self._headers: list[StackHeader] | None = None
         self._table: HeaderTable | None = None
+        if stacks is not None:
+            self._codes, self._blob_paths = _stack_codes(*stacks)
 
     @classmethod
     def open(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None,
@@ -281,6 +299,42 @@ class ParticleSet:
         pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
         return pset
 
+    @classmethod
+    def open_lean(cls, cs_path: str | os.PathLike, project_dir: str | os.PathLike | None = None, *,
+                  fields: tuple[str, ...] = ("blob/idx", "blob/shape"),
+                  allow_outside_project: bool = False) -> "ParticleSet":
+        """:meth:`open` for a set too large to hold twice: of a NumPy-format ``.cs``
+        only ``fields`` (those it has) are kept in :attr:`data`, and ``blob/path`` as
+        each row's stack code, read a chunk at a time. A STAR or CSDAT file is read
+        whole, as :meth:`open` reads it.
+        """
+        if is_star(cs_path) or csfile.detect_format(cs_path) != "numpy":
+            return cls.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
+        dtype, n, _ = csfile.numpy_layout(cs_path)
+        names = dtype.names or ()
+        missing = [f for f in BLOB_FIELDS if f not in names]
+        if missing:
+            raise FieldError(f"{cs_path}: missing field {', '.join(missing)} (not a particle dataset)")
+        kept = [f for f in dict.fromkeys(("blob/idx", *fields)) if f in names]
+        data = np.empty(n, dtype=[(f, dtype.fields[f][0]) for f in kept])
+        codes = np.empty(n, np.int64)
+        seen: dict = {}  # blob/path value -> code, in order of first appearance
+        start = 0
+        for chunk in csfile.iter_rows(cs_path):
+            stop = start + len(chunk)
+            for f in kept:
+                data[f][start:stop] = chunk[f]
+            uniq, at = factorize(np.asarray(chunk["blob/path"]))
+            lut = np.array([seen.setdefault(v, len(seen)) for v in uniq.tolist()], np.int64)
+            codes[start:stop] = lut[at]
+            start = stop
+        if project_dir is None:
+            project_dir = default_project_dir(cs_path)
+        pset = cls(data, project_dir, source=cs_path, allow_outside_project=allow_outside_project,
+                   stacks=(list(seen), codes))
+        pset._stack_path_names()  # refuse an escaping blob/path before a command writes anything
+        return pset
+
     def __len__(self) -> int:
         return len(self.data)
 
@@ -302,14 +356,7 @@ class ParticleSet:
     def _factorise(self) -> None:
         if self._codes is None:
             uniq, codes = factorize(np.asarray(self.data["blob/path"]))
-            # ">J1/x.mrc", "./J1/x.mrc" and "J1//x.mrc" name the same stack: merge them.
-            stripped = [stack_key(u) for u in uniq.tolist()]
-            names = sorted(set(stripped))
-            if len(names) != len(stripped):
-                pos = {n: i for i, n in enumerate(names)}
-                codes = np.array([pos[n] for n in stripped], np.int64)[codes]
-            self._codes = codes
-            self._blob_paths = names
+            self._codes, self._blob_paths = _stack_codes(uniq.tolist(), codes)
 
     @property
     def blob_paths(self) -> list[str]:

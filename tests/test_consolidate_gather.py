@@ -129,3 +129,30 @@ def test_consolidate_small_box_subset_both_layouts(tmp_path):
     for layout in ("per-stack", "packed"):
         res = consolidate(cs, tmp_path / layout, project_dir=proj, layout=layout, chunk_bytes=4096)
         independent.assert_same_particles(res.cs, proj, cs, proj)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), gap=st.sampled_from([-1, 0, 256, 96 << 10]), chunk=st.sampled_from([512, 4096, 1 << 20]))
+def test_small_one_source_stack_in_one_read_is_bit_exact(tmp_path_factory, data, gap, chunk):
+    """A whole small stack from one source (any order, duplicates, gaps) is read as one
+    region and written with one write when it can be, and is exact either way."""
+    tmp_path = tmp_path_factory.mktemp("region")
+    paths = _stacks(tmp_path, [40, 5], 4, data.draw(st.sampled_from([2, 12])))
+    idx = data.draw(st.lists(st.integers(0, 39), min_size=1, max_size=30))
+    codes = [0] * len(idx)
+    if data.draw(st.booleans()):  # a second source: never one region
+        codes[-1], idx[-1] = 1, idx[-1] % 5
+    old = stackcopy.GATHER_GAP_BYTES
+    stackcopy.GATHER_GAP_BYTES = gap
+    regions = []
+    real = stackcopy._copy_region
+    stackcopy._copy_region = lambda *a: regions.append(real(*a)) or regions[-1]
+    try:
+        got = _copy(tmp_path, paths, codes, idx, chunk)
+    finally:
+        stackcopy.GATHER_GAP_BYTES, stackcopy._copy_region = old, real
+    assert got == _expected(paths, codes, idx)
+    if gap < 0 or len(set(codes)) > 1:
+        assert regions == [False]
+    if gap >= 96 << 10 and len(set(codes)) == 1 and chunk >= 1 << 20:
+        assert regions == [True]

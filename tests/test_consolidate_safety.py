@@ -214,7 +214,6 @@ def test_concurrent_run_is_refused(demo):
 SLOW_RUN = """
 import os, sys, time
 import stacktools.consolidate.run as co
-import stacktools.stacks as sc
 delay = float(os.environ.get("STACKTOOLS_TEST_DELAY", "0.25"))
 def slowed(real, what):
     def run(*args, **kw):
@@ -222,7 +221,7 @@ def slowed(real, what):
         time.sleep(delay)
         return real(*args, **kw)
     return run
-sc._transfer = slowed(sc._transfer, "copy")
+co.copy_to_file = slowed(co.copy_to_file, "copy")  # each stack, whichever copy path
 co.unlink_own = slowed(co.unlink_own, "unlink")
 from stacktools.cli.app import main
 sys.argv = ["stacktools"] + sys.argv[1:]

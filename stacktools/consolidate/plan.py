@@ -22,7 +22,7 @@ import numpy as np
 
 from stacktools.consolidate.outdir import STACKS_DIR
 from stacktools.cs.result_group import csg_path
-from stacktools.cs.rows import uid_lookup, with_blob_paths
+from stacktools.cs.rows import blob_path_column, uid_lookup, with_blob_paths
 from stacktools.errors import (
     BoxMismatchError,
     FieldError,
@@ -86,18 +86,67 @@ class OutputStack:
         return HEADER_BYTES + self.count * self.ny * self.nx * self.dtype.itemsize
 
     def header(self) -> bytes:
-        return make_header(self.nx, self.ny, self.count, self.mode, self.voxel_size,
-                           label="stacktools consolidate")
+        return _header(self.nx, self.ny, self.count, self.mode, self.voxel_size,
+                       label="stacktools consolidate")
+
+
+# Stacks of a plan share a handful of (box, count, mode) headers: make each once.
+_header = functools.lru_cache(maxsize=1024)(make_header)
+
+
+@dataclass
+class NewRows:
+    """The new ``.cs`` rows, made a chunk at a time (:meth:`chunks`): the set's rows
+    with ``blob/path`` and ``blob/idx`` pointing at the output stacks (and the
+    fields a crop changes). The set's rows are read again from its NumPy-format
+    ``.cs`` (``source`` a path), so the new set is never held whole, or taken from
+    memory (``source`` the rows, for a STAR or CSDAT input).
+    """
+
+    source: Path | np.ndarray
+    column: np.ndarray  # blob_path_column of the output stacks
+    stack_of_row: np.ndarray
+    idx_of_row: np.ndarray
+    dtype: np.dtype
+    shrink: ShrinkSpec
+    box: int
+
+    def __len__(self) -> int:
+        return len(self.stack_of_row)
+
+    def chunks(self):
+        parts = (csfile.iter_rows(self.source) if isinstance(self.source, Path)
+                 else (self.source[a:a + csfile.CHUNK_ROWS] for a in range(0, len(self), csfile.CHUNK_ROWS)))
+        start = 0
+        for part in parts:
+            stop = start + len(part)
+            rows = with_blob_paths(part, self.column, self.stack_of_row[start:stop],
+                                   self.idx_of_row[start:stop])
+            yield shrink_fields(rows, self.shrink, self.box, copy=False) if self.shrink else rows
+            start = stop
+
+    def whole(self) -> np.ndarray:
+        """All the rows in one array (what a CSDAT ``.cs`` is written from)."""
+        rows = list(self.chunks())
+        return np.concatenate(rows) if rows else np.empty(0, self.dtype)
+
+
+def _new_rows(pset: ParticleSet, cs_path: Path, paths: list[str], stack_of_row: np.ndarray,
+              idx_of_row: np.ndarray, shrink: ShrinkSpec, box: int) -> NewRows:
+    lean = "blob/path" not in pset.data.dtype.names
+    dtype = csfile.numpy_layout(cs_path)[0] if lean else pset.data.dtype
+    column = blob_path_column(dtype, paths)
+    new_dtype = with_blob_paths(np.empty(0, dtype), column, stack_of_row[:0]).dtype
+    return NewRows(cs_path if lean else pset.data, column, stack_of_row, idx_of_row, new_dtype, shrink, box)
 
 
 @dataclass
 class ConsolidationPlan:
     """Everything a consolidation decided before writing.
 
-    ``stacks`` are the output stacks in the order their rows appear in ``new_data``
-    (the new ``.cs`` rows: row ``r`` in ``new_paths[stack_of_row[r]]`` at
-    ``idx_of_row[r]``); ``key`` is a digest of the inputs and options, recorded in
-    OUTDIR's manifest so that a rerun of the same plan can keep its stacks.
+    ``stacks`` are the output stacks in the order their rows appear in ``new_rows``
+    (the new ``.cs`` rows); ``key`` is a digest of the inputs and options, recorded
+    in OUTDIR's manifest so that a rerun of the same plan can keep its stacks.
     """
 
     pset: ParticleSet
@@ -107,9 +156,7 @@ class ConsolidationPlan:
     project_dir: Path
     headers: list[StackHeader]
     stacks: list[OutputStack]
-    new_paths: list[str]  # the output stacks' blob/path values
-    stack_of_row: np.ndarray  # each row's output stack, an index into new_paths
-    idx_of_row: np.ndarray  # each row's blob/idx in it
+    new_rows: NewRows
     out_cs: Path
     out_passthrough: Path | None
     relative: bool
@@ -122,15 +169,6 @@ class ConsolidationPlan:
     shrink: ShrinkSpec = field(default_factory=ShrinkSpec)  # crop / Fourier crop of every particle
     cs_format: str = "numpy"  # of the new .cs ("numpy" or "csdat")
     pt_format: str = "numpy"  # of the new passthrough
-
-    @functools.cached_property
-    def new_data(self) -> np.ndarray:
-        """The new ``.cs`` rows, made when first asked for: a run asks once the stacks
-        are written, so that a large set's rows are not held twice while pixels move."""
-        data = with_blob_paths(self.pset.data, self.new_paths, self.stack_of_row, self.idx_of_row)
-        if self.shrink and self.headers:
-            data = shrink_fields(data, self.shrink, self.headers[0].nx, copy=False)
-        return data
 
     @property
     def nbytes(self) -> int:
@@ -363,7 +401,9 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
     """
     per = _particles_per_stack(layout, dtype, particles_per_stack)
     cs_path = Path(particles)
-    pset = ParticleSet.open(cs_path, project_dir, allow_outside_project=allow_outside_project)
+    # Only the columns planning reads: the rows are read again as the new .cs is written.
+    fields = ("blob/idx", "blob/shape") + (("uid",) if passthrough is not None else ())
+    pset = ParticleSet.open_lean(cs_path, project_dir, fields=fields, allow_outside_project=allow_outside_project)
     headers = pset.check()
     _check_boxes(pset, headers)
     star = pset.star is not None
@@ -410,6 +450,8 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
                                       rows_all[start:end], codes_all[start:end], idx_all[start:end]))
         stack_of_row, idx_of_row = rows_all // per, rows_all % per
     new_paths = [s.blob_path for s in stacks]
+    new_rows = _new_rows(pset, cs_path, new_paths, stack_of_row, idx_of_row, shrink,
+                         headers[0].nx if headers else 0)
 
     # One byte short of the limit, so that the .csg beside a .cs fits too.
     out_cs = outdir / fit_name(_safe_stem(cs_path.stem), "_consolidated.star" if star else "_consolidated.cs",
@@ -435,8 +477,7 @@ def plan_consolidation(particles: str | os.PathLike, out: str | os.PathLike, *,
         options["shrink"] = [crop, fourier_crop]
     out_format, pt_format = _output_formats(None if star else cs_path, pt_path, cs_format, options)
     key = _plan_key(cs_path, pt_path, headers, headers_real, options)
-    plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_paths,
-                             np.asarray(stack_of_row, np.int64), np.asarray(idx_of_row, np.int64), out_cs, out_pt,
+    plan = ConsolidationPlan(pset, cs_path, pt_path, outdir, proj, headers, stacks, new_rows, out_cs, out_pt,
                              relative, key, layout, dtype, warnings=warnings, shrink=shrink,
                              cs_format=out_format, pt_format=pt_format)
     if star:
@@ -476,9 +517,8 @@ def _per_stack(pset: ParticleSet, headers: list[StackHeader], codes: np.ndarray,
     sorted_codes = codes[order]
     sorted_idx = idx[order]
     bounds = np.searchsorted(sorted_codes, np.arange(len(headers) + 1))
-    stack_of_row = np.empty(n, np.int64)
+    stack_of_row = codes  # output stack k holds source stack k's particles
     idx_of_row = np.empty(n, np.int64)
-    stack_of_row[order] = sorted_codes
     idx_of_row[order] = rows_all - bounds[sorted_codes]
     taken: set[str] = set()
     stacks = []

@@ -48,7 +48,7 @@ from stacktools.errors import (
     describe_os_error,
 )
 from stacktools.formats import cs as csfile
-from stacktools.formats.atomic import atomic_output, fsync_dir
+from stacktools.formats.atomic import atomic_fd, fsync_dir
 from stacktools.formats.mrc import HEADER_BYTES
 from stacktools.formats.star import write_star
 from stacktools.stacks import CHUNK_BYTES, Cancelled, Progress, copy_to_file, write_all
@@ -117,8 +117,7 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
                  cancel: threading.Event, chunk_bytes: int) -> None:
     """Write one output stack under a temporary name and rename it into place."""
     try:
-        with atomic_output(s.path, fsync=fsync) as fh:
-            fd = fh.fileno()
+        with atomic_fd(s.path, fsync=fsync) as fd:
             try:
                 write_all(fd, memoryview(s.header()), 0)
                 if progress:
@@ -132,7 +131,7 @@ def _write_stack(plan: ConsolidationPlan, s: OutputStack, *, fsync: bool, progre
             except OSError as err:
                 raise _disk_error(s.path, err) from err
     except OutputError as err:
-        # atomic_output reports a failed flush or rename; keep the disk-full kind.
+        # atomic_fd reports a failed flush or rename; keep the disk-full kind.
         cause = err.__cause__
         if isinstance(cause, OSError) and not isinstance(err, DiskFullError):
             raise _disk_error(s.path, cause) from cause
@@ -164,7 +163,7 @@ def _result(plan: ConsolidationPlan, *, resumed: list[OutputStack], verified: bo
         passthrough=pt,
         outdir=os.path.abspath(plan.outdir), project_dir=str(plan.project_dir), layout=plan.layout,
         dtype=plan.dtype, paths="relative" if plan.relative else "absolute",
-        stacks=len(plan.stacks), particles=len(plan.stack_of_row),
+        stacks=len(plan.stacks), particles=len(plan.new_rows),
         bytes_written=plan.nbytes,
         source_bytes=sum(h.file_size for h in plan.headers),
         stacks_resumed=len(resumed), bytes_resumed=sum(s.nbytes for s in resumed),
@@ -384,7 +383,7 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
         if plan.new_star is not None:
             write_star(plan.out_cs, plan.new_star, float_format=None, fsync=fsync)
         else:
-            csfile.write_cs(plan.out_cs, plan.new_data, fsync=fsync, format=plan.cs_format)
+            _write_new_cs(plan, fsync=fsync)
         written.append(plan.out_cs)
         # Last, once every file it names is complete under its final name.
         if plan.out_csg is not None and write_result_group(
@@ -399,9 +398,19 @@ def _execute(plan: ConsolidationPlan, created: list[Path], *, threads: int,
     return resumed
 
 
+def _write_new_cs(plan: ConsolidationPlan, *, fsync: bool) -> None:
+    """The new set's ``.cs``: a NumPy-format one a chunk of rows at a time, so memory
+    stays flat however many rows the set has (CSDAT is written from the whole array)."""
+    rows = plan.new_rows
+    if plan.cs_format == "numpy":
+        csfile.write_cs_chunks(plan.out_cs, rows.dtype, len(rows), rows.chunks(), fsync=fsync)
+    else:
+        csfile.write_cs(plan.out_cs, rows.whole(), fsync=fsync, format=plan.cs_format)
+
+
 def _group_files(plan: ConsolidationPlan) -> list[tuple]:
     """The files of the new set for its result group: the ``.cs``, then the passthrough."""
-    files = [(plan.out_cs, plan.new_data.dtype, len(plan.new_data))]
+    files = [(plan.out_cs, plan.new_rows.dtype, len(plan.new_rows))]
     if plan.pt_rows is not None:
         files.append((plan.out_passthrough, plan.pt_rows.dtype, len(plan.pt_rows)))
     return files

@@ -402,14 +402,25 @@ def field_groups(dtype: np.dtype) -> dict[str, list[str]]:
     return groups
 
 
-def with_blob_paths(data: np.ndarray, paths: Sequence[str], stack_of_row: np.ndarray,
+def blob_path_column(dtype: np.dtype, paths: Sequence[str]) -> np.ndarray:
+    """New stack paths as a ``blob/path`` column for rows of ``dtype``: widened to fit
+    the longest (never truncated), of the old column's kind (bytes or text)."""
+    old = dtype.fields["blob/path"][0]
+    kind = "U" if old.kind == "U" else "S"
+    values = list(paths) if kind == "U" else [os.fsencode(p) for p in paths]
+    width = max([old.itemsize // (4 if kind == "U" else 1)] + [len(v) for v in values])
+    return np.array(values, dtype=f"{kind}{width}")
+
+
+def with_blob_paths(data: np.ndarray, paths: Sequence[str] | np.ndarray, stack_of_row: np.ndarray,
                     idx_of_row: np.ndarray | None = None) -> np.ndarray:
     """A copy of ``data`` whose rows point at other stacks: the one place ``blob/path``
     (and ``blob/idx``) are rewritten.
 
     Args:
         data: Rows with ``blob/path``.
-        paths: The new stack paths (text; encoded as the OS encodes file names).
+        paths: The new stack paths (text; encoded as the OS encodes file names), or
+            :func:`blob_path_column` of them (made once for many chunks of rows).
         stack_of_row: Each row's index into ``paths``.
         idx_of_row: Each row's new ``blob/idx``; ``None`` keeps the old one.
 
@@ -417,17 +428,13 @@ def with_blob_paths(data: np.ndarray, paths: Sequence[str], stack_of_row: np.nda
         Same fields in the same order; ``blob/path`` is widened to fit the longest
         new path (never truncated) and keeps its kind (bytes or text).
     """
-    old = data.dtype.fields["blob/path"][0]
-    kind = "U" if old.kind == "U" else "S"
-    values = list(paths) if kind == "U" else [os.fsencode(p) for p in paths]
-    width = max([old.itemsize // (4 if kind == "U" else 1)] + [len(v) for v in values])
-    new = np.dtype(f"{kind}{width}")
+    column = paths if isinstance(paths, np.ndarray) else blob_path_column(data.dtype, paths)
+    new = column.dtype
     out = np.empty(len(data), dtype=[(n, new if n == "blob/path" else data.dtype.fields[n][0])
                                      for n in data.dtype.names])
     for n in data.dtype.names:
         if n != "blob/path" and not (n == "blob/idx" and idx_of_row is not None):
             out[n] = data[n]
-    column = np.array(values, dtype=new)
     out["blob/path"] = column[stack_of_row] if len(data) else column[:0]
     if idx_of_row is not None:
         out["blob/idx"] = idx_of_row

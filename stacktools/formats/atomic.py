@@ -141,6 +141,49 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
                 os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_fd(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[int]:
+    """:func:`atomic_output` as a bare descriptor, for writers that only ``pwrite``.
+
+    The temporary (:func:`tmp_name`) is created with its final mode, so no buffered
+    file object and no ``chmod``: a few system calls fewer for each of the 100,000s
+    of small files a consolidation may write. On any exception the temporary is
+    removed and ``path`` is untouched.
+    """
+    final = os.fspath(path)
+    parent, name = os.path.split(final)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # as mkstemp opens
+    for _ in range(100):  # a clash of the random part: draw again
+        tmp = os.path.join(parent, tmp_name(name))
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask makes it FILE_MODE
+            break
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"cannot write in {parent or '.'}: {err.strerror}") from err
+    else:
+        raise OutputError(f"cannot write in {parent or '.'}: no free temporary name")
+    ok = False
+    try:
+        try:
+            yield fd
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        ok = True
+        if fsync:
+            fsync_dir(Path(parent or "."))
+    except OSError as err:
+        raise OutputError(f"{final}: {err.strerror or err}") from err
+    finally:
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
 def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
                  overwrite: bool = False) -> Path:
     """Refuse an output before any work is done.

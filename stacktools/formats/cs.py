@@ -115,6 +115,76 @@ def dataset_to_array(dset) -> np.ndarray:
 
 
 FORMATS = ("numpy", "csdat")
+# Rows per chunk of a streamed read or write: a few megabytes for any .cs.
+CHUNK_ROWS = 1 << 15
+
+
+def numpy_layout(path: str | os.PathLike) -> tuple[np.dtype, int, int]:
+    """The dtype, row count and data offset of a NumPy-format ``.cs``, from its header.
+
+    Raises :class:`CsFormatError` as :func:`read_cs` does (also for a short file).
+    """
+    arr = read_cs(path, mmap=True)
+    if not isinstance(arr, np.memmap):
+        raise CsFormatError(f"{path}: not a NumPy-format .cs file")
+    return arr.dtype, len(arr), int(arr.offset)
+
+
+def iter_rows(path: str | os.PathLike, chunk_rows: int | None = None):
+    """The rows of a NumPy-format ``.cs``, read a chunk at a time.
+
+    Memory stays one chunk, however large the file: each chunk is a fresh array
+    read with plain reads (no mapping, whose touched pages would stay resident).
+    """
+    dtype, n, offset = numpy_layout(path)
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        for start in range(0, n, chunk_rows):
+            chunk = np.empty(min(chunk_rows, n - start), dtype)
+            view = memoryview(chunk).cast("B")
+            got = 0
+            while got < len(view):
+                k = fh.readinto(view[got:])
+                if not k:
+                    raise CsFormatError(f"{path}: corrupt or truncated .cs file (ends inside row {start})")
+                got += k
+            yield chunk
+
+
+def write_cs_chunks(path: str | os.PathLike, dtype: np.dtype, count: int, chunks, *,
+                    overwrite: bool = True, fsync: bool = True) -> Path:
+    """Write a NumPy-format ``.cs`` of ``count`` rows from an iterable of row chunks,
+    atomically: the bytes :func:`write_cs` writes for the whole array, without ever
+    holding it.
+
+    Raises:
+        OutputError: The chunks do not add up to ``count`` rows of ``dtype`` (nothing
+            is then left under ``path``), or the file cannot be written.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.names is None or dtype.hasobject:
+        raise CsFormatError(f"{path}: can only write plain structured rows")
+    fmt = np.lib.format
+    header = {"descr": fmt.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)}
+    with atomic_output(path, overwrite=overwrite, fsync=fsync) as fh:
+        try:  # the version np.save picks: 1.0 unless the header is too long for it
+            fmt.write_array_header_1_0(fh, header)
+        except ValueError:
+            fmt.write_array_header_2_0(fh, header)
+        except UnicodeEncodeError:  # field names only version 3.0 holds: np.save's own choice
+            rows = list(chunks)
+            np.save(fh, np.concatenate(rows) if rows else np.empty(0, dtype), allow_pickle=False)
+            return Path(path)
+        written = 0
+        for chunk in chunks:
+            if chunk.dtype != dtype or chunk.ndim != 1:
+                raise OutputError(f"{path}: a chunk of {chunk.dtype} rows, not {dtype}")
+            fh.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+            written += len(chunk)
+        if written != count:
+            raise OutputError(f"{path}: {written} rows written, {count} expected")
+    return Path(path)
 
 
 def write_cs(path: str | os.PathLike, data: np.ndarray, *, overwrite: bool = True,
