@@ -156,3 +156,32 @@ def test_small_one_source_stack_in_one_read_is_bit_exact(tmp_path_factory, data,
         assert regions == [False]
     if gap >= 96 << 10 and len(set(codes)) == 1 and chunk >= 1 << 20:
         assert regions == [True]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=2100), cap=st.integers(1, 200))
+def test_pieces_written_back_to_back_through_short_writes(tmp_path_factory, sizes, cap):
+    """write_pieces puts every byte in order even when each pwritev writes at most
+    ``cap`` bytes (and when there are more pieces than one pwritev takes)."""
+    out = tmp_path_factory.mktemp("pieces") / "out.bin"
+    data = bytes(np.random.default_rng(len(sizes)).integers(0, 256, sum(sizes), np.uint8))
+    view, pieces, at = memoryview(data), [], 0
+    for n in sizes:
+        pieces.append(view[at:at + n])
+        at += n
+    real = os.pwritev
+    calls = []
+
+    def short(fd, buffers, offset):
+        calls.append(len(buffers))
+        return real(fd, [bytes(b"".join(buffers)[:cap])], offset)
+
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        stackcopy.os.pwritev = short
+        stackcopy.write_pieces(fd, pieces, 7)
+    finally:
+        stackcopy.os.pwritev = real
+        os.close(fd)
+    assert out.read_bytes() == (b"\0" * 7 + data if data else b"")
+    assert max(calls) <= 1024
