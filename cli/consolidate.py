@@ -54,7 +54,8 @@ def consolidate(
     particles_per_stack: Optional[int] = typer.Option(None, "--particles-per-stack", min=1,
                                                       help="Packed layout: particles per stack [default: 1000]."),
     threads: int = typer.Option(4, "--threads", "-j", min=1, help="Stacks written at the same time "
-                                                                  "(with --dask: the workers decide)."),
+                                                                  "(one when they average under 1 MiB; "
+                                                                  "with --dask: the workers decide)."),
     dask: Optional[str] = DASK,
     dtype: DType = typer.Option(DType.auto, "--dtype",
                                 help="Pixel type written. auto: bit-exact copies in the source's mode, except "

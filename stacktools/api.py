@@ -397,7 +397,8 @@ def consolidate_particles(particles: PathLike, out: PathLike, *, project_dir: Pa
         crop: Crop each particle about its centre to this box (pixel size kept).
         fourier_crop: Then Fourier-crop to this even box (pixel size × box/N, shifts
             rescaled, mean kept); see :mod:`stacktools.shrink`.
-        threads: Output stacks written at the same time.
+        threads: Output stacks written at the same time (one at a time when they
+            average under 1 MiB, where threads only wait for each other).
         verify: Read every particle back against its source afterwards.
         dry_run: Plan and check (space, outdir), write nothing.
         fsync: Flush every output to the device.
