@@ -22,8 +22,9 @@ def prestage(
                                            dir_okay=False),
     dask: str = typer.Option(..., "--dask", metavar="ADDRESS",
                              help="The Dask cluster whose workers run on the nodes: a scheduler file, a scheduler "
-                                  "address (tcp://host:8786) or local:N. A worker is the node named by its "
-                                  "$STACKTOOLS_NODE, else by its host name (short names match)."),
+                                  "address (tcp://host:8786) or local:N. A worker started with --resources "
+                                  "node-NAME=1 is node NAME; else the node named by its $STACKTOOLS_NODE, else "
+                                  "by its host name (short names match)."),
     project_dir: Optional[Path] = typer.Option(None, "--project-dir", "-p", help=PROJECT_DIR_HELP),
     biggest_first: bool = typer.Option(False, "--biggest-first", help="Place the biggest set first "
                                        "[default: the order given]."),

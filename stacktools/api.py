@@ -635,8 +635,9 @@ def prestage_sets(client: DaskClient, nodes_file: PathLike, sets: Sequence[PathL
     """Place a queue of sets as :func:`place_queue` does and copy each into the SSD
     cache of its node, by a task on that node's worker of a Dask cluster.
 
-    A worker is the node named by its ``$STACKTOOLS_NODE``, else by its host name
-    (short names match); see :mod:`stacktools.cluster.prestage`.
+    A worker with the Dask resource ``node-<name>`` is node ``<name>``; one without is
+    the node named by its ``$STACKTOOLS_NODE``, else by its host name (short names
+    match); see :mod:`stacktools.cluster.prestage`.
 
     Args:
         client: A ``distributed.Client`` (``stacktools[dask]``, see :func:`connect_cluster`).

@@ -25,6 +25,7 @@ distributed = pytest.importorskip("distributed")
 
 from stacktools import api  # noqa: E402
 from stacktools.demo import make_demo_project  # noqa: E402
+from stacktools.errors import ClusterError  # noqa: E402
 from tests.helpers import PY, invoke_cli, same_stack  # noqa: E402
 from tests.independent import assert_same_particles, header, read_cs  # noqa: E402
 
@@ -441,6 +442,92 @@ def test_prestage_reports_a_node_missing_from_the_cluster(two_nodes, tmp_path):
     assert not (gone / "stacktools-cache").exists()
     text = cli("cache", "prestage", nf, a.extracted_cs, b.extracted_cs, "--dask", client.scheduler.address)
     assert text.returncode == 1 and "gpu09" in text.stdout and "missing from the cluster" in text.stdout
+
+
+@pytest.fixture(scope="module")
+def tagged_nodes(tmp_path_factory):
+    """Two workers on one host that are two nodes by their node-<name> resource alone
+    (no $STACKTOOLS_NODE: by name, both would be this host)."""
+    root = tmp_path_factory.mktemp("tagged")
+    ssd = {n: root / f"ssd-{n}" for n in ("gpu01", "gpu02")}
+    workers = {}
+    for n, d in ssd.items():
+        d.mkdir()
+        workers[n] = {"cls": distributed.Nanny,
+                      "options": {"nthreads": 1, "resources": {f"node-{n}": 1},
+                                  "env": {"STACKTOOLS_SSD_PATH": str(d)}}}
+    with distributed.SpecCluster(scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}},
+                                 workers=workers, silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        yield c, ssd
+
+
+def worker_of(client, node: str) -> str:
+    """The address of the worker that is ``node`` (by resource, else by $STACKTOOLS_NODE)."""
+    from stacktools.cluster.prestage import worker_node
+    infos = client.scheduler_info()["workers"]
+    tagged = [a for a, w in infos.items() if f"node-{node}" in (w.get("resources") or {})]
+    return tagged[0] if tagged else next(a for a, n in client.run(worker_node).items() if n == node)
+
+
+def prestage_while_its_worker_is_killed(client, nf, sets, node: str, blocker: dict) -> dict:
+    """Start prestage while ``node``'s only worker is busy with a sleep, kill that
+    worker once the staging task waits for it, and return what prestage did."""
+    addr = worker_of(client, node)
+    pid = client.run(os.getpid, workers=[addr])[addr]
+    busy = client.submit(time.sleep, 4, pure=False, **blocker)
+    wait_for(lambda: client.processing().get(addr), what="the sleep on the node's worker")
+    box: dict = {}
+
+    def run():
+        try:
+            box["res"] = api.prestage_sets(client, nf, sets)
+        except Exception as err:  # noqa: BLE001 - the test looks at it
+            box["err"] = err
+    t = threading.Thread(target=run)
+    t.start()
+    wait_for(lambda: client.run_on_scheduler(
+        lambda dask_scheduler: any("prestage" in str(k) for k in dask_scheduler.tasks)), what="the staging task")
+    assert "res" not in box and "err" not in box  # the kill lands while the set waits
+    os.kill(pid, signal.SIGKILL)
+    t.join(90)
+    assert not t.is_alive(), "prestage hung after its worker restarted"
+    del busy
+    wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, what="the Nanny's new worker")
+    assert pid not in client.run(os.getpid).values()
+    return box
+
+
+def test_a_node_matched_by_resource_is_staged_by_its_restarted_worker(tagged_nodes, tmp_path):
+    client, ssd = tagged_nodes
+    a = make_demo_project(tmp_path / "A" / "P1", seed=12)
+    nf = nodes_file(tmp_path / "nodes.toml", {"gpu01": ssd["gpu01"]}, 1000)
+    box = prestage_while_its_worker_is_killed(client, nf, [a.extracted_cs], "gpu01",
+                                              {"resources": {"node-gpu01": 1}})
+    assert "res" in box, box.get("err")
+    res = box["res"]
+    assert res.ok
+    (node,) = res.nodes
+    (summary,) = node.sets
+    assert summary["node"] == "gpu01" and summary["bytes_copied"] > 0
+    for s in a.stacks:
+        same_stack(s, cached_copy(ssd["gpu01"], s))
+        assert not cached_copy(ssd["gpu02"], s).exists()
+
+
+def test_a_pinned_node_whose_worker_restarts_is_reported_not_waited_for(two_nodes, tmp_path):
+    client, ssd = two_nodes
+    a = make_demo_project(tmp_path / "A" / "P1", seed=13)
+    nf = nodes_file(tmp_path / "nodes.toml", {"gpu01": ssd["gpu01"]}, 1000)
+    box = prestage_while_its_worker_is_killed(client, nf, [a.extracted_cs], "gpu01",
+                                              {"workers": [worker_of(client, "gpu01")]})
+    err = box.get("err")
+    assert isinstance(err, ClusterError), box
+    assert "gpu01" in str(err) and "left the cluster" in str(err) and "node-gpu01=1" in str(err)
+    # Rerun: the new worker is found, and the set is staged.
+    again = api.prestage_sets(client, nf, [a.extracted_cs])
+    assert again.ok
+    for s in a.stacks:
+        same_stack(s, cached_copy(ssd["gpu01"], s))
 
 
 def test_the_cli_starts_without_distributed_until_dask_is_asked_for():

@@ -6,10 +6,17 @@
 placement chose, and reports per node what was copied. A node with no worker in
 the cluster is reported, and its sets are not staged.
 
-Which worker is which node: each worker names its node by ``$STACKTOOLS_NODE``
-when set, else by its host name (``socket.gethostname()``); a node of the nodes
-file matches a worker whose name is the same, or whose short name (up to the first
-dot) is the node's short name. On the node, the cache is the one ``cache sync``
+Which worker is which node: a worker started with the Dask resource
+``node-<name>`` (``dask worker --resources "node-gpu01=1" ...``) is node
+``<name>`` of the nodes file, and that node's sets ask for the resource, so any
+of its workers, a restarted one too, takes them. A node none of whose workers has
+its resource is matched by name: each worker names its node by
+``$STACKTOOLS_NODE`` when set, else by its host name (``socket.gethostname()``),
+and matches a node whose name is the same, or whose short name (up to the first
+dot) is its short name. Its sets are pinned to its workers' host, or, when
+another node's worker shares that host, to its workers' addresses; a pinned worker
+that leaves the cluster (a restart gives it a new address) stops the run with an
+error that says so, rather than leaving its sets waiting. On the node, the cache is the one ``cache sync``
 there would use (its config file or ``$STACKTOOLS_SSD_PATH``), else the nodes
 file's ``ssd_path``, with the nodes file's quota, reserve and lifetime, the ones
 placement planned with.
@@ -34,6 +41,7 @@ from stacktools.placement import QueuePlan, load_nodes, place_queue, queue_from_
 from stacktools.placement.nodes import NodeSpec, read_nodes_file
 
 NODE_ENV = "STACKTOOLS_NODE"
+NODE_RESOURCE_PREFIX = "node-"  # a worker with resource node-<name> is node <name>
 SUMMARY = ("copied", "reused", "bytes_copied", "bytes_reused", "evicted", "bytes_evicted",
            "expired", "bytes_expired", "use_cache")
 
@@ -43,6 +51,11 @@ _held: dict[str, SyncResult] = {}  # on a worker: the pins of the sets staged wi
 def worker_node() -> str:
     """The node a worker says it is: ``$STACKTOOLS_NODE``, else its host name."""
     return os.environ.get(NODE_ENV) or socket.gethostname()
+
+
+def node_resource(node: str) -> str:
+    """The Dask worker resource that makes a worker node ``node``: ``node-<node>``."""
+    return NODE_RESOURCE_PREFIX + node
 
 
 def _short(name: str) -> str:
@@ -87,7 +100,7 @@ def stage_set_task(job: SetStaging, report: TaskReporter) -> dict:
     if earlier is not None:  # after the new sync, so the set is never unpinned in between
         earlier.release()
     out = {k: getattr(result, k) for k in SUMMARY}
-    out.update(set=job.label, node=worker_node(), pinned=job.hold, from_source=len(result.from_source),
+    out.update(set=job.label, node=job.node.name, pinned=job.hold, from_source=len(result.from_source),
                cache=str(caches[0].root) if caches else None)
     return out
 
@@ -144,9 +157,18 @@ class PrestageResult:
                 "placement": self.placement.to_dict()}
 
 
-def _node_names(client: Any) -> dict[str, str]:
-    """Each worker's address → the node it says it is."""
-    return client.run(worker_node)
+def _node_names(client: Any, workers: dict[str, dict]) -> dict[str, str]:
+    """Each worker's address → the node it is: its ``node-<name>`` resource, else what it says."""
+    names = {}
+    for addr, w in workers.items():
+        tagged = [r[len(NODE_RESOURCE_PREFIX):] for r in w.get("resources") or {}
+                  if r.startswith(NODE_RESOURCE_PREFIX)]
+        if tagged:
+            names[addr] = tagged[0]
+    untagged = [a for a in workers if a not in names]
+    if untagged:
+        names.update(client.run(worker_node, workers=untagged))
+    return names
 
 
 def _workers_of(name: str, names: dict[str, str]) -> list[str]:
@@ -154,16 +176,53 @@ def _workers_of(name: str, names: dict[str, str]) -> list[str]:
     return sorted(exact or [a for a, n in names.items() if _short(n) == _short(name)])
 
 
-def _restrictions(client: Any, names: dict[str, str], nodes: list[NodeStaging]) -> dict[str, list[str]]:
-    """Where each node's tasks may run: its hosts when no other node's worker shares them
-    (a worker the Nanny restarts keeps its host, not its address), else its workers' addresses."""
-    host = {a: w["host"] for a, w in client.scheduler_info()["workers"].items()}
+@dataclass
+class _Where:
+    """Where one node's tasks may run: ``restrict`` as ``submit`` takes it, and
+    ``pinned`` the worker addresses it names (none when a restart cannot strand it)."""
+
+    restrict: dict
+    pinned: list[str]
+
+
+def _restrictions(workers: dict[str, dict], names: dict[str, str], nodes: list[NodeStaging]) -> dict[str, _Where]:
+    """Each node's :class:`_Where`: its resource when one of its workers has it; else its
+    hosts when no other node's worker shares them (a worker the Nanny restarts keeps its
+    host, not its address); else its workers' addresses."""
+    host = {a: w["host"] for a, w in workers.items()}
     out = {}
     for n in nodes:
+        res = node_resource(n.node)
+        if any(res in (workers.get(a, {}).get("resources") or {}) for a in n.workers):
+            out[n.node] = _Where({"resources": {res: 1}}, [])
+            continue
         hosts = sorted({host[a] for a in n.workers if a in host})
         shared = any(host.get(a) in hosts for a in names if a not in n.workers)
-        out[n.node] = n.workers if shared or not hosts else hosts
+        if shared or not hosts:
+            out[n.node] = _Where({"workers": n.workers, "allow_other_workers": False}, n.workers)
+        else:
+            out[n.node] = _Where({"workers": hosts, "allow_other_workers": False}, [])
     return out
+
+
+def _stranded(client: Any, jobs: list[SetStaging], where: list[NodeStaging],
+              restrict: dict[str, _Where]) -> Callable[[set[int]], str | None] | None:
+    """For :func:`run_tasks`: names a set whose pinned workers have all left the cluster."""
+    if not any(w.pinned for w in restrict.values()):
+        return None
+
+    def check(pending: set[int]) -> str | None:
+        alive = set(client.scheduler_info()["workers"])
+        for i in sorted(pending):
+            node = where[i].node
+            pinned = restrict[node].pinned
+            if pinned and not alive.intersection(pinned):
+                return (f"node {node}: its worker {', '.join(pinned)} left the cluster before "
+                        f"{jobs[i].label} was staged (a restarted worker has a new address); rerun, or start "
+                        f'the node\'s workers with --resources "{node_resource(node)}=1" so that any of them '
+                        "takes its sets")
+        return None
+    return check
 
 
 def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os.PathLike], *,
@@ -195,7 +254,8 @@ def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os
     """
     specs = {s.name: s for s in read_nodes_file(nodes_file)}
     plan = place_queue(queue_from_cs(sets, project_dir), load_nodes(nodes_file), order=order)
-    names = _node_names(client)
+    workers = client.scheduler_info()["workers"]
+    names = _node_names(client, workers)
     staging = {n: NodeStaging(n, _workers_of(n, names)) for n in specs}
     paths = [os.fspath(s) for s in sets]
     jobs, sizes, where = [], [], []
@@ -211,16 +271,19 @@ def prestage(client: Any, nodes_file: str | os.PathLike, sets: Sequence[str | os
         sizes.append(p.chosen.bytes_to_copy)
         where.append(node)
     progress = progress_for(sum(sizes)) if progress_for is not None else None
-    restrict = _restrictions(client, names, [n for n in staging.values() if not n.missing])
+    restrict = _restrictions(workers, names, [n for n in staging.values() if not n.missing])
     results = run_tasks(client, stage_set_task, jobs, label="prestage",
                         what=lambda i: f"node {where[i].node}: {jobs[i].label}", progress=progress, sizes=sizes,
-                        placement=lambda i: {"workers": restrict[where[i].node], "allow_other_workers": False})
+                        placement=lambda i: restrict[where[i].node].restrict,
+                        stranded=_stranded(client, jobs, where, restrict))
     for node, r in zip(where, results):
         node.sets.append(r)
     if not hold:  # a pin an earlier --hold left on another worker of the node
+        alive = set(client.scheduler_info()["workers"])
         for node in staging.values():
-            if node.sets:
-                client.run(release_held, [s["set"] for s in node.sets], workers=node.workers)
+            here = [a for a in node.workers if a in alive]
+            if node.sets and here:
+                client.run(release_held, [s["set"] for s in node.sets], workers=here)
     return PrestageResult(plan, list(staging.values()), hold)
 
 

@@ -24,6 +24,8 @@ from stacktools.stacks import Cancelled
 Progress = Callable[[int], None]
 REPORT_INTERVAL_S = 0.25  # how often a task sends its bytes to the client's bar
 CONNECT_TIMEOUT_S = 30
+WATCH_INTERVAL_S = 1.0  # how often a run with pinned tasks looks whether their workers are still there
+PRELOAD = ("stacktools.cluster.consolidate", "stacktools.cluster.prestage")
 NEEDS_EXTRA = "a Dask cluster needs the distributed package: pip install 'stacktools[dask]'"
 
 
@@ -56,8 +58,9 @@ def connect(address: str) -> Iterator[Any]:
             n_text = address.partition(":")[2] or str(os.cpu_count() or 1)
             if not n_text.isdigit() or int(n_text) < 1:
                 raise ClusterError(f"{address}: local:N needs a number of workers N of 1 or more")
+            # The workers import stacktools as they start, not in their first task.
             cluster = distributed.LocalCluster(n_workers=int(n_text), threads_per_worker=1, processes=True,
-                                               dashboard_address=None)
+                                               dashboard_address=None, preload=list(PRELOAD))
             client = distributed.Client(cluster)
         elif address.endswith(".json") or Path(address).is_file():
             if not Path(address).is_file():
@@ -155,10 +158,27 @@ def _task_error(err: BaseException, what: str) -> BaseException:
     return err
 
 
+def _completions(ac: Any, stranded: Callable[[], str | None] | None) -> Iterator[tuple]:
+    """``ac``'s (future, result) pairs as they complete; with ``stranded``, asked every
+    :data:`WATCH_INTERVAL_S` while none is ready, the first problem it names is raised."""
+    last = time.monotonic()
+    while not ac.is_empty():
+        if stranded is None or ac.has_ready():
+            yield next(ac)
+            continue
+        if time.monotonic() - last >= WATCH_INTERVAL_S:
+            last = time.monotonic()
+            problem = stranded()
+            if problem is not None:
+                raise ClusterError(problem)
+        time.sleep(0.05)
+
+
 def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, what: Callable[[int], str],
               progress: Progress | None = None, sizes: Sequence[int] | None = None,
               on_result: Callable[[int, Any], None] | None = None,
-              placement: Callable[[int], dict] | None = None, kwargs: dict | None = None) -> list:
+              placement: Callable[[int], dict] | None = None, kwargs: dict | None = None,
+              stranded: Callable[[set[int]], str | None] | None = None) -> list:
     """Run ``fn(item, reporter, **kwargs)`` as one task per item; return the results in item order.
 
     ``fn`` runs on a worker and must be importable there (a module-level function of
@@ -177,10 +197,13 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
         on_result: Called on the client, as each task succeeds, with its index and result.
         placement: For item ``i``, the ``workers=``/``resources=`` restrictions of its task.
         kwargs: Passed to every ``fn`` call.
+        stranded: Asked now and then, with the items still running, while none has
+            finished: why some can never run (their pinned workers are gone), or None.
 
     Raises:
         The first error a task raised (after every other task has stopped), or
-        :class:`~stacktools.errors.ClusterError` when a task's workers kept dying.
+        :class:`~stacktools.errors.ClusterError` when a task's workers kept dying
+        or ``stranded`` named a problem.
     """
     distributed = _distributed()
     token = uuid.uuid4().hex[:12]
@@ -189,19 +212,23 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
     relay = _Relay(progress, sizes) if progress is not None and sizes is not None else None
     if relay is not None:
         client.subscribe_topic(topic, relay)
-    index: dict[str, int] = {}
-    futures = []
-    for i, item in enumerate(items):
-        key = f"stacktools-{label}-{i}-{token}"
-        index[key] = i
-        futures.append(client.submit(_run_one, fn, item, i, topic, stop.name, kwargs or {}, key=key,
-                                     pure=False, **(placement(i) if placement else {})))
+    keys = [f"stacktools-{label}-{i}-{token}" for i in range(len(items))]
+    index = {key: i for i, key in enumerate(keys)}
+    if placement is None:  # one message to the scheduler for the whole run
+        futures = client.map(_run_one, [fn] * len(items), items, range(len(items)), key=keys, pure=False,
+                             topic=topic, stop_name=stop.name, kwargs=kwargs or {})
+    else:
+        futures = [client.submit(_run_one, fn, item, i, topic, stop.name, kwargs or {}, key=keys[i],
+                                 pure=False, **placement(i)) for i, item in enumerate(items)]
     results: list = [None] * len(futures)
     errors: list[tuple[int, BaseException]] = []
     try:
         # Results come back in batches with their completions, not one round trip each.
-        for f, result in distributed.as_completed(futures, with_results=True, raise_errors=False):
+        pending = set(range(len(futures)))
+        ac = distributed.as_completed(futures, with_results=True, raise_errors=False)
+        for f, result in _completions(ac, None if stranded is None else lambda: stranded(pending)):
             i = index[f.key]
+            pending.discard(i)
             if f.status == "error":
                 err = f.exception()
                 if not isinstance(err, Cancelled):
