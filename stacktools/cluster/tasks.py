@@ -96,7 +96,8 @@ class TaskReporter:
         # (a cache sync copies on a pool), where Dask cannot tell which worker they are on.
         distributed = _distributed()
         self._worker = distributed.get_worker()
-        self._stop = distributed.Event(stop_name, client=distributed.get_client())
+        self._client = distributed.get_client()
+        self._stop_name, self._stop = stop_name, None  # made at the first report: most tasks never need it
         self._topic, self._item = topic, item
         self._pending = 0
         self._last = time.monotonic()
@@ -114,6 +115,8 @@ class TaskReporter:
             self._last = now
             pending, self._pending = self._pending, 0
         self._worker.log_event(self._topic, (self._item, pending))
+        if self._stop is None:
+            self._stop = _distributed().Event(self._stop_name, client=self._client)
         self._stopped = self._stopped or self._stop.is_set()
 
     def is_set(self) -> bool:
@@ -158,8 +161,8 @@ def _task_error(err: BaseException, what: str) -> BaseException:
     return err
 
 
-def _completions(ac: Any, stranded: Callable[[], str | None] | None) -> Iterator[tuple]:
-    """``ac``'s (future, result) pairs as they complete; with ``stranded``, asked every
+def _completions(ac: Any, stranded: Callable[[], str | None] | None) -> Iterator[Any]:
+    """``ac``'s futures as they complete; with ``stranded``, asked every
     :data:`WATCH_INTERVAL_S` while none is ready, the first problem it names is raised."""
     last = time.monotonic()
     while not ac.is_empty():
@@ -194,7 +197,8 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
         what: Names item ``i`` in an error message.
         progress: Called on the client with the bytes the tasks report.
         sizes: Each item's bytes (the progress a task reaches when it is done).
-        on_result: Called on the client, as each task succeeds, with its index and result.
+        on_result: Called on the client with the index and result of each task that
+            succeeded, once every task has finished (also when another failed).
         placement: For item ``i``, the ``workers=``/``resources=`` restrictions of its task.
         kwargs: Passed to every ``fn`` call.
         stranded: Asked now and then, with the items still running, while none has
@@ -222,24 +226,31 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
                                  pure=False, **placement(i)) for i, item in enumerate(items)]
     results: list = [None] * len(futures)
     errors: list[tuple[int, BaseException]] = []
+    succeeded = []
     try:
-        # Results come back in batches with their completions, not one round trip each.
+        # Completions come with the scheduler's stream, and the results, once every
+        # task is done, in one gather: a round trip per batch of results cost more
+        # than short tasks themselves (160 empty tasks: 1.1-1.3 s, now 0.6-0.85 s).
         pending = set(range(len(futures)))
-        ac = distributed.as_completed(futures, with_results=True, raise_errors=False)
-        for f, result in _completions(ac, None if stranded is None else lambda: stranded(pending)):
+        ac = distributed.as_completed(futures)
+        for f in _completions(ac, None if stranded is None else lambda: stranded(pending)):
             i = index[f.key]
             pending.discard(i)
-            if f.status == "error":
-                err = f.exception()
+            if f.status != "finished":
+                err = (f.exception() if f.status == "error"
+                       else ClusterError(f"{what(i)}: its Dask task was {f.status}"))
                 if not isinstance(err, Cancelled):
                     errors.append((i, err))
                 stop.set()
                 continue
-            results[i] = result
+            succeeded.append(f)
             if relay is not None:
                 relay.finish(i)
+        for f, result in zip(succeeded, client.gather(succeeded)):
+            i = index[f.key]
+            results[i] = result
             if on_result is not None:
-                on_result(i, results[i])
+                on_result(i, result)
     except BaseException:  # Ctrl-C: stop the tasks at their next report
         with contextlib.suppress(Exception):
             stop.set()
