@@ -121,18 +121,27 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True,
                                    dir=final.parent)
     except OSError as err:
         raise OutputError(f"cannot write in {final.parent}: {err.strerror}") from err
-    ok = False
-    try:
+    with _into_place(tmp, final, fsync):
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
+
+
+@contextlib.contextmanager
+def _into_place(tmp: str, final: str | os.PathLike, fsync: bool) -> Iterator[None]:
+    """Around the writing of ``tmp`` (closed by the end of the body): rename it to
+    ``final`` (and with ``fsync`` flush the directory entry); on any error remove it,
+    leaving ``final`` untouched."""
+    ok = False
+    try:
+        yield
         os.replace(tmp, final)
         ok = True
         if fsync:
-            fsync_dir(final.parent)
+            fsync_dir(Path(final).parent)
     except OSError as err:
         raise OutputError(f"{final}: {err.strerror or err}") from err
     finally:
@@ -164,24 +173,13 @@ def atomic_fd(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[int]:
             raise OutputError(f"cannot write in {parent or '.'}: {err.strerror}") from err
     else:
         raise OutputError(f"cannot write in {parent or '.'}: no free temporary name")
-    ok = False
-    try:
+    with _into_place(tmp, final, fsync):
         try:
             yield fd
             if fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
-        ok = True
-        if fsync:
-            fsync_dir(Path(parent or "."))
-    except OSError as err:
-        raise OutputError(f"{final}: {err.strerror or err}") from err
-    finally:
-        if not ok:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
