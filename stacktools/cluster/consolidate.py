@@ -73,7 +73,7 @@ def stack_writer(client: Any) -> StackWriter:
             return
         run_tasks(client, write_stack_task, [stack_job(plan, s) for s in todo], label="consolidate",
                   what=lambda i: str(todo[i].path), progress=progress, sizes=[s.nbytes for s in todo],
-                  on_result=lambda i, _: written.append(todo[i].path),
+                  on_done=lambda i: written.append(todo[i].path),
                   kwargs={"fsync": fsync, "verify": verify, "chunk_bytes": chunk_bytes})
         # What workers killed mid-stack left behind (their task was rerun elsewhere).
         sweep_temps([s.path for s in todo])

@@ -179,7 +179,7 @@ def _completions(ac: Any, stranded: Callable[[], str | None] | None) -> Iterator
 
 def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, what: Callable[[int], str],
               progress: Progress | None = None, sizes: Sequence[int] | None = None,
-              on_result: Callable[[int, Any], None] | None = None,
+              on_done: Callable[[int], None] | None = None,
               placement: Callable[[int], dict] | None = None, kwargs: dict | None = None,
               stranded: Callable[[set[int]], str | None] | None = None) -> list:
     """Run ``fn(item, reporter, **kwargs)`` as one task per item; return the results in item order.
@@ -197,8 +197,7 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
         what: Names item ``i`` in an error message.
         progress: Called on the client with the bytes the tasks report.
         sizes: Each item's bytes (the progress a task reaches when it is done).
-        on_result: Called on the client with the index and result of each task that
-            succeeded, once every task has finished (also when another failed).
+        on_done: Called on the client with the index of each task, as it succeeds.
         placement: For item ``i``, the ``workers=``/``resources=`` restrictions of its task.
         kwargs: Passed to every ``fn`` call.
         stranded: Asked now and then, with the items still running, while none has
@@ -246,11 +245,10 @@ def run_tasks(client: Any, fn: Callable, items: Sequence[Any], *, label: str, wh
             succeeded.append(f)
             if relay is not None:
                 relay.finish(i)
+            if on_done is not None:
+                on_done(i)
         for f, result in zip(succeeded, client.gather(succeeded)):
-            i = index[f.key]
-            results[i] = result
-            if on_result is not None:
-                on_result(i, result)
+            results[index[f.key]] = result
     except BaseException:  # Ctrl-C: stop the tasks at their next report
         with contextlib.suppress(Exception):
             stop.set()
