@@ -8,6 +8,7 @@ processes only) where a kill must land mid-stack.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -361,19 +362,26 @@ def test_a_bad_address_is_one_line_and_exit_2(tmp_path):
 
 # --- prestage ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
-    """Two workers that are two nodes: each with its own $STACKTOOLS_NODE and SSD directory."""
-    root = tmp_path_factory.mktemp("nodes")
+@contextlib.contextmanager
+def node_cluster(root: Path, options):
+    """A client of two Nanny workers posing as nodes gpu01 and gpu02, each with its
+    own SSD directory; ``options(node, ssd)`` adds to each worker's options."""
     ssd = {n: root / f"ssd-{n}" for n in ("gpu01", "gpu02")}
     workers = {}
     for n, d in ssd.items():
         d.mkdir()
-        workers[n] = {"cls": distributed.Nanny,
-                      "options": {"nthreads": 1, "env": {"STACKTOOLS_NODE": n, "STACKTOOLS_SSD_PATH": str(d)}}}
+        workers[n] = {"cls": distributed.Nanny, "options": {"nthreads": 1, **options(n, d)}}
     with distributed.SpecCluster(scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}},
                                  workers=workers, silence_logs=40) as cluster, distributed.Client(cluster) as c:
         yield c, ssd
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Two workers that are two nodes: each with its own $STACKTOOLS_NODE and SSD directory."""
+    with node_cluster(tmp_path_factory.mktemp("nodes"),
+                      lambda n, d: {"env": {"STACKTOOLS_NODE": n, "STACKTOOLS_SSD_PATH": str(d)}}) as got:
+        yield got
 
 
 def nodes_file(path: Path, nodes: dict[str, Path], quota_mb: float) -> Path:
@@ -448,17 +456,9 @@ def test_prestage_reports_a_node_missing_from_the_cluster(two_nodes, tmp_path):
 def tagged_nodes(tmp_path_factory):
     """Two workers on one host that are two nodes by their node-<name> resource alone
     (no $STACKTOOLS_NODE: by name, both would be this host)."""
-    root = tmp_path_factory.mktemp("tagged")
-    ssd = {n: root / f"ssd-{n}" for n in ("gpu01", "gpu02")}
-    workers = {}
-    for n, d in ssd.items():
-        d.mkdir()
-        workers[n] = {"cls": distributed.Nanny,
-                      "options": {"nthreads": 1, "resources": {f"node-{n}": 1},
-                                  "env": {"STACKTOOLS_SSD_PATH": str(d)}}}
-    with distributed.SpecCluster(scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}},
-                                 workers=workers, silence_logs=40) as cluster, distributed.Client(cluster) as c:
-        yield c, ssd
+    with node_cluster(tmp_path_factory.mktemp("tagged"),
+                      lambda n, d: {"resources": {f"node-{n}": 1}, "env": {"STACKTOOLS_SSD_PATH": str(d)}}) as got:
+        yield got
 
 
 def worker_of(client, node: str) -> str:
